@@ -1,0 +1,1 @@
+"""Evaluation shared by the three families: log-likelihoods, sample metrics, figures."""

@@ -1,0 +1,1 @@
+"""Learning methods: variational inference / maximum likelihood and adversarial training."""

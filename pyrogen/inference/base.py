@@ -1,0 +1,57 @@
+"""The interface every learning method offers to the run loop.
+
+A *learner* owns one generative model, whatever else it needs to learn it (a guide, a
+discriminator) and its optimisers. The run loop in :mod:`pyrogen.training` only calls the
+methods below, so VAEs, flows and GANs share one loop, one checkpoint format and one resume.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class Learner(Protocol):
+    #: the trained generative process (a VAE, Flow or GAN module)
+    model: nn.Module
+    #: every trainable module (model, guide, discriminator, ...), one tree
+    module: nn.Module
+
+    def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimisation step on a mini-batch. The result holds at least ``loss``
+        (per example); a non-finite loss leaves the parameters untouched."""
+        ...
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
+        """Per-example validation metrics on a batch (summable: means over the batch)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: parameters, optimiser states, counters."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def make_optimizer(
+    params: Any,
+    name: str,
+    lr: float,
+    betas: tuple[float, float] | list[float] = (0.9, 0.999),
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+) -> torch.optim.Optimizer:
+    """A plain ``torch.optim`` optimiser from config values (Adam is fused where it can be)."""
+    params = [p for p in params if p.requires_grad]
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=True)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimiser {name!r} (allowed: adam, adamw, sgd, rmsprop)")

@@ -1,0 +1,131 @@
+"""Network blocks shared by encoders, decoders, generators and discriminators.
+
+All blocks are plain ``torch.nn.Module`` so they live in one module tree with the model that
+owns them (never in Pyro's global parameter store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+    "elu": nn.ELU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.2),
+}
+
+
+def activation(name: str) -> nn.Module:
+    """The activation called ``name`` (one of :data:`ACTIVATIONS`)."""
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r} (allowed: {', '.join(ACTIVATIONS)})"
+        ) from None
+
+
+class MLP(nn.Sequential):
+    """``in_dim -> hidden_sizes... -> out_dim``, an activation after every hidden layer.
+
+    Example::
+
+        >>> net = MLP(4, [8, 8], 2)
+        >>> net(torch.zeros(3, 4)).shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_sizes: Sequence[int],
+        out_dim: int,
+        activation_name: str = "relu",
+        dropout: float = 0.0,
+        spectral_norm: bool = False,
+    ) -> None:
+        layers: list[nn.Module] = []
+        sizes = [in_dim, *hidden_sizes]
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+            layers.append(_maybe_sn(nn.Linear(a, b), spectral_norm))
+            layers.append(activation(activation_name))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        layers.append(_maybe_sn(nn.Linear(sizes[-1], out_dim), spectral_norm))
+        super().__init__(*layers)
+        self.in_dim, self.out_dim = in_dim, out_dim
+
+
+def _maybe_sn(layer: nn.Module, spectral_norm: bool) -> nn.Module:
+    return nn.utils.parametrizations.spectral_norm(layer) if spectral_norm else layer
+
+
+class ConvEncoder(nn.Module):
+    """A small conv net for 1 x 28 x 28 (or C x H x W) images: two stride-2 convolutions
+    (28 -> 14 -> 7) then a linear layer to ``out_dim``. Used by VAE encoders and GAN
+    discriminators (DCGAN-style: leaky ReLU, no pooling)."""
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        out_dim: int,
+        channels: Sequence[int] = (32, 64),
+        activation_name: str = "leaky_relu",
+        spectral_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        layers: list[nn.Module] = []
+        for c_out in channels:
+            layers += [
+                _maybe_sn(nn.Conv2d(c, c_out, 4, 2, 1), spectral_norm),
+                activation(activation_name),
+            ]
+            c, h, w = c_out, h // 2, w // 2
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.head = _maybe_sn(nn.Linear(c * h * w, out_dim), spectral_norm)
+        self.image_shape = tuple(image_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, *self.image_shape) if x.dim() == 2 else x
+        return self.head(self.features(x))
+
+
+class ConvDecoder(nn.Module):
+    """The mirror of :class:`ConvEncoder`: linear layer to C x H/4 x W/4, then two stride-2
+    transposed convolutions up to ``out_channels`` x H x W (DCGAN-style generator body).
+    Returns un-activated outputs of shape ``(batch, out_channels, H, W)``."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        image_shape: Sequence[int],
+        out_channels: int | None = None,
+        channels: Sequence[int] = (64, 32),
+        activation_name: str = "relu",
+        batch_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        self.start = (channels[0], h // 4, w // 4)
+        self.fc = nn.Sequential(
+            nn.Linear(in_dim, channels[0] * (h // 4) * (w // 4)), activation(activation_name)
+        )
+        layers: list[nn.Module] = []
+        chans = [*channels, out_channels or c]
+        for i, (a, b) in enumerate(zip(chans[:-1], chans[1:], strict=True)):
+            layers.append(nn.ConvTranspose2d(a, b, 4, 2, 1))
+            if i < len(chans) - 2:
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(b))
+                layers.append(activation(activation_name))
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z).reshape(-1, *self.start)
+        return self.deconv(h)

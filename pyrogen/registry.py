@@ -1,0 +1,103 @@
+"""One place where config names become objects.
+
+A config never imports or evaluates code: every name it may contain (a data set, a guide,
+an ELBO estimator, a flow architecture, a GAN loss, ...) is looked up in a :class:`Registry`
+here, and an unknown name is an error listing the allowed ones.
+
+Example::
+
+    >>> from pyrogen.registry import Registry
+    >>> ACTIVATIONS = Registry("activation")
+    >>> @ACTIVATIONS.register("relu")
+    ... def relu():
+    ...     import torch
+    ...     return torch.nn.ReLU()
+    >>> ACTIVATIONS.names()
+    ['relu']
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+
+class RegistryError(KeyError):
+    """An unknown name was looked up in a registry."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+class Registry:
+    """A mapping from config names to constructors."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, Callable[..., Any]] = {}
+        self._docs: dict[str, str] = {}
+
+    def register(self, name: str, doc: str = "") -> Callable[[Callable[..., Any]], Callable]:
+        """Decorator: register ``fn`` under ``name``."""
+
+        def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._items and self._items[name] is not fn:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = fn
+            self._docs[name] = doc or (fn.__doc__ or "").strip().split("\n")[0]
+            return fn
+
+        return wrap
+
+    def add(self, name: str, fn: Callable[..., Any], doc: str = "") -> None:
+        """Register ``fn`` under ``name`` (non-decorator form)."""
+        self.register(name, doc)(fn)
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def get(self, name: str) -> Callable[..., Any]:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise RegistryError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        close = difflib.get_close_matches(str(name), self.names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown {self.kind} {name!r}{hint} (allowed: {', '.join(self.names())})"
+
+    def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.get(name)(*args, **kwargs)
+
+    def describe(self) -> dict[str, str]:
+        return dict(sorted(self._docs.items()))
+
+
+DATASETS = Registry("data set")
+GUIDES = Registry("guide")
+ELBOS = Registry("ELBO estimator")
+FLOWS = Registry("flow architecture")
+GAN_LOSSES = Registry("GAN generator loss")
+
+# The modules that register names. Importing them fills the registries above; this list is
+# the only place that does so (a config can never name a module to import).
+_REGISTERING_MODULES = (
+    "pyrogen.data",
+    "pyrogen.inference.guides",
+    "pyrogen.inference.elbo",
+    "pyrogen.inference.adversarial",
+    "pyrogen.models.flow",
+)
+
+
+def populate() -> None:
+    """Import pyrogen's own registering modules (idempotent)."""
+    import importlib
+
+    for name in _REGISTERING_MODULES:
+        importlib.import_module(name)
