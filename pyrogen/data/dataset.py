@@ -1,0 +1,262 @@
+"""The :class:`Dataset` that the training loop consumes, and :func:`load_dataset`.
+
+A data set is three in-memory float32 tensors (``train``, ``valid``, ``test``) on the training
+device, with optional int64 labels. Images are stored in ``[0, 1]``, flattened to ``(N, D)``
+when ``data.flatten`` is set (MLPs) or kept as ``(N, C, H, W)`` (conv nets); 2-D toy densities
+are ``(N, 2)`` points. :meth:`Dataset.process` is the stochastic per-batch preprocessing
+(dynamic binarisation, dequantisation, logit transform) and :meth:`Dataset.log_det_jacobian`
+its change of variables, so that ``log p_[0,1](y) = log p_model(z) + log_det_jacobian(z)``.
+
+Example::
+
+    >>> from pyrogen.config import DataConfig
+    >>> ds = load_dataset(DataConfig(name="digits"))
+    >>> ds.train.shape, ds.image_shape, ds.levels
+    (torch.Size([1257, 64]), (1, 8, 8), 17)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from pyrogen.config import DataConfig
+from pyrogen.data import preprocess
+from pyrogen.data.errors import DataError
+from pyrogen.registry import DATASETS
+
+SPLITS = ("train", "valid", "test")
+STATIC_BINARIZE_SEED = 0  # data.binarize=static: b ~ Bernoulli(x) once, split i from seed + i
+SUBSET_SEED = 1234  # data.num_train etc.: the first n of a fixed permutation (nested subsets)
+
+
+@dataclass(eq=False)
+class RawSplits:
+    """What a registered data set builder returns: CPU tensors before the common options.
+
+    ``train``/``valid``/``test`` are float32, ``(N, 2)`` points or ``(N, C, H, W)`` images on
+    the grid ``{0, 1/(L-1), ..., 1}`` of ``levels = L`` intensities.
+    """
+
+    kind: Literal["points", "image"]
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    train_labels: torch.Tensor | None = None
+    valid_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    num_classes: int | None = None
+    levels: int | None = None
+
+
+@dataclass(eq=False, repr=False)
+class Dataset:
+    """An in-memory data set on one device, with its per-batch preprocessing.
+
+    ``event_shape`` is the shape of one stored example (``(D,)`` or ``(C, H, W)``),
+    ``image_shape`` the ``(C, H, W)`` of images (``None`` for points), ``levels`` the number of
+    intensity levels of the stored images (256 for 8-bit, 17 for digits, 2 once binarised).
+    """
+
+    name: str
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    train_labels: torch.Tensor | None = None
+    valid_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    event_shape: tuple[int, ...] = ()
+    image_shape: tuple[int, int, int] | None = None
+    num_classes: int | None = None
+    kind: Literal["points", "image"] = "points"
+    levels: int | None = None
+    binarize: Literal["none", "static", "dynamic"] = "none"
+    dequantize: bool = False
+    logit_lambda: float | None = None
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{s}={tuple(self.split(s).shape)}" for s in SPLITS)
+        return (
+            f"Dataset(name={self.name!r}, kind={self.kind!r}, {sizes}, levels={self.levels}, "
+            f"binarize={self.binarize!r}, dequantize={self.dequantize}, "
+            f"logit_lambda={self.logit_lambda}, device={self.train.device})"
+        )
+
+    # ---------------------------------------------------------------- access
+    def split(self, name: str) -> torch.Tensor:
+        """The ``"train"``, ``"valid"`` or ``"test"`` tensor."""
+        return getattr(self, _check_split(name))
+
+    def labels(self, name: str) -> torch.Tensor | None:
+        """The int64 class labels of a split, or ``None`` for unlabelled data."""
+        return getattr(self, _check_split(name) + "_labels")
+
+    @property
+    def num_dims(self) -> int:
+        """``D``, the number of dimensions of one example."""
+        return math.prod(self.event_shape)
+
+    @property
+    def model_levels(self) -> int | None:
+        """Intensity levels of the batches :meth:`process` returns (2 if binarised dynamically)."""
+        return 2 if self.binarize == "dynamic" else self.levels
+
+    # ---------------------------------------------------------------- preprocessing
+    def process(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Map a stored mini-batch to the model's space (applied to every batch).
+
+        In order, each when configured: dynamic binarisation ``x ~ Bernoulli(x)``;
+        dequantisation ``y = (x (L-1) + u) / L``, ``u ~ U[0, 1)``; the logit transform
+        ``z = logit(lam + (1 - 2 lam) y)``. Every draw comes from ``generator`` (a CPU
+        generator serves CUDA batches too); with none of the stochastic options the map is
+        deterministic. The input is never modified.
+        """
+        if self.binarize == "dynamic":
+            x = preprocess.binarize(x, generator)
+        if self.dequantize:
+            x = preprocess.dequantize(x, self.model_levels or 256, generator)
+        if self.logit_lambda is not None:
+            x, _ = preprocess.logit_transform(x, self.logit_lambda)
+        return x
+
+    def log_det_jacobian(self, z: torch.Tensor) -> torch.Tensor:
+        """Per-example ``log |det d(model space)/d(data space)|`` at ``z = process(x)``.
+
+        Zero unless ``logit_lambda`` is set, else ``sum_i [log(1 - 2 lam) - log s_i -
+        log(1 - s_i)]`` with ``s = sigmoid(z)``. Hence ``log p_[0,1](y) = log p_model(z) +
+        log_det_jacobian(z)``: the density on the unit cube that :meth:`bits_per_dim` needs.
+        """
+        if self.logit_lambda is None:
+            return torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+        return preprocess.logit_log_det(z, self.logit_lambda)
+
+    def to_data_space(self, z: torch.Tensor) -> torch.Tensor:
+        """Model-space samples back to the stored space: inverse logit, then images clipped
+        to ``[0, 1]`` (points are returned unchanged)."""
+        if self.logit_lambda is not None:
+            z = preprocess.inverse_logit(z, self.logit_lambda)
+        return z.clamp(0.0, 1.0) if self.kind == "image" else z
+
+    def bits_per_dim(self, log_p_unit_cube: torch.Tensor | float) -> torch.Tensor | float:
+        """:func:`~pyrogen.data.preprocess.bits_per_dim` with this data set's ``D`` and levels."""
+        if self.model_levels is None:
+            raise ValueError(f"bits/dim needs discrete images; {self.name} is 2-D points")
+        return preprocess.bits_per_dim(log_p_unit_cube, self.num_dims, self.model_levels)
+
+
+def _check_split(name: str) -> str:
+    if name not in SPLITS:
+        raise ValueError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
+    return name
+
+
+# -------------------------------------------------------------------- loading
+def default_data_root() -> Path:
+    """Where data files live: ``$PYROGEN_DATA``, else ``$XDG_CACHE_HOME/pyrogen``, else
+    ``~/.cache/pyrogen``. ``data.root`` in a config overrides it."""
+    env = os.environ.get("PYROGEN_DATA")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME")
+    base = Path(cache).expanduser() if cache else Path.home() / ".cache"
+    return base / "pyrogen"
+
+
+def data_root(cfg: DataConfig) -> Path:
+    """``cfg.root`` if set, else :func:`default_data_root`."""
+    return Path(cfg.root).expanduser() if cfg.root else default_data_root()
+
+
+def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset:
+    """Build the data set ``cfg.name`` (a name in :data:`pyrogen.registry.DATASETS`) on
+    ``device``, with ``cfg``'s subset sizes, static binarisation and layout applied.
+
+    Raises :class:`~pyrogen.data.DataError` when a file is missing (and ``cfg.download`` is
+    off), unreadable, or when an option does not fit the data set.
+
+    Example::
+
+        >>> ds = load_dataset(DataConfig(name="digits", binarize="dynamic", flatten=False))
+        >>> x = ds.process(ds.train[:4], torch.Generator().manual_seed(0))
+        >>> tuple(x.shape), sorted(x.unique().tolist())
+        ((4, 1, 8, 8), [0.0, 1.0])
+    """
+    builder = DATASETS.get(cfg.name)
+    for split in SPLITS:
+        n = getattr(cfg, f"num_{split}")
+        if n is not None and n < 1:
+            raise DataError(f"bad value for 'data.num_{split}': {n}; expected an integer > 0")
+    raw: RawSplits = builder(cfg)
+    _check_options(cfg, raw)
+    return _finish(cfg, raw, torch.device(device))
+
+
+def _check_options(cfg: DataConfig, raw: RawSplits) -> None:
+    if raw.kind == "points":
+        for key, on in [
+            ("binarize", cfg.binarize != "none"),
+            ("dequantize", cfg.dequantize),
+            ("logit_lambda", cfg.logit_lambda is not None),
+        ]:
+            if on:
+                raise DataError(
+                    f"data.{key} applies to images, but {cfg.name!r} is a data set of 2-D points"
+                )
+    if cfg.logit_lambda is not None and not 0.0 <= cfg.logit_lambda < 0.5:
+        raise DataError(f"bad value for 'data.logit_lambda': {cfg.logit_lambda}; expected [0, 0.5)")
+    if cfg.logit_lambda == 0.0 and not cfg.dequantize:
+        raise DataError(
+            "data.logit_lambda=0 needs data.dequantize=true: pixels equal to 0 or 1 would map to "
+            "-inf or +inf; use a small lambda (e.g. 1e-6) or dequantise"
+        )
+
+
+def _subset(
+    cfg: DataConfig, split: str, x: torch.Tensor, y: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first ``n`` examples of a fixed permutation: nested, class-balanced on average."""
+    n = getattr(cfg, f"num_{split}")
+    if n is None or n == x.shape[0]:
+        return x, y
+    if n > x.shape[0]:
+        raise DataError(
+            f"data.num_{split}={n:,} but the {split} split of {cfg.name} has only "
+            f"{x.shape[0]:,} examples"
+        )
+    g = torch.Generator().manual_seed(SUBSET_SEED + SPLITS.index(split))
+    idx = torch.randperm(x.shape[0], generator=g)[:n]
+    return x[idx], None if y is None else y[idx]
+
+
+def _finish(cfg: DataConfig, raw: RawSplits, device: torch.device) -> Dataset:
+    tensors: dict[str, torch.Tensor | None] = {}
+    levels = raw.levels
+    for i, split in enumerate(SPLITS):
+        x = getattr(raw, split).to(torch.float32)
+        if cfg.binarize == "static":  # the whole split, so a subset keeps the same draws
+            x = preprocess.binarize(x, torch.Generator().manual_seed(STATIC_BINARIZE_SEED + i))
+        x, y = _subset(cfg, split, x, getattr(raw, f"{split}_labels"))
+        if raw.kind == "image" and cfg.flatten:
+            x = x.reshape(x.shape[0], -1)
+        tensors[split] = x.contiguous().to(device)
+        tensors[f"{split}_labels"] = None if y is None else y.to(torch.int64).to(device)
+    if cfg.binarize == "static":
+        levels = 2
+    image_shape = tuple(raw.train.shape[1:]) if raw.kind == "image" else None
+    return Dataset(
+        name=cfg.name,
+        event_shape=tuple(tensors["train"].shape[1:]),
+        image_shape=image_shape,  # type: ignore[arg-type]
+        num_classes=raw.num_classes,
+        kind=raw.kind,
+        levels=levels,
+        binarize=cfg.binarize,
+        dequantize=cfg.dequantize,
+        logit_lambda=cfg.logit_lambda,
+        **tensors,  # type: ignore[arg-type]
+    )
