@@ -45,7 +45,7 @@ def save_image_grid(
 ) -> None:
     """Save images (values in [0, 1]) as one PNG grid."""
     grid = image_grid(images, image_shape, nrow)
-    fig, ax = plt.subplots(figsize=(max(3, grid.shape[1] / 40), max(3, grid.shape[0] / 40) + 0.3))
+    fig, ax = plt.subplots(figsize=(max(5, grid.shape[1] / 40), max(5, grid.shape[0] / 40) + 0.3))
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
     if title:

@@ -9,7 +9,9 @@ maximum likelihood is the same code path.
 
 We follow Pyro's ``ELBOModule`` pattern: ``elbo(model, guide)`` is an ``nn.Module`` whose
 ``forward`` returns the differentiable loss, optimised by one plain ``torch.optim``
-optimiser over the parameters of model and guide (no global param store).
+optimiser over the parameters of model and guide (no global param store). Estimators that
+only offer ``loss_and_grads`` (``TraceGraph_ELBO``, ``RenyiELBO``, ``ReweightedWakeSleep``)
+fill the same parameters' gradients through it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO
+from pyro.infer import ELBO, Trace_ELBO
 from torch import nn
 
 from pyrogen.inference.base import make_optimizer
@@ -47,15 +49,23 @@ class ScaleLatents(poutine.messenger.Messenger):
             msg["scale"] = msg["scale"] * self.beta
 
 
+def has_differentiable_loss(elbo: ELBO) -> bool:
+    """Whether ``elbo`` returns a differentiable loss (and so works as an ELBOModule)."""
+    return callable(getattr(elbo, "differentiable_loss", None))
+
+
 class VariationalLearner:
     """Fit ``model``/``guide`` (both ``nn.Module``, ``forward`` = the Pyro program) with
     ``elbo`` and a torch optimiser.
 
-    ``loss`` and the metrics are per example: −ELBO / batch size (nats).
+    ``loss`` is per example: −ELBO / batch size (nats). ``evaluate`` reports the plain
+    Monte Carlo ELBO (``Trace_ELBO``, one particle) whatever the training estimator, so runs
+    trained with different estimators are compared on the same quantity; for a flow (no
+    latent sites) it is the exact log-likelihood.
 
     Example::
 
-        >>> learner = VariationalLearner(vae, guide, pyro.infer.Trace_ELBO())
+        >>> learner = VariationalLearner(vae, guide, pyro.infer.Trace_ELBO())  # doctest: +SKIP
         >>> learner.step(x_batch)["loss"]  # doctest: +SKIP
     """
 
@@ -71,13 +81,12 @@ class VariationalLearner:
         weight_decay: float = 0.0,
         clip_norm: float | None = None,
         kl_warmup_steps: int = 0,
-        eval_elbo: ELBO | None = None,
     ) -> None:
         self.model = model
         self.guide = guide
         self.elbo = elbo
-        self.eval_elbo = eval_elbo or elbo
-        self.loss_module = elbo(model, guide)  # the ELBOModule
+        self.eval_elbo = Trace_ELBO(max_plate_nesting=1)
+        self.loss_module = elbo(model, guide) if has_differentiable_loss(elbo) else None
         self.module = nn.ModuleDict({"model": model, "guide": guide})
         self.optimizer = make_optimizer(
             self.module.parameters(), optim, lr, betas, momentum, weight_decay
@@ -85,6 +94,9 @@ class VariationalLearner:
         self.clip_norm = clip_norm
         self.kl_warmup_steps = kl_warmup_steps
         self.num_steps = 0
+        # Pyro keeps a decaying-average baseline per position in the batch: it needs batches
+        # of one size, and its running value is part of the state to checkpoint
+        self.fixed_batch_size = getattr(guide, "baseline", None) == "decaying_average"
 
     @property
     def kl_beta(self) -> float:
@@ -92,27 +104,36 @@ class VariationalLearner:
             return 1.0
         return min(1.0, self.num_steps / self.kl_warmup_steps)
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        args = (x,) if y is None else (x, y)
-        beta = self.kl_beta
-        if beta == 1.0:
-            return self.loss_module(*args)
-        with ScaleLatents(beta):
-            return self.loss_module(*args)
+    def _loss_and_grads(self, args: tuple) -> torch.Tensor:
+        """−ELBO of the batch, with the parameters' gradients filled in."""
+        if self.loss_module is not None:
+            loss = self.loss_module(*args)
+            if torch.isfinite(loss):
+                loss.backward()
+            return loss.detach()
+        loss = self.elbo.loss_and_grads(self.model, self.guide, *args)
+        return torch.as_tensor(float(loss))
 
     def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
         self.module.train()
-        loss = self._loss(x, y) / x.shape[0]
-        value = loss.item()
-        metrics = {"loss": value, "kl_beta": self.kl_beta}
-        if not torch.isfinite(loss):
-            return metrics  # the run loop stops; parameters are left untouched
+        args = (x,) if y is None else (x, y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        beta = self.kl_beta
+        if beta == 1.0:
+            loss = self._loss_and_grads(args)
+        else:
+            with ScaleLatents(beta):
+                loss = self._loss_and_grads(args)
+        value = loss.item() / x.shape[0]
+        metrics = {"loss": value}
+        if self.kl_warmup_steps:
+            metrics["kl_beta"] = beta
+        if not torch.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            return metrics  # the run loop stops; parameters are left untouched
         if self.clip_norm is not None:
-            metrics["grad_norm"] = float(
-                nn.utils.clip_grad_norm_(self.module.parameters(), self.clip_norm)
-            )
+            norm = nn.utils.clip_grad_norm_(self.module.parameters(), self.clip_norm)
+            metrics["grad_norm"] = float(norm)
         self.optimizer.step()
         self.num_steps += 1
         return metrics
@@ -122,24 +143,24 @@ class VariationalLearner:
         """The ELBO per example (for a flow: the exact log-likelihood)."""
         self.module.eval()
         args = (x,) if y is None else (x, y)
-        with torch.enable_grad():  # some estimators build surrogate graphs
-            elbo = -self.eval_elbo.differentiable_loss(self.model, self.guide, *args)
+        elbo = -self.eval_elbo.loss(self.model, self.guide, *args)
         key = "log_prob" if isinstance(self.guide, EmptyGuide) else "elbo"
-        return {key: elbo.item() / x.shape[0]}
+        return {key: elbo / x.shape[0]}
 
     def state_dict(self) -> dict[str, Any]:
+        store = pyro.get_param_store()
+        baselines = {k: store[k].detach().clone() for k in store.keys() if "baseline" in k}
         return {
             "module": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "num_steps": self.num_steps,
+            "param_store": baselines,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.num_steps = int(state["num_steps"])
-
-
-def clear_param_store() -> None:
-    """Models keep parameters in their modules; the global store must stay empty."""
-    pyro.clear_param_store()
+        store = pyro.get_param_store()
+        for name, value in state.get("param_store", {}).items():
+            store[name] = value

@@ -1,0 +1,203 @@
+"""The run loop: resume equals an uninterrupted run, NaN stops with the last good
+checkpoint kept, checkpoints are atomic and weights-only, the run folder is complete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import pyrogen.training as training
+from pyrogen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pyrogen.config import load_config
+from pyrogen.training import TrainingDiverged, load, read_metrics, train
+
+SMALL_VAE = [
+    "data.name=digits",
+    "data.binarize=dynamic",
+    "model.family=vae",
+    "model.latent_dim=2",
+    "model.hidden_sizes=[32]",
+    "train.batch_size=128",
+    "train.log_every=5",
+    "train.device=cpu",
+    "train.seed=3",
+]
+
+
+def params(run) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in run.learner.module.state_dict().items()}
+
+
+def flat(state, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor and number in a nested state dict (optimiser states included)."""
+    out: dict[str, torch.Tensor] = {}
+    items = state.items() if isinstance(state, dict) else enumerate(state)
+    for k, v in items:
+        key = f"{prefix}/{k}"
+        if isinstance(v, dict | list | tuple):
+            out.update(flat(v, key))
+        elif isinstance(v, torch.Tensor):
+            out[key] = v
+        elif isinstance(v, int | float | bool):
+            out[key] = torch.tensor(v)
+    return out
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize(
+    "family_overrides",
+    [
+        [],
+        [
+            "model.family=flow",
+            "model.flow=realnvp",
+            "model.num_layers=2",
+            "data.name=moons",
+            "model.hidden_sizes=[16]",
+            "data.num_train=512",
+        ],
+        [
+            "model.family=gan",
+            "data.name=eight_gaussians",
+            "model.latent_dim=2",
+            "model.output=identity",
+            "model.hidden_sizes=[16]",
+            "model.discriminator_hidden_sizes=[16]",
+            "data.num_train=512",
+            "adversarial.discriminator_steps=2",
+        ],
+    ],
+    ids=["vae", "flow", "gan"],
+)
+def test_resume_equals_uninterrupted_run(tmp_path: Path, family_overrides: list[str]) -> None:
+    base = SMALL_VAE + family_overrides
+    full = train(load_config(None, base + ["train.epochs=4"]), tmp_path / "full", quiet=True)
+    part = tmp_path / "part"
+    train(load_config(None, base + ["train.epochs=2"]), part, quiet=True)
+    resumed = train(
+        load_config(part / "config.yaml", ["train.epochs=4"]), part, resume=True, quiet=True
+    )
+    assert_same(params(full), params(resumed))
+    assert_same(flat(full.learner.state_dict()), flat(resumed.learner.state_dict()))
+
+
+def test_resume_mid_epoch_after_interrupt(tmp_path: Path) -> None:
+    """An interrupt (Ctrl-C) saves the state after the last step; resuming from the middle of
+    an epoch ends where the uninterrupted run ends."""
+    cfg = load_config(None, SMALL_VAE + ["train.epochs=2"])
+    full = train(cfg, tmp_path / "full", quiet=True)
+
+    def interrupt(step: int, _out: dict) -> None:
+        if step == 13:  # 1257 / 128 -> 10 batches an epoch: step 13 is mid-epoch 2
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "part", quiet=True, on_step=interrupt)
+    state = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    assert state["loop"]["step"] == 13 and state["loop"]["position"] == 3
+    resumed = train(cfg, tmp_path / "part", resume=True, quiet=True)
+    assert_same(params(full), params(resumed))
+
+
+def test_run_folder_holds_config_metrics_checkpoint_and_samples(tmp_path: Path) -> None:
+    cfg = load_config(None, SMALL_VAE + ["train.epochs=2", "output.num_samples=16"])
+    run = train(cfg, tmp_path / "run", quiet=True)
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "checkpoint.pt", "samples.png"} <= files
+    assert load_config(tmp_path / "run" / "config.yaml") == cfg  # enough to reproduce it
+    records = read_metrics(tmp_path / "run")
+    valid = [r for r in records if r["split"] == "valid"]
+    assert [r["epoch"] for r in valid] == [1, 2] and all("elbo" in r for r in valid)
+    train_recs = [r for r in records if r["split"] == "train"]
+    assert train_recs and all(torch.isfinite(torch.tensor(r["loss"])) for r in train_recs)
+    # the loaded run is the trained one
+    again = load(tmp_path / "run", device="cpu")
+    assert_same(params(run), params(again))
+
+
+def test_metrics_as_csv(tmp_path: Path) -> None:
+    cfg = load_config(None, SMALL_VAE + ["train.epochs=1", "output.metrics_format=csv"])
+    train(cfg, tmp_path / "run", quiet=True)
+    assert (tmp_path / "run" / "metrics.csv").exists()
+    valid = [r for r in read_metrics(tmp_path / "run") if r["split"] == "valid"]
+    assert len(valid) == 1 and "elbo" in valid[0]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """A parameter blows up to infinity at step 25 (mid-epoch 3): the real loss becomes
+    non-finite, training stops naming the step, and the checkpoint of epoch 2 stays."""
+    real_build = training.build
+
+    def build_with_blow_up(cfg, device):
+        dataset, learner = real_build(cfg, device)
+        real_step, calls = learner.step, {"n": 0}
+
+        def step(x, y=None):
+            calls["n"] += 1
+            if calls["n"] == 25:
+                with torch.no_grad():
+                    next(learner.model.parameters()).fill_(float("inf"))
+            return real_step(x, y)
+
+        learner.step = step
+        return dataset, learner
+
+    monkeypatch.setattr(training, "build", build_with_blow_up)
+    cfg = load_config(None, SMALL_VAE + ["train.epochs=5", "train.eval_every=0"])
+    with pytest.raises(TrainingDiverged, match=r"at step 25 \(epoch 3\)"):
+        train(cfg, tmp_path / "run", quiet=True)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["loop"]["epoch"] == 2 and state["loop"]["step"] == 20
+    for value in state["learner"]["module"].values():
+        assert torch.isfinite(value).all()
+
+
+def test_checkpoint_write_failing_half_way_keeps_previous(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"learner": {"w": torch.ones(3)}}, path)
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint({"learner": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["learner"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left
+
+
+def test_checkpoint_is_loaded_weights_only(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed!",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"learner": Evil()}, path)
+    with pytest.raises(CheckpointError, match="not a readable pyrogen checkpoint"):
+        load_checkpoint(path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=str(path.name)):
+        load_checkpoint(path)
+
+
+def test_max_steps_and_metrics_cadence(tmp_path: Path) -> None:
+    cfg = load_config(
+        None, SMALL_VAE + ["train.epochs=50", "train.max_steps=7", "train.log_every=2"]
+    )
+    train(cfg, tmp_path / "run", quiet=True)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["loop"]["step"] == 7
+    steps = [r["step"] for r in read_metrics(tmp_path / "run") if r["split"] == "train"]
+    assert steps == [2, 4, 6]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert all(isinstance(json.loads(line), dict) for line in lines)
