@@ -100,6 +100,11 @@ def check_compatible(guide: GuideConfig, elbo: ELBOConfig) -> str | None:
     from pyrogen.inference.guides import ANALYTIC_KL
 
     g, e = guide.name, elbo.name
+    if e in ("mean_field", "jit_mean_field") and g == "score_function":
+        return (
+            f"elbo.name={e} needs a fully reparameterised guide; the score_function guide is "
+            f"not (use elbo.name=trace or trace_graph)"
+        )
     if e in ("mean_field", "jit_mean_field") and g not in ANALYTIC_KL:
         return (
             f"elbo.name={e} computes KL(q(z|x) ‖ p(z)) in closed form, which the {g!r} guide "
@@ -117,6 +122,11 @@ def check_compatible(guide: GuideConfig, elbo: ELBOConfig) -> str | None:
         return (
             f"guide.baseline={guide.baseline} is used only by TraceGraph_ELBO; with "
             f"elbo.name={e} it would be ignored: use elbo.name=trace_graph"
+        )
+    if g == "score_function" and guide.baseline == "decaying_average" and e == "jit_trace_graph":
+        return (
+            "guide.baseline=decaying_average keeps its running average in Pyro's param store, "
+            "which the JIT-compiled estimator cannot update: use elbo.name=trace_graph"
         )
     if g == "score_function" and e in ("renyi", "tail_adaptive"):
         return (

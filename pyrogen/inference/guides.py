@@ -138,7 +138,9 @@ class FullNormalGuide(AmortisedGuide):
         d = self.latent_dim
         loc, raw_diag, off = h[..., :d], h[..., d : 2 * d], h[..., 2 * d :]
         tril = torch.diag_embed(F.softplus(raw_diag) + MIN_SCALE)
-        tril = tril.index_put((..., self.tril_rows, self.tril_cols), off)
+        lower = torch.zeros_like(tril)
+        lower[..., self.tril_rows, self.tril_cols] = off
+        tril = tril + lower
         return dist.MultivariateNormal(loc, scale_tril=tril)
 
 
@@ -221,4 +223,4 @@ GUIDES.add("score_function", ScoreFunctionGuide, "non-reparameterised diagonal G
 #: guides whose samples carry reparameterised gradients
 REPARAMETERISED = ("diagonal_normal", "low_rank_normal", "full_normal", "iaf")
 #: guides for which KL(q ‖ N(0, I)) has a closed form in torch.distributions
-ANALYTIC_KL = ("diagonal_normal", "low_rank_normal", "full_normal", "score_function")
+ANALYTIC_KL = ("diagonal_normal", "low_rank_normal", "full_normal")

@@ -21,7 +21,7 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceTailAdaptive_ELBO
 from torch import nn
 
 from pyrogen.inference.base import make_optimizer
@@ -47,6 +47,26 @@ class ScaleLatents(poutine.messenger.Messenger):
     def _process_message(self, msg: dict[str, Any]) -> None:
         if msg["type"] == "sample" and not msg["is_observed"]:
             msg["scale"] = msg["scale"] * self.beta
+
+
+class ParamStoreView(nn.Module):
+    """Runs ``module`` after ``pyro.module(name, module)``: the JIT-compiled estimators
+    (``JitTrace_ELBO`` & co.) look parameters up in Pyro's param store to pass them to the
+    compiled function as inputs. The store then holds references to the module's own
+    parameters under a name unique to this learner, so the module stays their owner."""
+
+    def __init__(self, module: nn.Module, name: str) -> None:
+        super().__init__()
+        self.module = module
+        self.name = name
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        pyro.module(self.name, self.module)
+        return self.module(*args, **kwargs)
+
+
+def is_jit(elbo: ELBO) -> bool:
+    return type(elbo).__name__.startswith("Jit")
 
 
 def has_differentiable_loss(elbo: ELBO) -> bool:
@@ -86,7 +106,16 @@ class VariationalLearner:
         self.guide = guide
         self.elbo = elbo
         self.eval_elbo = Trace_ELBO(max_plate_nesting=1)
-        self.loss_module = elbo(model, guide) if has_differentiable_loss(elbo) else None
+        self.reports_loss = not isinstance(elbo, TraceTailAdaptive_ELBO)
+        if is_jit(elbo) or not has_differentiable_loss(elbo):
+            # these look the parameters up as Pyro param sites
+            self._train_model: nn.Module = ParamStoreView(model, f"pyrogen_model_{id(self)}")
+            self._train_guide: nn.Module = ParamStoreView(guide, f"pyrogen_guide_{id(self)}")
+        else:
+            self._train_model, self._train_guide = model, guide
+        self.loss_module = (
+            elbo(self._train_model, self._train_guide) if has_differentiable_loss(elbo) else None
+        )
         self.module = nn.ModuleDict({"model": model, "guide": guide})
         self.optimizer = make_optimizer(
             self.module.parameters(), optim, lr, betas, momentum, weight_decay
@@ -108,10 +137,19 @@ class VariationalLearner:
         """−ELBO of the batch, with the parameters' gradients filled in."""
         if self.loss_module is not None:
             loss = self.loss_module(*args)
+            if not self.reports_loss:
+                # TraceTailAdaptive_ELBO's loss is inf + (surrogate − surrogate.item()): its
+                # gradient is right but its value is not an ELBO, so report a Trace_ELBO
+                # estimate of the same batch instead
+                loss.backward()
+                with torch.no_grad():
+                    return torch.as_tensor(self.eval_elbo.loss(self.model, self.guide, *args))
             if torch.isfinite(loss):
                 loss.backward()
             return loss.detach()
-        loss = self.elbo.loss_and_grads(self.model, self.guide, *args)
+        loss = self.elbo.loss_and_grads(self._train_model, self._train_guide, *args)
+        if isinstance(loss, tuple):  # ReweightedWakeSleep: (wake-θ loss, wake-φ loss)
+            loss = loss[0]
         return torch.as_tensor(float(loss))
 
     def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
