@@ -282,6 +282,7 @@ class TrainedRun:
         self.learner.module.eval()
         return self.dataset.to_data_space(self.model.sample(n))
 
+    @torch.no_grad()
     def save_figures(self, num_samples: int | None = None) -> list[Path]:
         """Sample grid (images) or samples over data and a density heat-map (2-D)."""
         from pyrogen.evaluation import plots
@@ -293,6 +294,13 @@ class TrainedRun:
             path = self.run_dir / "samples.png"
             plots.save_image_grid(samples, self.dataset.image_shape, path)
             paths.append(path)
+            if self.family == "vae":
+                from pyrogen.evaluation.vae_figures import save_vae_figures
+
+                x = self.dataset.process(self.dataset.test[:16], torch.Generator().manual_seed(0))
+                paths += save_vae_figures(
+                    self.model, self.learner.guide, x, self.dataset.image_shape, self.run_dir
+                )
         elif samples.shape[-1] == 2:
             path = self.run_dir / "samples.png"
             lim = float(self.dataset.test.abs().max()) * 1.1
