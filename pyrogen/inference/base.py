@@ -49,7 +49,8 @@ def make_optimizer(
     params = [p for p in params if p.requires_grad]
     if name in ("adam", "adamw"):
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        return cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=True)
+        fused = all(p.device.type in ("cpu", "cuda") for p in params) and bool(params)
+        return cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "rmsprop":

@@ -21,6 +21,7 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer.util import is_validation_enabled
 from pyro.infer import ELBO, Trace_ELBO, TraceTailAdaptive_ELBO
 from torch import nn
 
@@ -157,11 +158,14 @@ class VariationalLearner:
         args = (x,) if y is None else (x, y)
         self.optimizer.zero_grad(set_to_none=True)
         beta = self.kl_beta
-        if beta == 1.0:
-            loss = self._loss_and_grads(args)
-        else:
-            with ScaleLatents(beta):
+        # Pyro's argument checks run on the first step, where a user's mistake shows (e.g.
+        # non-binary data under a Bernoulli likelihood); later steps skip them for speed
+        with pyro.validation_enabled(self.num_steps == 0 and is_validation_enabled()):
+            if beta == 1.0:
                 loss = self._loss_and_grads(args)
+            else:
+                with ScaleLatents(beta):
+                    loss = self._loss_and_grads(args)
         value = loss.item() / x.shape[0]
         metrics = {"loss": value}
         if self.kl_warmup_steps:
