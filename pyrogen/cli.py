@@ -108,14 +108,87 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pyrogen.compare_config import EvaluationConfig
     from pyrogen.evaluation.report import evaluate_run, format_report
 
     run = _load_run(args.run_dir, args.device)
-    results = evaluate_run(run, split=args.split, num_is_samples=args.is_samples)
+    ev = EvaluationConfig(
+        split=args.split,
+        is_samples=args.is_samples,
+        parzen_samples=args.parzen_samples,
+        max_test=args.max_examples,
+    )
+    results = evaluate_run(run, ev)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         print(format_report(results))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from pyrogen.compare import compare, format_markdown
+    from pyrogen.compare_config import FAMILIES, load_compare_config
+
+    overrides = list(args.overrides)
+    cc = load_compare_config(args.config, overrides)
+    run_dirs = {}
+    for item in args.runs or []:
+        family, _, path = item.partition("=")
+        if family not in FAMILIES or not path:
+            raise UsageError(
+                f"--runs takes FAMILY=RUN_DIR with FAMILY one of {FAMILIES}, got {item}"
+            )
+        _load_run(path, None)  # checks the folder
+        run_dirs[family] = path
+    out = Path(args.out) if args.out else Path("runs") / f"compare-{Path(args.config).stem}"
+    rows = compare(cc, out, run_dirs=run_dirs, quiet=args.quiet)
+    print(format_markdown(rows))
+    print(f"tables and figure in {out}")
+    return 0
+
+
+def _cmd_gradients(args: argparse.Namespace) -> int:
+    import torch
+
+    from pyrogen.build import build
+    from pyrogen.config import load_config
+    from pyrogen.evaluation.gradients import (
+        ESTIMATORS,
+        encoder_output_groups,
+        format_table,
+        run_gradient_diagnostic,
+    )
+
+    path = Path(args.target)
+    if path.is_dir():
+        run = _load_run(args.target, "cpu")
+        cfg, dataset, learner = run.cfg, run.dataset, run.learner
+        out = Path(args.out) if args.out else path
+    elif path.is_file():
+        cfg = load_config(path, list(args.overrides))
+        dataset, learner = build(cfg, "cpu")
+        out = Path(args.out) if args.out else Path("runs") / f"gradients-{path.stem}"
+    else:
+        raise UsageError(f"{path}: no such run folder or config file")
+    if cfg.model.family != "vae":
+        raise UsageError(f"gradient estimators are about guides: {path} is a {cfg.model.family}")
+    for est in args.estimators:
+        if est not in ESTIMATORS:
+            raise UsageError(f"unknown estimator {est!r} (allowed: {', '.join(ESTIMATORS)})")
+    x = dataset.process(dataset.train[: args.batch_size], torch.Generator().manual_seed(0))
+    rows = run_gradient_diagnostic(
+        learner.model,
+        learner.guide,
+        x,
+        args.estimators,
+        args.particles,
+        args.samples,
+        out_dir=out,
+        groups=encoder_output_groups(learner.guide),
+    )
+    print(format_table(rows))
+    print(f"table, CSV and plot in {out}")
     return 0
 
 
@@ -165,9 +238,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--split", choices=["train", "valid", "test"], default="test")
     p.add_argument("--is-samples", type=int, default=1000, help="K for importance sampling")
+    p.add_argument("--parzen-samples", type=int, default=10_000, help="samples in the window")
+    p.add_argument("--max-examples", type=int, default=None, help="evaluate on the first N")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "compare",
+        help="train one model per family on the same data and compare them",
+        description="Train (or load with --runs) a VAE, a flow and a GAN on the same data and "
+        "budget, as a compare config describes, then write a table (Markdown, CSV, JSON) of "
+        "parameters, training time, sampling time, every log-likelihood that applies and "
+        "sample-quality scores, and one figure of the families' samples.",
+    )
+    p.add_argument("config", metavar="CONFIG")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--runs", nargs="*", metavar="FAMILY=RUN_DIR", help="load instead of train")
+    p.add_argument("--out", help="output folder (default runs/compare-<config name>)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "gradients",
+        help="measure the variance of ELBO gradient estimators",
+        description="Draw N independent estimates of the ELBO gradient for the guide of a VAE "
+        "(a run folder, or a config for an untrained model) from the reparameterised and "
+        "score-function estimators (no baseline, decaying average, neural) with several "
+        "particle counts; print mean, variance and SNR per parameter group, and save a table "
+        "and a plot of variance against particles.",
+    )
+    p.add_argument("target", metavar="RUN_DIR|CONFIG")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument(
+        "--estimators",
+        nargs="+",
+        default=["reparam", "score_function", "score_function_avg", "score_function_nn"],
+    )
+    p.add_argument("--particles", nargs="+", type=int, default=[1, 4, 16])
+    p.add_argument("--samples", type=int, default=200, help="gradient draws per estimator")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", help="output folder (default: the run folder)")
+    p.set_defaults(func=_cmd_gradients)
     return parser
 
 

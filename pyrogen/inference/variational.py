@@ -21,8 +21,8 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer.util import is_validation_enabled
 from pyro.infer import ELBO, Trace_ELBO, TraceTailAdaptive_ELBO
+from pyro.infer.util import is_validation_enabled
 from torch import nn
 
 from pyrogen.inference.base import make_optimizer
