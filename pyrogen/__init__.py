@@ -1,3 +1,37 @@
-"""pyrogen: deep generative models (VAEs, normalizing flows, GANs) as Pyro generative processes."""
+"""pyrogen: deep generative models (VAEs, normalizing flows, GANs) as Pyro generative processes.
+
+The public surface::
+
+    import pyrogen
+
+    cfg = pyrogen.load_config("configs/vae_digits.yaml", ["train.epochs=5"])
+    run = pyrogen.train(cfg)              # or pyrogen.load("runs/<run>")
+    run.sample(16)                        # draws in data space
+    run.model                             # the Pyro model (poutine.trace, Predictive, SVI)
+    pyrogen.evaluate(run)                 # every log-likelihood the family supports
+"""
+
+from pyrogen.build import build
+from pyrogen.config import Config, ConfigError, load_config
+from pyrogen.data import DataError, Dataset, load_dataset
+from pyrogen.evaluation.report import evaluate_run as evaluate
+from pyrogen.models.vae import VAE
+from pyrogen.training import TrainedRun, TrainingDiverged, load, train
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "VAE",
+    "Config",
+    "ConfigError",
+    "DataError",
+    "Dataset",
+    "TrainedRun",
+    "TrainingDiverged",
+    "build",
+    "evaluate",
+    "load",
+    "load_config",
+    "load_dataset",
+    "train",
+]

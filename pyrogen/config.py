@@ -268,7 +268,9 @@ def _coerce(value: Any, tp: Any) -> Any:
             except ValueError:
                 return _FAIL
         return _FAIL
-    if tp is str:
+    if tp is str:  # a number where text is expected (output.name=1) is meant as text
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
         return value if isinstance(value, str) else _FAIL
     return value
 
