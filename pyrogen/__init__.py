@@ -15,6 +15,7 @@ from pyrogen.build import build
 from pyrogen.config import Config, ConfigError, load_config
 from pyrogen.data import DataError, Dataset, load_dataset
 from pyrogen.evaluation.report import evaluate_run as evaluate
+from pyrogen.models.flow import Flow
 from pyrogen.models.vae import VAE
 from pyrogen.training import TrainedRun, TrainingDiverged, load, train
 
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VAE",
+    "Flow",
     "Config",
     "ConfigError",
     "DataError",

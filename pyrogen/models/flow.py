@@ -1,0 +1,327 @@
+"""Normalizing flows: z ~ N(0, I), x = G(z) with G a stack of Pyro ``TransformModule``s.
+
+The flow is a ``pyro.distributions.TransformedDistribution`` whose ``log_prob`` is exact by
+the change of variables::
+
+    log p(x) = log N(G⁻¹(x); 0, I) − log |det J_G(G⁻¹(x))|
+
+Architectures (``model.flow``), listed in the generative direction z → x:
+
+============  ===============================================  ====================  ===========
+name          layers                                           score data (G⁻¹)      sample (G)
+============  ===============================================  ====================  ===========
+realnvp       affine coupling + permutation (Dinh et al.)      one pass              one pass
+maf           *inverse* of Pyro's AffineAutoregressive         one pass              D passes
+iaf           Pyro's AffineAutoregressive as is                D passes              one pass
+nsf_coupling  rational-quadratic spline coupling (Durkan)      one pass              one pass
+nsf_autoreg.  inverse of Pyro's SplineAutoregressive           one pass              D passes
+planar        u h(wᵀz + b) (Rezende & Mohamed)                 no inverse            one pass
+radial        β h(α, r)(z − z₀)                                no inverse            one pass
+============  ===============================================  ====================  ===========
+
+Pyro's autoregressive transforms are IAF-shaped: their forward map is one pass of a MADE
+network and their inverse needs D sequential passes. A MAF scores data with one pass, so it
+uses the inverse of the Pyro layer as its generative step; an IAF is the same layers the other
+way round: cheap to sample, D passes to score data it did not generate. Planar and radial
+flows have no closed-form inverse: they can score only their own samples (Pyro caches the
+pair), and scoring other data raises :class:`NotInvertibleError`.
+
+With ``model.conditional`` the flow is p(x | y): each layer is Pyro's conditional transform
+given the one-hot class y.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pyro.distributions.transforms as T
+import torch
+import torch.nn.functional as F
+from pyro.distributions.torch_transform import TransformModule
+from torch import nn
+
+from pyrogen.config import FlowModelConfig
+from pyrogen.registry import FLOWS
+
+
+class NotInvertibleError(ValueError):
+    """A flow without an inverse was asked for the density of data it did not sample."""
+
+
+class ActNorm(TransformModule):
+    """Per-dimension affine map y = (x − b) ⊙ exp(−s)... written in the generative direction
+    x = z ⊙ exp(s) + b, log |det J| = Σ_i s_i (Kingma & Dhariwal's act-norm, initialised to the
+    identity rather than from a first batch, so a checkpoint alone rebuilds it)."""
+
+    domain = dist.constraints.real_vector
+    codomain = dist.constraints.real_vector
+    bijective = True
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(cache_size=1)
+        self.log_scale = nn.Parameter(torch.zeros(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def _call(self, z):
+        return z * self.log_scale.exp() + self.bias
+
+    def _inverse(self, x):
+        return (x - self.bias) * torch.exp(-self.log_scale)
+
+    def log_abs_det_jacobian(self, z, x):
+        return self.log_scale.sum().expand(z.shape[:-1])
+
+
+class PermuteLayer(nn.Module):
+    """A fixed permutation kept as a buffer, so it follows the module to its device."""
+
+    def __init__(self, permutation: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("permutation", permutation)
+
+    def transform(self) -> T.Permute:
+        return T.Permute(self.permutation)
+
+
+def _permutation(cfg: FlowModelConfig, dim: int, layer: int) -> torch.Tensor:
+    if cfg.permutation == "reverse":
+        return torch.arange(dim - 1, -1, -1)
+    return torch.randperm(dim, generator=torch.Generator().manual_seed(layer))
+
+
+# Each builder returns a list of (module, inverted) pairs in the generative direction z -> x;
+# ``inverted`` means the module's inverse is the generative step.
+Layers = list[tuple[nn.Module, bool]]
+
+
+def _normalisation(cfg: FlowModelConfig, dim: int) -> Layers:
+    if cfg.normalization == "batchnorm":
+        return [(T.BatchNorm(dim), False)]
+    if cfg.normalization == "actnorm":
+        return [(ActNorm(dim), False)]
+    return []
+
+
+def _stack(cfg, dim, context_dim, make, inverted: bool, permute: bool = True) -> Layers:
+    layers: Layers = []
+    for i in range(cfg.num_layers):
+        layers.append((make(dim, context_dim), inverted))
+        if i < cfg.num_layers - 1:
+            layers += _normalisation(cfg, dim)
+            if permute:
+                layers.append((PermuteLayer(_permutation(cfg, dim, i)), False))
+    return layers
+
+
+@FLOWS.register("realnvp")
+def realnvp(cfg: FlowModelConfig, dim: int, context_dim: int | None) -> Layers:
+    """Affine coupling layers with permutations (RealNVP)."""
+
+    def make(d, c):
+        if c:
+            return T.conditional_affine_coupling(d, c, hidden_dims=cfg.hidden_sizes)
+        return T.affine_coupling(d, hidden_dims=cfg.hidden_sizes)
+
+    return _stack(cfg, dim, context_dim, make, inverted=False)
+
+
+def _autoregressive(cfg, dim, context_dim, inverted: bool) -> Layers:
+    def make(d, c):
+        if c:
+            return T.conditional_affine_autoregressive(d, c, hidden_dims=cfg.hidden_sizes)
+        return T.affine_autoregressive(d, hidden_dims=cfg.hidden_sizes)
+
+    return _stack(cfg, dim, context_dim, make, inverted=inverted)
+
+
+@FLOWS.register("maf")
+def maf(cfg: FlowModelConfig, dim: int, context_dim: int | None) -> Layers:
+    """Masked autoregressive flow: one pass to score data, D passes to sample."""
+    return _autoregressive(cfg, dim, context_dim, inverted=True)
+
+
+@FLOWS.register("iaf")
+def iaf(cfg: FlowModelConfig, dim: int, context_dim: int | None) -> Layers:
+    """Inverse autoregressive flow: one pass to sample, D passes to score data."""
+    return _autoregressive(cfg, dim, context_dim, inverted=False)
+
+
+@FLOWS.register("nsf_coupling")
+def nsf_coupling(cfg: FlowModelConfig, dim: int, context_dim: int | None) -> Layers:
+    """Rational-quadratic spline coupling layers (neural spline flow, coupling)."""
+    if context_dim:
+        raise ValueError(
+            "model.flow=nsf_coupling has no conditional form in Pyro; use "
+            "nsf_autoregressive, maf or realnvp for model.conditional=true"
+        )
+
+    def make(d, c):
+        return T.spline_coupling(
+            d, hidden_dims=cfg.hidden_sizes, count_bins=cfg.count_bins, bound=cfg.bound
+        )
+
+    return _stack(cfg, dim, context_dim, make, inverted=False)
+
+
+@FLOWS.register("nsf_autoregressive")
+def nsf_autoregressive(cfg: FlowModelConfig, dim: int, context_dim: int | None) -> Layers:
+    """Rational-quadratic spline autoregressive layers, MAF-oriented (one pass to score)."""
+
+    def make(d, c):
+        if c:
+            return T.conditional_spline_autoregressive(
+                d, c, hidden_dims=cfg.hidden_sizes, count_bins=cfg.count_bins, bound=cfg.bound
+            )
+        return T.spline_autoregressive(
+            d, hidden_dims=cfg.hidden_sizes, count_bins=cfg.count_bins, bound=cfg.bound
+        )
+
+    return _stack(cfg, dim, context_dim, make, inverted=True)
+
+
+def _no_context(name: str, context_dim: int | None) -> None:
+    if context_dim:
+        raise ValueError(f"model.flow={name} has no conditional form here; use maf or realnvp")
+
+
+@FLOWS.register("planar")
+def planar(cfg: FlowModelConfig, dim: int, context_dim: int | None) -> Layers:
+    """Planar flow layers (no inverse: scores only its own samples)."""
+    _no_context("planar", context_dim)
+    return [(T.Planar(dim), False) for _ in range(cfg.num_layers)]
+
+
+@FLOWS.register("radial")
+def radial(cfg: FlowModelConfig, dim: int, context_dim: int | None) -> Layers:
+    """Radial flow layers (no inverse: scores only its own samples)."""
+    _no_context("radial", context_dim)
+    return [(T.Radial(dim), False) for _ in range(cfg.num_layers)]
+
+
+NON_INVERTIBLE = ("planar", "radial")
+
+
+class Flow(nn.Module):
+    """p(x) (or p(x | y)) = the push-forward of N(0, I) through G; ``forward`` (alias
+    ``model``) is the Pyro model with the observed site ``x``.
+
+    Example::
+
+        >>> from pyrogen.config import FlowModelConfig
+        >>> flow = Flow(FlowModelConfig(flow="realnvp", num_layers=2, hidden_sizes=[16]), (2,))
+        >>> flow.log_prob(torch.zeros(3, 2)).shape
+        torch.Size([3])
+    """
+
+    def __init__(
+        self,
+        cfg: FlowModelConfig,
+        event_shape: tuple[int, ...],
+        image_shape: tuple[int, int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        if len(event_shape) != 1:
+            raise ValueError(
+                f"flows act on vectors; got examples of shape {tuple(event_shape)}: "
+                "set data.flatten=true"
+            )
+        self.cfg = cfg
+        self.event_shape = tuple(event_shape)
+        self.image_shape = image_shape
+        self.dim = event_shape[0]
+        self.has_inverse = cfg.flow not in NON_INVERTIBLE
+        self.num_classes = cfg.num_classes if cfg.conditional else None
+        layers = FLOWS.get(cfg.flow)(cfg, self.dim, self.num_classes)
+        self.layers = nn.ModuleList(m for m, _ in layers)
+        self.inverted = [inv for _, inv in layers]
+        self.register_buffer("base_loc", torch.zeros(self.dim))
+        self.register_buffer("base_scale", torch.ones(self.dim))
+
+    def base(self) -> dist.Distribution:
+        """p_z = N(0, I), from buffers (it follows the module to its device)."""
+        return dist.Normal(self.base_loc, self.base_scale).to_event(1)
+
+    def _transforms(self, y: torch.Tensor | None) -> list:
+        if self.num_classes is not None:
+            if y is None:
+                raise ValueError("a conditional flow needs the class labels y")
+            context = F.one_hot(y.long(), self.num_classes).to(self.base_loc.dtype)
+        out = []
+        for layer, inverted in zip(self.layers, self.inverted, strict=True):
+            t = layer.transform() if isinstance(layer, PermuteLayer) else layer
+            if self.num_classes is not None and hasattr(t, "condition"):
+                t = t.condition(context)
+            out.append(t.inv if inverted else t)
+        return out
+
+    def dist(self, y: torch.Tensor | None = None) -> dist.TransformedDistribution:
+        """The flow as a distribution (conditioned on labels ``y`` when conditional)."""
+        base = self.base()
+        if y is not None and self.num_classes is not None:
+            base = base.expand(y.shape)
+        return dist.TransformedDistribution(base, self._transforms(y))
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact log p(x) per example (nats, in the model's space)."""
+        d = self.dist(y)
+        if self.has_inverse:
+            return d.log_prob(x)
+        try:
+            return d.log_prob(x)
+        except (KeyError, NotImplementedError):
+            raise NotInvertibleError(
+                f"model.flow={self.cfg.flow} has no inverse: it gives the density of its own "
+                "samples only (draw them with flow.dist().rsample() and score those), not of "
+                "data; use realnvp, maf or nsf_* for density estimation"
+            ) from None
+
+    def forward(
+        self,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        num_samples: int | None = None,
+    ) -> torch.Tensor:
+        """The generative process: x ~ p(x) in ``pyro.plate("data")``, observed when given."""
+        if x is None and num_samples is None:
+            raise ValueError("give the data x or a number of samples")
+        n = x.shape[0] if x is not None else num_samples
+        if x is not None and not self.has_inverse:
+            self.log_prob(x[:1], None if y is None else y[:1])  # the clear error, not Pyro's
+        with pyro.plate("data", n):
+            return pyro.sample("x", self.dist(y), obs=x)
+
+    model = forward
+
+    @torch.no_grad()
+    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``n`` draws x = G(z) (a class-conditional flow draws classes uniformly if no
+        ``y``)."""
+        if self.num_classes is not None:
+            if y is None:
+                y = torch.arange(n, device=self.base_loc.device) % self.num_classes
+            return self.dist(y).sample()
+        return self.dist().sample((n,))
+
+    def extra_repr(self) -> str:
+        return f"flow={self.cfg.flow}, dim={self.dim}, layers={len(self.layers)}"
+
+
+def log_prob_brute_force(flow: Flow, x: torch.Tensor) -> torch.Tensor:
+    """log p(x) by the change of variables with an autograd Jacobian of G⁻¹ (for tests):
+    log p(x) = log N(G⁻¹(x); 0, I) + log |det ∂G⁻¹/∂x|."""
+    transforms = flow._transforms(None)
+
+    def g_inv(v):
+        for t in reversed(transforms):
+            v = t.inv(v)
+        return v
+
+    out = []
+    for xi in x:
+        jac = torch.autograd.functional.jacobian(g_inv, xi[None])[0, :, 0, :]
+        z = g_inv(xi[None])
+        out.append(flow.base().log_prob(z)[0] + torch.linalg.slogdet(jac)[1])
+    return torch.stack(out)
+
+
+__all__ = ["ActNorm", "Flow", "NotInvertibleError", "log_prob_brute_force"]
