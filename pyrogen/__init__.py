@@ -16,6 +16,7 @@ from pyrogen.config import Config, ConfigError, load_config
 from pyrogen.data import DataError, Dataset, load_dataset
 from pyrogen.evaluation.report import evaluate_run as evaluate
 from pyrogen.models.flow import Flow
+from pyrogen.models.gan import GAN
 from pyrogen.models.vae import VAE
 from pyrogen.training import TrainedRun, TrainingDiverged, load, train
 
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "VAE",
     "Flow",
+    "GAN",
     "Config",
     "ConfigError",
     "DataError",
