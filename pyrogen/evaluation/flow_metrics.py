@@ -39,7 +39,9 @@ def flow_log_likelihood(
         model_lp.append(lp)
         data_lp.append(lp + dataset.log_det_jacobian(z))
     model_lp, data_lp = torch.cat(model_lp), torch.cat(data_lp)
-    out = {"exact_model_space": mean_stderr(model_lp), "exact": mean_stderr(data_lp)}
+    out = {"exact": mean_stderr(data_lp)}
+    if dataset.logit_lambda is not None:  # the model's space differs from the data's
+        out["exact_model_space"] = mean_stderr(model_lp)
     if dataset.kind == "image" and dataset.model_levels:
         out["bits_per_dim"] = mean_stderr(dataset.bits_per_dim(data_lp))
     return out

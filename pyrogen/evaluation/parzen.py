@@ -55,7 +55,7 @@ def parzen_evaluate(
 ) -> dict[str, float]:
     """The paper's protocol: N samples, σ chosen on ``num_valid`` validation examples, the
     mean test log-likelihood ± standard error (nats per example)."""
-    sigmas = torch.logspace(-1, 0, 10) if sigmas is None else sigmas
+    sigmas = torch.logspace(-1, 0, 10) if sigmas is None else torch.as_tensor(sigmas)
     samples = sampler(num_samples)
     sigma = select_sigma(samples, valid[:num_valid], sigmas.tolist())
     result = mean_stderr(parzen_log_likelihood(samples, test, sigma))

@@ -66,25 +66,32 @@ def evaluate_run(run: Any, evaluation: EvaluationConfig | None = None) -> dict[s
     from pyrogen.evaluation.parzen import parzen_evaluate
 
     valid = run.dataset.split("valid")[: ev.parzen_valid]
+    if ev.parzen_sigmas is not None:
+        sigmas = torch.tensor(ev.parzen_sigmas)
+    elif run.dataset.kind == "points":  # 2-D toys have finer structure than [0.1, 1]
+        sigmas = torch.logspace(-2, 0, 13)
+    else:  # the GAN paper's grid for images in [0, 1]
+        sigmas = torch.logspace(-1, 0, 10)
     parzen = parzen_evaluate(
         run.sample,
         valid.reshape(valid.shape[0], -1),
         x.reshape(x.shape[0], -1),
         num_samples=ev.parzen_samples,
-        sigmas=None if ev.parzen_sigmas is None else torch.tensor(ev.parzen_sigmas),
+        sigmas=sigmas,
     )
     estimates["parzen"] = parzen
     return {
         "family": family,
         "split": ev.split,
         "num_examples": int(x.shape[0]),
-        "parameters": count_parameters(run.model),
+        "parameters": count_parameters(run.learner.module),
         "estimates": estimates,
     }
 
 
 def count_parameters(module: torch.nn.Module) -> int:
-    """Trainable parameters of the generative model (for a GAN: generator and discriminator)."""
+    """Trainable parameters of what the learner trains: decoder and encoder (VAE), the flow,
+    generator and discriminator (GAN)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 

@@ -1,0 +1,114 @@
+"""The command line as a user runs it, and `pyrogen compare` on a small budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pyrogen.cli import main
+from pyrogen.compare import compare
+from pyrogen.compare_config import load_compare_config
+from pyrogen.config import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FAST = ["train.epochs=2", "train.max_steps=20", "train.device=cpu", "train.eval_every=0"]
+
+
+def test_train_sample_evaluate_end_to_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(["train", str(CONFIGS / "vae_digits.yaml"), *FAST, "--run-dir", str(run), "--quiet"])
+    assert rc == 0 and (run / "checkpoint.pt").exists() and (run / "samples.png").exists()
+    assert main(["sample", str(run), "-n", "9", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+    capsys.readouterr()
+    rc = main(
+        [
+            "evaluate",
+            str(run),
+            "--json",
+            "--is-samples",
+            "20",
+            "--parzen-samples",
+            "200",
+            "--max-examples",
+            "50",
+        ]
+    )
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["estimates"]) == {"elbo", "importance_sampled", "parzen"}
+    assert result["estimates"]["elbo"]["mean"] <= result["estimates"]["importance_sampled"]["mean"]
+    # resume continues the same run
+    assert main(["train", "--resume", str(run), "train.max_steps=30", "--quiet"]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "missing.yaml"], "config file not found"),
+        (
+            ["train", str(CONFIGS / "vae_digits.yaml"), "train.epoch=3"],
+            "did you mean 'train.epochs'",
+        ),
+        (
+            ["train", str(CONFIGS / "vae_digits.yaml"), "guide.name=iaf", "elbo.name=mean_field"],
+            "closed form",
+        ),
+        (["sample", "/nonexistent", "--out", "x.png"], "not a run folder"),
+        (["evaluate", "/nonexistent"], "not a run folder"),
+        (["compare", "missing.yaml"], "config file not found"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_code_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_bad_arguments_exit_2_and_help_explains(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["sample"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    assert "key=value" in capsys.readouterr().out
+
+
+def test_compare_config_errors_name_the_family():
+    with pytest.raises(ConfigError, match="in section 'flow': .*'model.flow'"):
+        load_compare_config(CONFIGS / "compare_toy.yaml", ["flow.model.flow=glowz"])
+    with pytest.raises(ConfigError, match="unknown section 'vea'"):
+        load_compare_config(CONFIGS / "compare_toy.yaml", ["vea.model.latent_dim=2"])
+
+
+def test_compare_on_the_toy_config(tmp_path):
+    cc = load_compare_config(
+        CONFIGS / "compare_toy.yaml",
+        [
+            "train.epochs=2",
+            "train.device=cpu",
+            "data.num_train=1000",
+            "evaluation.parzen_samples=1000",
+            "evaluation.quality_samples=500",
+            "evaluation.is_samples=50",
+            "evaluation.max_test=500",
+        ],
+    )
+    rows = {r["family"]: r for r in compare(cc, tmp_path)}
+    assert set(rows) == {"vae", "flow", "gan"}
+    for row in rows.values():
+        assert row["parameters"] > 0 and row["train_seconds"] > 0
+        assert row["sample_seconds_per_1000"] > 0 and row["mmd2"] == row["mmd2"]
+        assert row["parzen"]["stderr"] > 0 and row["frechet"] >= 0
+    # each estimator only where it applies
+    assert "exact" in rows["flow"] and "exact" not in rows["vae"] and "exact" not in rows["gan"]
+    assert rows["vae"]["elbo"]["mean"] <= rows["vae"]["importance_sampled"]["mean"]
+    assert "importance_sampled" not in rows["flow"] and "elbo" not in rows["gan"]
+    # the exact likelihood and the Parzen estimate of the same flow measure the same thing
+    assert abs(rows["flow"]["exact"]["mean"] - rows["flow"]["parzen"]["mean"]) < 0.5
+    for name in ("compare.md", "compare.csv", "compare.json", "samples.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "compare.md").read_text().count("\n") == 5  # header, rule, 3 rows
