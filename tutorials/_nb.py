@@ -21,7 +21,11 @@ HERE = Path(__file__).resolve().parent
 
 def parse(source: str) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     cells: list[tuple[str, list[str]]] = []
     for line in source.splitlines():
         if line.startswith("# %%"):
@@ -31,7 +35,9 @@ def parse(source: str) -> nbformat.NotebookNode:
     for kind, lines in cells:
         text = "\n".join(lines).strip("\n")
         if kind == "markdown":
-            text = "\n".join(ln[2:] if ln.startswith("# ") else ln.lstrip("#") for ln in text.splitlines())
+            text = "\n".join(
+                ln[2:] if ln.startswith("# ") else ln.lstrip("#") for ln in text.splitlines()
+            )
             nb.cells.append(nbformat.v4.new_markdown_cell(text))
         else:
             nb.cells.append(nbformat.v4.new_code_cell(text))
@@ -42,7 +48,9 @@ def build(name: str, execute: bool = True) -> Path:
     src = HERE / f"src_{name}.py"
     nb = parse(src.read_text())
     if execute:
-        NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
+        NotebookClient(
+            nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
+        ).execute()
     out = HERE / f"{name}.ipynb"
     nbformat.write(nb, out)
     return out

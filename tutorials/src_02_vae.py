@@ -50,7 +50,9 @@ cfg = pyrogen.load_config("../configs/vae_digits.yaml", ["train.device=cpu"])
 dataset, learner = build(cfg)
 vae, guide = learner.model, learner.guide
 x = dataset.process(dataset.train[:5], torch.Generator().manual_seed(0))
-trace = poutine.trace(poutine.replay(vae.model, trace=poutine.trace(guide).get_trace(x))).get_trace(x)
+trace = poutine.trace(poutine.replay(vae.model, trace=poutine.trace(guide).get_trace(x))).get_trace(
+    x
+)
 print(trace.format_shapes())
 
 # %% [markdown]
@@ -58,6 +60,7 @@ print(trace.format_shapes())
 #
 # Nothing pyrogen-specific is needed to train it: register the modules' parameters with
 # `pyro.module` and hand model and guide to `SVI`, as in Pyro's own VAE tutorial.
+
 
 # %%
 def model(x):
@@ -73,7 +76,7 @@ def svi_guide(x):
 svi = SVI(model, svi_guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
 gen = torch.Generator().manual_seed(0)
 curve = []
-for epoch in range(EPOCHS // 2 or 1):
+for _epoch in range(EPOCHS // 2 or 1):
     total = 0.0
     for idx in torch.randperm(len(dataset.train), generator=gen).split(64):
         total += svi.step(dataset.process(dataset.train[idx], gen))
@@ -92,8 +95,16 @@ assert curve[-1] > curve[0] or QUICK  # SVI improved the bound
 
 # %%
 pyro.clear_param_store()
-cfg = pyrogen.load_config("../configs/vae_digits.yaml", [f"train.epochs={EPOCHS}", "train.device=cpu",
-                          "train.eval_every=5", f"output.dir={RUNS}", "output.name=mean_field"])
+cfg = pyrogen.load_config(
+    "../configs/vae_digits.yaml",
+    [
+        f"train.epochs={EPOCHS}",
+        "train.device=cpu",
+        "train.eval_every=5",
+        f"output.dir={RUNS}",
+        "output.name=mean_field",
+    ],
+)
 run = pyrogen.train(cfg, quiet=True)
 display(Image(str(run.run_dir / "samples.png"), width=300))
 display(Image(str(run.run_dir / "reconstructions.png"), width=400))
@@ -129,12 +140,25 @@ results = {}
 for name, overrides in {
     "diagonal_normal + trace": [],
     "iaf + trace": ["guide.name=iaf", "guide.num_flows=2"],
-    "diagonal_normal + IWAE (renyi α=0, K=5)": ["elbo.name=renyi", "elbo.alpha=0", "elbo.num_particles=5",
-                                               "elbo.vectorize_particles=true"],
+    "diagonal_normal + IWAE (renyi α=0, K=5)": [
+        "elbo.name=renyi",
+        "elbo.alpha=0",
+        "elbo.num_particles=5",
+        "elbo.vectorize_particles=true",
+    ],
 }.items():
     pyro.clear_param_store()
-    c = pyrogen.load_config("../configs/vae_digits.yaml", [f"train.epochs={EPOCHS}", "train.device=cpu",
-                            "train.eval_every=0", f"output.dir={RUNS}", f"output.name={len(results)}", *overrides])
+    c = pyrogen.load_config(
+        "../configs/vae_digits.yaml",
+        [
+            f"train.epochs={EPOCHS}",
+            "train.device=cpu",
+            "train.eval_every=0",
+            f"output.dir={RUNS}",
+            f"output.name={len(results)}",
+            *overrides,
+        ],
+    )
     r = pyrogen.train(c, quiet=True)
     pyro.set_rng_seed(2)
     e, lp = elbo_and_importance_log_likelihood(r.model, r.learner.guide, x_test, K)
@@ -152,7 +176,16 @@ assert all(e <= lp for e, lp in results.values())
 
 # %%
 pyro.clear_param_store()
-c = pyrogen.load_config("../configs/vae_digits.yaml", [f"train.epochs={EPOCHS}", "train.device=cpu",
-                        "model.latent_dim=2", "train.eval_every=0", f"output.dir={RUNS}", "output.name=latent2"])
+c = pyrogen.load_config(
+    "../configs/vae_digits.yaml",
+    [
+        f"train.epochs={EPOCHS}",
+        "train.device=cpu",
+        "model.latent_dim=2",
+        "train.eval_every=0",
+        f"output.dir={RUNS}",
+        "output.name=latent2",
+    ],
+)
 r2 = pyrogen.train(c, quiet=True)
 display(Image(str(r2.run_dir / "manifold.png"), width=500))

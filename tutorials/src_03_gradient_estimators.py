@@ -77,16 +77,24 @@ class Guide(nn.Module):
 
 guide = Guide()
 s2 = guide.rho.detach().exp() ** 2
-truth = {"m": ((X - guide.m.detach()) / SIGMA**2 - guide.m.detach()).sum(0), "rho": (1 - s2 / SIGMA**2 - s2) * len(X)}
+truth = {
+    "m": ((X - guide.m.detach()) / SIGMA**2 - guide.m.detach()).sum(0),
+    "rho": (1 - s2 / SIGMA**2 - s2) * len(X),
+}
 N = 200 if QUICK else 2000
-draws = {est: gradient_estimates(Model(), guide, X, est, num_particles=1, num_samples=N, seed=1) for est in ESTIMATORS}
+draws = {
+    est: gradient_estimates(Model(), guide, X, est, num_particles=1, num_samples=N, seed=1)
+    for est in ESTIMATORS
+}
 
 print(f"{'estimator':<22}{'max |z| of mean vs truth':>26}{'variance (m)':>14}{'variance (ρ)':>14}")
 variance = {}
 for est, g in draws.items():
     z = torch.cat([(g[k].mean(0) - truth[k]) / (g[k].std(0) / N**0.5) for k in ("m", "rho")])
     variance[est] = {k: g[k].var(0).mean().item() for k in ("m", "rho")}
-    print(f"{est:<22}{z.abs().max().item():>26.2f}{variance[est]['m']:>14.2f}{variance[est]['rho']:>14.2f}")
+    print(
+        f"{est:<22}{z.abs().max().item():>26.2f}{variance[est]['m']:>14.2f}{variance[est]['rho']:>14.2f}"
+    )
 ratio = variance["score_function"]["m"] / variance["reparam"]["m"]
 print(f"\nscore-function / reparameterised variance: {ratio:.0f}x")
 assert ratio > 10  # the central claim: the score function is far noisier
@@ -106,8 +114,14 @@ assert ratio > 10  # the central claim: the score function is far noisier
 cfg = pyrogen.load_config("../configs/vae_digits.yaml", ["train.device=cpu"])
 dataset, learner = build(cfg)
 x = dataset.process(dataset.train[:64], torch.Generator().manual_seed(0))
-rows = gradient_variance_table(learner.model, learner.guide, x, particles=(1, 4) if QUICK else (1, 4, 16),
-                               num_samples=20 if QUICK else 200, groups=encoder_output_groups(learner.guide))
+rows = gradient_variance_table(
+    learner.model,
+    learner.guide,
+    x,
+    particles=(1, 4) if QUICK else (1, 4, 16),
+    num_samples=20 if QUICK else 200,
+    groups=encoder_output_groups(learner.guide),
+)
 display(Markdown(format_table(rows)))
 save_variance_plot(rows, "gradient_variance.png")
 from IPython.display import Image  # noqa: E402
@@ -126,11 +140,24 @@ curves = {}
 for name, overrides in {
     "reparameterised": [],
     "score function": ["guide.name=score_function"],
-    "score function + neural baseline": ["guide.name=score_function", "guide.baseline=neural", "elbo.name=trace_graph"],
+    "score function + neural baseline": [
+        "guide.name=score_function",
+        "guide.baseline=neural",
+        "elbo.name=trace_graph",
+    ],
 }.items():
     pyro.clear_param_store()
-    c = pyrogen.load_config("../configs/vae_digits.yaml", [f"train.epochs={EPOCHS}", "train.device=cpu", "train.eval_every=1",
-                            "output.dir=runs/tutorial_03", f"output.name={len(curves)}", *overrides])
+    c = pyrogen.load_config(
+        "../configs/vae_digits.yaml",
+        [
+            f"train.epochs={EPOCHS}",
+            "train.device=cpu",
+            "train.eval_every=1",
+            "output.dir=runs/tutorial_03",
+            f"output.name={len(curves)}",
+            *overrides,
+        ],
+    )
     run = pyrogen.train(c, quiet=True)
     recs = [r for r in pyrogen.training.read_metrics(run.run_dir) if r["split"] == "valid"]
     curves[name] = ([r["epoch"] for r in recs], [r["elbo"] for r in recs])
