@@ -20,6 +20,10 @@ from pyrogen.models.gan import GAN
 from pyrogen.models.vae import VAE
 from pyrogen.training import TrainedRun, TrainingDiverged, load, train
 
+from pyrogen.registry import populate as _populate
+
+_populate()  # fill the registries: every config name is known once pyrogen is imported
+
 __version__ = "0.1.0"
 
 __all__ = [

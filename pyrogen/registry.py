@@ -100,8 +100,4 @@ def populate() -> None:
     import importlib
 
     for name in _REGISTERING_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:  # TEMPORARY while families are being written
-            if e.name != name:
-                raise
+        importlib.import_module(name)

@@ -18,11 +18,23 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+TRAINING_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("compare"))
+
+
+@pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_is_valid_and_round_trips(path: Path, tmp_path: Path) -> None:
     cfg = load_config(path)
     save_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("compare_*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_compare_config_is_valid(path: Path) -> None:
+    from pyrogen.compare_config import load_compare_config
+
+    cc = load_compare_config(path)
+    assert set(cc.runs) == {"vae", "flow", "gan"}
+    assert len({c.data.name for c in cc.runs.values()}) == 1  # one data set for all
 
 
 def test_unknown_key_names_the_key_and_the_nearest_valid_one(tmp_path: Path) -> None:

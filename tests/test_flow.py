@@ -208,3 +208,18 @@ def test_flow_metrics_convert_exactly_to_data_space_and_bits_per_dim():
     bpd = (-data_lp + 64 * math.log(17)) / (64 * math.log(2))  # digits have 17 levels
     assert out["bits_per_dim"]["mean"] == pytest.approx(bpd.mean().item(), rel=1e-4)
     assert out["exact"]["stderr"] == pytest.approx(data_lp.std().item() / math.sqrt(20), rel=1e-3)
+
+
+def test_a_new_log_prob_never_reuses_a_stale_cached_inverse():
+    """Pyro caches a transform's last (x, y) pair; scoring the same tensor again after an
+    update must use the new parameters (and a fresh graph), not the cached pair."""
+    flow = make("maf", 4)
+    opt = torch.optim.SGD(flow.parameters(), lr=0.1)
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(4))
+    first = flow.log_prob(x)
+    (-first.mean()).backward()
+    opt.step()
+    second = flow.log_prob(x)
+    assert not torch.allclose(first, second)
+    (-second.mean()).backward()  # a fresh graph: no "backward through the graph a second time"
+    torch.testing.assert_close(second, log_prob_brute_force(flow, x), atol=1e-4, rtol=1e-4)

@@ -248,6 +248,11 @@ class Flow(nn.Module):
             context = F.one_hot(y.long(), self.num_classes).to(self.base_loc.dtype)
         out = []
         for layer, inverted in zip(self.layers, self.inverted, strict=True):
+            if hasattr(layer, "_cached_x_y"):
+                # Pyro caches the last (x, y) pair of a transform: a pair from an earlier call
+                # would carry old parameters and a freed graph, so each distribution starts
+                # afresh (within one distribution, a sample and its log_prob still share it)
+                layer._cached_x_y = (None, None)
             t = layer.transform() if isinstance(layer, PermuteLayer) else layer
             if self.num_classes is not None and hasattr(t, "condition"):
                 t = t.condition(context)
