@@ -18,9 +18,8 @@ from pyrogen.evaluation.report import evaluate_run as evaluate
 from pyrogen.models.flow import Flow
 from pyrogen.models.gan import GAN
 from pyrogen.models.vae import VAE
-from pyrogen.training import TrainedRun, TrainingDiverged, load, train
-
 from pyrogen.registry import populate as _populate
+from pyrogen.training import TrainedRun, TrainingDiverged, load, train
 
 _populate()  # fill the registries: every config name is known once pyrogen is imported
 
