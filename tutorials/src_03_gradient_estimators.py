@@ -81,7 +81,7 @@ truth = {
     "m": ((X - guide.m.detach()) / SIGMA**2 - guide.m.detach()).sum(0),
     "rho": (1 - s2 / SIGMA**2 - s2) * len(X),
 }
-N = 200 if QUICK else 2000
+N = 100 if QUICK else 2000
 draws = {
     est: gradient_estimates(Model(), guide, X, est, num_particles=1, num_samples=N, seed=1)
     for est in ESTIMATORS
@@ -118,9 +118,10 @@ rows = gradient_variance_table(
     learner.model,
     learner.guide,
     x,
-    particles=(1, 4) if QUICK else (1, 4, 16),
-    num_samples=20 if QUICK else 200,
+    particles=(1, 2) if QUICK else (1, 4, 16),
+    num_samples=10 if QUICK else 200,
     groups=encoder_output_groups(learner.guide),
+    warmup=10 if QUICK else 200,
 )
 display(Markdown(format_table(rows)))
 save_variance_plot(rows, "gradient_variance.png")

@@ -191,12 +191,13 @@ def gradient_variance_table(
     num_samples: int = 200,
     groups: dict[str, list[torch.Tensor]] | None = None,
     seed: int = 0,
+    warmup: int = 200,
 ) -> list[dict[str, Any]]:
     """One row per (estimator, particles, group) with mean_norm, variance and snr."""
     rows = []
     for est in estimators:
         for k in particles:
-            draws = gradient_estimates(model, guide, x, est, k, num_samples, groups, seed)
+            draws = gradient_estimates(model, guide, x, est, k, num_samples, groups, seed, warmup)
             for group, g in draws.items():
                 rows.append({"estimator": est, "particles": k, "group": group, **summarise(g)})
     return rows
