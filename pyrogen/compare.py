@@ -78,7 +78,11 @@ def compare(
     first = next(iter(runs.values()))
     ds = first.dataset
     ev = cc.evaluation
-    real = ds.split(ev.split)[: ev.quality_samples]
+    split = ds.split(ev.split)
+    # a seeded random subset: file splits can be ordered (binarized MNIST by class, the MNIST
+    # test set by writer population), so the first N rows are not a sample of the split
+    pick = torch.randperm(split.shape[0], generator=torch.Generator().manual_seed(0))
+    real = split[pick[: ev.quality_samples].to(split.device)]
     classifier = None
     if ds.labels("train") is not None and ds.kind == "image":
         classifier = train_feature_classifier(
