@@ -28,6 +28,13 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions.transforms import conditional_affine_autoregressive
 from torch import nn
+from torch.distributions import (
+    Independent,
+    LowRankMultivariateNormal,
+    MultivariateNormal,
+    Normal,
+    register_kl,
+)
 
 from pyrogen.config import GuideConfig
 from pyrogen.nets import MLP, ConvEncoder
@@ -176,15 +183,19 @@ class IAFGuide(AmortisedGuide):
 class ScoreFunctionGuide(DiagonalNormalGuide):
     """The diagonal Gaussian guide made non-reparameterisable: gradients by the
     score-function (REINFORCE) estimator ∇_φ ELBO = E_q[(log p(x,z) − log q(z|x) − b) ∇_φ log
-    q(z|x)] + E_q[∇_φ(log p − log q)], with baseline b from ``guide.baseline``."""
+    q(z|x)] + E_q[∇_φ(log p − log q)], with baseline b from ``guide.baseline``.
+
+    Baselines are Pyro's own (``infer={"baseline": ...}``), used by ``TraceGraph_ELBO``:
+    ``decaying_average`` (b = running mean of the downstream cost, kept in Pyro's param
+    store) or ``neural`` (b = a small MLP of x, fitted by Pyro to the downstream cost).
+    """
 
     def __init__(self, cfg: GuideConfig, vae: nn.Module) -> None:
         super().__init__(cfg, vae)
         self.baseline = cfg.baseline
         self.baseline_beta = cfg.baseline_beta
         if cfg.baseline == "neural":
-            in_dim = vae.num_dims
-            self.baseline_net = MLP(in_dim, [64], 1, "relu")
+            self.baseline_net = MLP(vae.num_dims, [64], 1, "relu")
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
         loc, scale = self.loc_scale(x)
@@ -196,22 +207,48 @@ class ScoreFunctionGuide(DiagonalNormalGuide):
                 "baseline": {"use_decaying_avg_baseline": True, "baseline_beta": self.baseline_beta}
             }
         if self.baseline == "neural":
-            flat = x.reshape(x.shape[0], -1)
-            return {
-                "baseline": {"nn_baseline": _Squeeze(self.baseline_net), "nn_baseline_input": flat}
-            }
+            baseline = NeuralBaseline(self.baseline_net, plate_batch_shape(x.shape[0]))
+            return {"baseline": {"nn_baseline": baseline, "nn_baseline_input": x}}
         return {}
 
 
-class _Squeeze(nn.Module):
-    """A baseline net's (N, 1) output as the (N,) batch of downstream costs it predicts."""
+class NeuralBaseline:
+    """b(x): the baseline net's (N, 1) output as the batch of downstream costs it predicts,
+    broadcast to the site's batch shape ``shape`` (e.g. (K, N) under vectorised particles:
+    every particle of x_n gets the same b(x_n), which keeps the estimator unbiased)."""
 
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
+    def __init__(self, net: nn.Module, shape: tuple[int, ...]) -> None:
+        self.net, self.shape = net, shape
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.reshape(x.shape[0], -1)).squeeze(-1).expand(self.shape)
+
+
+def plate_batch_shape(size: int) -> tuple[int, ...]:
+    """The batch shape that the enclosing vectorised ``pyro.plate``s give a sample site
+    (the data plate of ``size`` and, e.g., an ELBO's vectorised particles plate)."""
+    frames = [f for f in pyro.poutine.runtime.get_plates() if f.dim is not None]
+    if not frames:
+        return (size,)
+    shape = [1] * max(-f.dim for f in frames)
+    for f in frames:
+        shape[f.dim] = f.size
+    return tuple(shape)
+
+
+# KL(q ‖ p) for correlated Gaussian posteriors against the diagonal Gaussian prior, so that
+# TraceMeanField_ELBO computes it in closed form (torch only knows it for MVN against MVN and
+# would silently fall back to a Monte Carlo estimate).
+@register_kl(MultivariateNormal, Independent)
+@register_kl(LowRankMultivariateNormal, Independent)
+def _kl_correlated_normal_diagonal_normal(q, p):
+    """KL(N(μ, Σ) ‖ N(m, diag s²)) = Σ_i [log s_i + ½ log 2π + (Σ_ii + (μ_i − m_i)²) / (2 s_i²)]
+    − H(q): the cross-entropy of q under p minus q's entropy."""
+    if not (isinstance(p.base_dist, Normal) and p.reinterpreted_batch_ndims == 1):
+        raise NotImplementedError
+    m, s = p.base_dist.loc, p.base_dist.scale
+    cross = s.log() + 0.5 * math.log(2 * math.pi) + (q.variance + (q.loc - m) ** 2) / (2 * s**2)
+    return cross.sum(-1) - q.entropy()
 
 
 GUIDES.add("diagonal_normal", DiagonalNormalGuide, "amortised mean-field Gaussian")
@@ -222,5 +259,5 @@ GUIDES.add("score_function", ScoreFunctionGuide, "non-reparameterised diagonal G
 
 #: guides whose samples carry reparameterised gradients
 REPARAMETERISED = ("diagonal_normal", "low_rank_normal", "full_normal", "iaf")
-#: guides for which KL(q ‖ N(0, I)) has a closed form in torch.distributions
+#: guides for which KL(q ‖ N(0, I)) has a closed form (torch's, or the one registered above)
 ANALYTIC_KL = ("diagonal_normal", "low_rank_normal", "full_normal")

@@ -1,0 +1,146 @@
+"""Log-likelihood and bounds where the answer is known: probabilistic PCA.
+
+z ~ N(0, I_L), x | z ~ N(W z + b, s² I_D) has p(x) = N(x; b, W Wᵀ + s² I) and the posterior
+p(z | x) = N(M⁻¹ Wᵀ (x − b), s² M⁻¹) with M = WᵀW + s² I, both in closed form.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import RenyiELBO, ReweightedWakeSleep, Trace_ELBO, TraceTailAdaptive_ELBO
+from torch import nn
+
+from pyrogen.evaluation.loglik import (
+    elbo_and_importance_log_likelihood,
+    evaluate_elbo,
+    importance_log_likelihood,
+)
+from pyrogen.inference.elbo import PerExampleRWS
+
+
+class PPCA(nn.Module):
+    def __init__(self, W: torch.Tensor, b: torch.Tensor, s: float) -> None:
+        super().__init__()
+        self.W, self.b, self.s = W, b, s
+
+    def forward(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([self.W.shape[1]]).to_event(1))
+            loc = z @ self.W.T + self.b
+            pyro.sample("x", dist.Normal(loc, self.s).to_event(1), obs=x)
+
+    def exact_log_prob(self, x):
+        cov = self.W @ self.W.T + self.s**2 * torch.eye(self.W.shape[0], dtype=x.dtype)
+        return dist.MultivariateNormal(self.b, cov).log_prob(x)
+
+    def posterior(self, x):
+        L = self.W.shape[1]
+        M = self.W.T @ self.W + self.s**2 * torch.eye(L, dtype=x.dtype)
+        Minv = torch.linalg.inv(M)
+        loc = (x - self.b) @ self.W @ Minv.T
+        return dist.MultivariateNormal(loc, covariance_matrix=self.s**2 * Minv)
+
+
+class PosteriorGuide(nn.Module):
+    """q(z | x): the exact posterior, optionally with its mean shifted and scale inflated."""
+
+    def __init__(self, ppca: PPCA, shift: float = 0.0, inflate: float = 1.0) -> None:
+        super().__init__()
+        self.ppca, self.shift, self.inflate = ppca, shift, inflate
+
+    def forward(self, x):
+        p = self.ppca.posterior(x)
+        q = dist.MultivariateNormal(p.loc + self.shift, scale_tril=p.scale_tril * self.inflate)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", q)
+
+
+@pytest.fixture
+def ppca():
+    g = torch.Generator().manual_seed(0)
+    D, L = 6, 2
+    W = torch.randn(D, L, generator=g, dtype=torch.float64)
+    b = torch.randn(D, generator=g, dtype=torch.float64)
+    model = PPCA(W, b, 0.5)
+    with torch.no_grad():
+        z = torch.randn(40, L, generator=g, dtype=torch.float64)
+        x = z @ W.T + b + 0.5 * torch.randn(40, D, generator=g, dtype=torch.float64)
+    return model, x
+
+
+def test_exact_posterior_guide_makes_the_elbo_equal_log_px(ppca):
+    """With q(z|x) = p(z|x) every weight p(x,z)/q(z|x) equals p(x): ELBO = IS = log p(x)."""
+    model, x = ppca
+    elbo, logp_is = elbo_and_importance_log_likelihood(model, PosteriorGuide(model), x, 50)
+    exact = model.exact_log_prob(x)
+    torch.testing.assert_close(elbo, exact, rtol=0, atol=1e-8)
+    torch.testing.assert_close(logp_is, exact, rtol=0, atol=1e-8)
+    pyro_elbo = evaluate_elbo(model, PosteriorGuide(model), x, Trace_ELBO(max_plate_nesting=1))
+    assert pyro_elbo == pytest.approx(exact.mean().item(), abs=1e-8)
+
+
+def test_elbo_below_and_is_estimate_converging_to_log_px(ppca):
+    model, x = ppca
+    exact = model.exact_log_prob(x).mean().item()
+    guide = PosteriorGuide(model, shift=0.3, inflate=1.5)  # a wrong but overlapping q
+    pyro.set_rng_seed(1)
+    errors = []
+    for K in (1, 10, 100, 1000, 5000):
+        elbo, logp = elbo_and_importance_log_likelihood(model, guide, x, K)
+        assert elbo.mean().item() < exact  # the ELBO is a lower bound
+        errors.append(abs(logp.mean().item() - exact))
+    assert errors[-1] < 0.01  # nats: converged
+    assert errors[-1] < errors[2] < errors[0]  # and the error shrinks with K
+    assert elbo.mean().item() < exact - 0.1  # the gap of a wrong guide is visible
+
+
+def test_importance_sampling_in_chunks_estimates_the_same_thing(ppca):
+    model, x = ppca
+    guide = PosteriorGuide(model, shift=0.3, inflate=1.5)
+    pyro.set_rng_seed(2)
+    one_chunk = importance_log_likelihood(model, guide, x, 2000, batch_size=40)
+    pyro.set_rng_seed(3)
+    # max_elements=10_000: 41 particles of the 40 x 6 batch at a time, so 49 chunks
+    _, small_chunks = elbo_and_importance_log_likelihood(model, guide, x, 2000, max_elements=10_000)
+    exact = model.exact_log_prob(x)
+    assert abs((small_chunks - exact).mean().item()) < 0.05
+    assert abs((one_chunk - exact).mean().item()) < 0.05
+
+
+def test_estimators_bounds_are_ordered_below_log_px(ppca):
+    """ELBO < IWAE_K (Rényi α = 0) ≤ log p(x), and RWS's wake-θ objective is the same IWAE
+    bound, example by example."""
+    model, x = ppca
+    guide = PosteriorGuide(model, shift=0.3, inflate=1.5)
+    exact = model.exact_log_prob(x).mean().item()
+    pyro.set_rng_seed(4)
+    elbo = evaluate_elbo(model, guide, x, Trace_ELBO(num_particles=200, max_plate_nesting=1))
+    # K = 2,000: the Monte Carlo error of each mean bound is about 0.01 nats, so the two
+    # estimates of the same bound agree to well within 0.05 (with K = 200 they do not)
+    kwargs = {"num_particles": 2000, "vectorize_particles": True, "max_plate_nesting": 1}
+    iwae = evaluate_elbo(model, guide, x, RenyiELBO(alpha=0, **kwargs))
+    rws = evaluate_elbo(model, guide, x, PerExampleRWS(**kwargs), batch_size=8)
+    assert elbo < iwae - 0.1 and iwae == pytest.approx(exact, abs=0.04)
+    assert rws == pytest.approx(iwae, abs=0.05)
+    with pytest.raises(ValueError, match="gradient, not a bound"):
+        evaluate_elbo(model, guide, x, TraceTailAdaptive_ELBO(**kwargs))
+
+
+def test_pyro_rws_weighs_whole_batches_and_the_adapter_each_example(ppca):
+    """Pyro's ReweightedWakeSleep sums log-weights over the batch before weighting its K
+    particles: on 40 examples its bound is that of K joint draws of (z_1..z_40), above the
+    ELBO but far below the per-example IWAE bound that PerExampleRWS keeps (the reason it
+    exists)."""
+    model, x = ppca
+    guide = PosteriorGuide(model, shift=0.3, inflate=1.5)
+    kwargs = {"num_particles": 200, "vectorize_particles": True, "max_plate_nesting": 1}
+    pyro.set_rng_seed(5)
+    elbo = evaluate_elbo(model, guide, x, Trace_ELBO(num_particles=200, max_plate_nesting=1))
+    joint = evaluate_elbo(model, guide, x, ReweightedWakeSleep(**kwargs))
+    per_example = evaluate_elbo(model, guide, x, PerExampleRWS(**kwargs))
+    exact = model.exact_log_prob(x).mean().item()
+    assert per_example > exact - 0.05
+    assert elbo < joint < per_example - 0.3
