@@ -1,0 +1,185 @@
+"""Building blocks for :mod:`pyrogen.models.flow` that Pyro lacks, and the Glow image flow.
+
+* :class:`ActNorm`: per-feature affine map with data-dependent initialisation (Kingma &
+  Dhariwal, 2018), for vectors or for the channels of (C, H, W) images.
+* :class:`PermuteLayer` and :class:`ReshapeLayer`: parameter-free steps kept as modules, so
+  their index tensors are buffers that follow the flow to its device.
+* ``glow``: squeeze to (4C, H/2, W/2), then steps of act-norm, invertible 1x1 convolution
+  (Pyro's ``GeneralizedChannelPermute``) and affine coupling over channels (Pyro's
+  ``AffineCoupling`` with ``dim=-3`` and a convolutional hyper-network). Single scale.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pyro.distributions import constraints
+from pyro.distributions import transforms as T
+from pyro.distributions.torch_transform import TransformModule
+from torch import nn
+from torch.distributions.transforms import ReshapeTransform
+
+from pyrogen.config import FlowModelConfig
+from pyrogen.registry import FLOWS
+
+# A flow is built as a list of (module, inverted) pairs in the generative direction z -> x;
+# ``inverted`` means the module's inverse is the generative step.
+Layers = list[tuple[nn.Module, bool]]
+
+
+class ActNorm(TransformModule):
+    """Act-norm in the generative direction: x = z ⊙ exp(s) + b per feature (a vector's
+    entries, or an image's channels), so log |det ∂x/∂z| = (D / F) Σ_f s_f for F features
+    in an event of D numbers.
+
+    Data-dependent initialisation: the first time it scores data in training mode
+    (x → z), it sets b = mean(x) and s = log std(x) over the batch (and pixels), so that
+    z has zero mean and unit variance per feature. ``initialized`` is a buffer, so a
+    checkpoint restores an initialised layer as such.
+    """
+
+    bijective = True
+
+    def __init__(self, num_features: int, event_dim: int = 1) -> None:
+        super().__init__(cache_size=1)
+        self._event_dim = event_dim
+        shape = (num_features,) + (1,) * (event_dim - 1)
+        self.log_scale = nn.Parameter(torch.zeros(shape))
+        self.bias = nn.Parameter(torch.zeros(shape))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @property
+    def domain(self):
+        return constraints.independent(constraints.real, self._event_dim)
+
+    codomain = domain
+
+    def _call(self, z):
+        return z * self.log_scale.exp() + self.bias
+
+    def _inverse(self, x):
+        if self.training and not self.initialized:
+            self._initialize(x)
+        return (x - self.bias) * torch.exp(-self.log_scale)
+
+    @torch.no_grad()
+    def _initialize(self, x: torch.Tensor) -> None:
+        feature_dim = x.dim() - self._event_dim
+        dims = [d for d in range(x.dim()) if d != feature_dim]
+        x = x.detach()
+        self.bias.copy_(x.mean(dims).view_as(self.bias))
+        if x.numel() > x.shape[feature_dim]:  # more than one value per feature
+            self.log_scale.copy_(x.std(dims).clamp_min(1e-6).log().view_as(self.log_scale))
+        self.initialized.fill_(True)
+
+    def log_abs_det_jacobian(self, z, x):
+        per_feature = z.shape[z.dim() - self._event_dim :].numel() // self.log_scale.numel()
+        shape = z.shape[: z.dim() - self._event_dim]
+        return (per_feature * self.log_scale.sum()).expand(shape)
+
+
+class StaticLayer(nn.Module):
+    """A parameter-free transform held as a module; ``transform()`` builds it."""
+
+    def transform(self) -> torch.distributions.Transform:
+        raise NotImplementedError
+
+
+class PermuteLayer(StaticLayer):
+    """A fixed permutation of a vector's entries, kept as a buffer."""
+
+    def __init__(self, permutation: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("permutation", permutation)
+
+    def transform(self) -> T.Permute:
+        return T.Permute(self.permutation)
+
+
+class ReshapeLayer(StaticLayer):
+    """x.reshape(out_shape) per example (log |det J| = 0)."""
+
+    def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+
+    def transform(self) -> ReshapeTransform:
+        return ReshapeTransform(self.in_shape, self.out_shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_shape} -> {self.out_shape}"
+
+
+def squeeze_permutation(image_shape: tuple[int, int, int]) -> torch.Tensor:
+    """The index map of the squeeze (space-to-depth) operation on flattened images:
+    ``x_pixels = x_squeezed[..., perm]``, where the squeezed image has shape
+    (4C, H/2, W/2) and channel 4c + 2i + j holds the pixels (c, 2h + i, 2w + j)."""
+    c, h, w = image_shape
+    idx = torch.arange(c * h * w).view(c, h // 2, 2, w // 2, 2)
+    squeezed_to_pixel = idx.permute(0, 2, 4, 1, 3).reshape(-1)
+    return torch.argsort(squeezed_to_pixel)
+
+
+class CouplingConvNet(nn.Module):
+    """The coupling's hyper-network: conv 3x3 → ReLU → conv 1x1 → ReLU → conv 3x3 (zero
+    initialised, so each coupling starts as the identity), mapping the conditioning channels
+    to (shift, log-scale) of the others; inputs and outputs are flattened per example, as
+    Pyro's ``AffineCoupling`` passes them."""
+
+    def __init__(self, in_channels: int, out_channels: int, spatial: tuple[int, int], hidden: int):
+        super().__init__()
+        self.in_channels, self.out_channels, self.spatial = in_channels, out_channels, spatial
+        self.conv1 = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, hidden, 1)
+        self.conv3 = nn.Conv2d(hidden, 2 * out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv3.weight)
+        nn.init.zeros_(self.conv3.bias)
+
+    def forward(self, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = x1.shape[:-1]
+        h = x1.reshape(-1, self.in_channels, *self.spatial)
+        h = self.conv3(F.relu(self.conv2(F.relu(self.conv1(h)))))
+        shift, log_scale = h.chunk(2, dim=1)
+        return shift.reshape(*batch, -1), log_scale.reshape(*batch, -1)
+
+
+@FLOWS.register("glow")
+def glow(
+    cfg: FlowModelConfig,
+    dim: int,
+    context_dim: int | None,
+    image_shape: tuple[int, int, int] | None = None,
+) -> Layers:
+    """Glow (single scale): squeeze, then [act-norm, invertible 1x1 conv, affine coupling]
+    × ``num_layers``; the coupling nets have ``hidden_sizes[0]`` channels."""
+    if context_dim:
+        raise ValueError("model.flow=glow has no conditional form here; use maf or realnvp")
+    if image_shape is None:
+        raise ValueError("model.flow=glow needs image data (a data set with an image_shape)")
+    c, h, w = image_shape
+    if h % 2 or w % 2 or c * h * w != dim:
+        raise ValueError(f"model.flow=glow needs even height and width; got {image_shape}")
+    channels, spatial = 4 * c, (h // 2, w // 2)
+    squeezed = (channels, *spatial)
+    split = channels // 2
+    layers: Layers = [(ReshapeLayer((dim,), squeezed), False)]
+    for _ in range(cfg.num_layers):
+        net = CouplingConvNet(split, channels - split, spatial, cfg.hidden_sizes[0])
+        # generative order is the reverse of Glow's data -> z step (act-norm, 1x1, coupling)
+        layers.append((T.AffineCoupling(split, net, dim=-3), False))
+        layers.append((T.GeneralizedChannelPermute(channels), False))
+        layers.append((ActNorm(channels, event_dim=3), False))
+    layers.append((ReshapeLayer(squeezed, (dim,)), False))
+    layers.append((PermuteLayer(squeeze_permutation(image_shape)), False))
+    return layers
+
+
+__all__ = [
+    "ActNorm",
+    "CouplingConvNet",
+    "Layers",
+    "PermuteLayer",
+    "ReshapeLayer",
+    "StaticLayer",
+    "squeeze_permutation",
+]
