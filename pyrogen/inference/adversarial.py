@@ -4,26 +4,30 @@ The discriminator is a binary classifier D(x) = σ(d(x)) = P(data | x); the valu
 
     V(D, G) = E_{x ~ p_data}[log D(x)] + E_{z ~ p_z}[log(1 − D(G(z)))]
 
-is its log-likelihood with data labelled 1 and samples labelled 0. D maximises V; the
-generator's loss (``adversarial.generator_loss``) is one of
+is its log-likelihood with data labelled 1 and samples labelled 0. D maximises V (for fixed G
+the best D is D*(x) = p_data(x) / (p_data(x) + p_g(x)), Proposition 1, and
+max_D V = −log 4 + 2 JSD(p_data ‖ p_g), whose minimum over G, −log 4, is reached at
+p_g = p_data, Theorem 1). The losses, from logits l = d(x) (names in ``GAN_LOSSES``):
 
 =================  ============================================  ========================
 name               discriminator loss                             generator loss
 =================  ============================================  ========================
-minimax            −V (binary cross-entropy)                      E log(1 − D(G(z))) = V's
-                                                                  G term: G minimises V
+minimax            −V (binary cross-entropy)                      E log(1 − D(G(z))): G
+                                                                  minimises V, as stated
 non_saturating     −V                                             −E log D(G(z))
 hinge              E max(0, 1 − d(x)) + E max(0, 1 + d(G(z)))     −E d(G(z))
 wasserstein        E d(G(z)) − E d(x) + λ E(‖∇d(x̂)‖ − 1)²          −E d(G(z))
 =================  ============================================  ========================
 
-In terms of logits l: −log D = softplus(−l) and −log(1 − D) = softplus(l). Early in training
-D rejects samples confidently (l ≪ 0) and the minimax gradient ∂/∂l log(1 − σ(l)) = −σ(l)
-vanishes, while the non-saturating one, −σ(−l), stays near −1: the paper's practical fix.
+With −log D = softplus(−l) and −log(1 − D) = softplus(l): early in training D rejects samples
+confidently (l ≪ 0) and the minimax gradient ∂/∂l log(1 − σ(l)) = −σ(l) vanishes, while the
+non-saturating one, −σ(−l), stays near −1: the paper's practical fix. An R1 penalty
+(γ/2) E_data ‖∇_x d(x)‖² (Mescheder et al. 2018) can be added to any discriminator loss.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -36,12 +40,14 @@ from pyrogen.registry import GAN_LOSSES
 
 
 class GANLoss:
-    """Discriminator and generator losses from logits (batch means)."""
+    """The two players' losses from discriminator logits (batch means); D minimises
+    ``d_loss(real, fake)``, G minimises ``g_loss(fake)``."""
 
+    #: add the WGAN-GP gradient penalty to the discriminator's loss
     gradient_penalty = False
 
     def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        """−V: −E log D(x) − E log(1 − D(G(z)))."""
+        """−V(D, G) = −E log D(x) − E log(1 − D(G(z))) = E softplus(−l_x) + E softplus(l_z)."""
         return F.softplus(-real).mean() + F.softplus(fake).mean()
 
     def g_loss(self, fake: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
@@ -50,41 +56,43 @@ class GANLoss:
 
 @GAN_LOSSES.register("minimax")
 class Minimax(GANLoss):
-    """G minimises V: its loss is E log(1 − D(G(z))) (saturates when D wins)."""
+    """G minimises V: its loss is E log(1 − D(G(z))) = −E softplus(l) (saturates as D wins)."""
 
-    def g_loss(self, fake):
+    def g_loss(self, fake: torch.Tensor) -> torch.Tensor:
         return -F.softplus(fake).mean()
 
 
 @GAN_LOSSES.register("non_saturating")
 class NonSaturating(GANLoss):
-    """G maximises E log D(G(z)) (the GAN paper's practical choice)."""
+    """G maximises E log D(G(z)): loss E softplus(−l) (the GAN paper's practical choice)."""
 
-    def g_loss(self, fake):
+    def g_loss(self, fake: torch.Tensor) -> torch.Tensor:
         return F.softplus(-fake).mean()
 
 
 @GAN_LOSSES.register("hinge")
 class Hinge(GANLoss):
-    """Hinge loss (Lim & Ye 2017; Miyato et al. 2018)."""
+    """Hinge loss (Lim & Ye 2017; Miyato et al. 2018): D minimises E max(0, 1 − d(x)) +
+    E max(0, 1 + d(G(z))), G minimises −E d(G(z))."""
 
-    def d_loss(self, real, fake):
+    def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
 
-    def g_loss(self, fake):
+    def g_loss(self, fake: torch.Tensor) -> torch.Tensor:
         return -fake.mean()
 
 
 @GAN_LOSSES.register("wasserstein")
 class Wasserstein(GANLoss):
-    """WGAN-GP (Gulrajani et al. 2017): a critic d, with the gradient penalty added."""
+    """WGAN-GP (Gulrajani et al. 2017): a critic d minimises E d(G(z)) − E d(x) plus
+    λ E (‖∇d(x̂)‖ − 1)² (``adversarial.gradient_penalty`` = λ); G minimises −E d(G(z))."""
 
     gradient_penalty = True
 
-    def d_loss(self, real, fake):
+    def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         return fake.mean() - real.mean()
 
-    def g_loss(self, fake):
+    def g_loss(self, fake: torch.Tensor) -> torch.Tensor:
         return -fake.mean()
 
 
@@ -97,19 +105,64 @@ def gradient_penalty(d: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> to
 
 
 def r1_penalty(d: nn.Module, real: torch.Tensor) -> torch.Tensor:
-    """E ‖∇_x d(x)‖² on data (Mescheder et al. 2018); weighted by γ/2."""
+    """E_data ‖∇_x d(x)‖² (Mescheder et al. 2018); the learner weights it by γ/2."""
     real = real.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(d(real).sum(), real, create_graph=True)
     return grad.reshape(grad.shape[0], -1).pow(2).sum(1).mean()
 
 
-class AdversarialLearner:
-    """Algorithm 1 with separate optimisers for D and G.
+class _Undo:
+    """Copies of tensors (parameters, buffers, optimiser state) to put back after an update
+    that has to be cancelled; an optimiser whose state was empty is emptied again."""
 
-    Each call of :meth:`step` is one discriminator update on the batch x against fresh
-    samples G(z); every ``discriminator_steps``-th call (k in the paper) is followed by one
-    generator update on fresh z. So k D-steps consume k mini-batches of data, as in the paper.
-    A non-finite loss of either player leaves both untouched and is reported as ``loss``.
+    def __init__(self) -> None:
+        self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._empty: list[torch.optim.Optimizer] = []
+
+    def save(
+        self, tensors: list[torch.Tensor], optimizers: tuple[torch.optim.Optimizer, ...] = ()
+    ) -> None:
+        self._empty = [opt for opt in optimizers if not opt.state]
+        for opt in optimizers:
+            for state in opt.state.values():
+                tensors += [v for v in state.values() if torch.is_tensor(v)]
+        self._saved = [(t, t.detach().clone()) for t in tensors]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for tensor, copy in self._saved:
+            tensor.copy_(copy)
+        for opt in self._empty:
+            opt.state.clear()
+
+
+class AdversarialLearner:
+    """Algorithm 1 of Goodfellow et al. (2014), with separate optimisers for D and G.
+
+    **How k D-steps consume data.** Each call of :meth:`step` is one discriminator update on
+    the batch ``x`` (labelled 1) against fresh samples G(z) (labelled 0); every k-th call
+    (``discriminator_steps`` = k) then makes one generator update on fresh z against the
+    updated D. So k D-steps use k mini-batches of data, one G step none, as in the paper;
+    an epoch of the run loop is ``N / batch_size`` D steps and ``1/k`` as many G steps.
+
+    **Safety.** A non-finite loss or gradient of either player cancels the whole call: D's
+    update is undone if G's step fails after it, buffers (batch-norm statistics, spectral-norm
+    vectors) are put back, no counter moves, and ``loss`` is NaN so the run loop stops.
+
+    ``step`` returns ``loss`` (= ``d_loss``, the D loss with penalties), ``d_loss``,
+    ``g_loss`` (G's loss at its update; on calls without one, G's loss on the D step's
+    samples), ``d_real`` = mean D(x) on the batch and ``d_fake`` = mean D(G(z)) on the
+    samples, both before D's update (for the hinge and Wasserstein losses: σ of the critic's
+    output, a rough guide only).
+
+    Example::
+
+        >>> import torch
+        >>> from pyrogen.config import GANModelConfig
+        >>> gan = GAN(GANModelConfig(latent_dim=2, hidden_sizes=[16], output="identity"), (2,))
+        >>> learner = AdversarialLearner(gan, "non_saturating", lr=1e-3)
+        >>> sorted(learner.step(torch.randn(64, 2)))
+        ['d_fake', 'd_loss', 'd_real', 'g_loss', 'loss']
     """
 
     def __init__(
@@ -127,32 +180,32 @@ class AdversarialLearner:
         ema_decay: float | None = None,
         clip_norm: float | None = None,
     ) -> None:
+        if discriminator_steps < 1:
+            raise ValueError(f"discriminator_steps must be >= 1, got {discriminator_steps}")
         self.model = gan
         self.module = gan
-        self.loss = GAN_LOSSES.get(generator_loss)()
+        self.generator_loss = generator_loss
+        self.loss: GANLoss = GAN_LOSSES.get(generator_loss)()
         self.k = discriminator_steps
         self.gp_weight = gradient_penalty
         self.r1_weight = r1_penalty
-        self.ema_decay = ema_decay
         self.clip_norm = clip_norm
         if ema_decay is not None:
-            gan.enable_ema()
+            gan.enable_ema(ema_decay)
+        lr_d = lr if lr_discriminator is None else lr_discriminator
         self.opt_d = make_optimizer(
-            gan.discriminator.parameters(),
-            optim,
-            lr_discriminator or lr,
-            betas,
-            weight_decay=weight_decay,
+            gan.discriminator.parameters(), optim, lr_d, betas, weight_decay=weight_decay
         )
         self.opt_g = make_optimizer(
             gan.generator.parameters(), optim, lr, betas, weight_decay=weight_decay
         )
-        self.num_steps = 0  # discriminator updates
+        self.num_steps = 0  # discriminator updates (calls of step that succeeded)
         self.num_g_steps = 0
-        self.last_g_loss = float("nan")
+        self._undo = _Undo()
 
     @classmethod
     def from_config(cls, gan: GAN, cfg: Any) -> AdversarialLearner:
+        """From a :class:`pyrogen.config.Config`: its ``adversarial`` and ``optim`` sections."""
         a, o = cfg.adversarial, cfg.optim
         return cls(
             gan,
@@ -169,97 +222,125 @@ class AdversarialLearner:
             clip_norm=o.clip_norm,
         )
 
-    def _fake(self, n: int) -> torch.Tensor:
-        z = self.model.prior().sample((n,))
-        return self.model.generator(z)
+    # ---------------------------------------------------------------- the two players
+    def _generate(self, n: int) -> torch.Tensor:
+        """G(z) for n fresh z ~ p_z, flat ``(n, D)``."""
+        return self.model.generator(self.model.prior().sample((n,)))
 
-    def _d_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def discriminator_logits(
+        self, real: torch.Tensor, fake: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """d(x) on data and d(G(z)) on samples (flat batches): one pass of D over both."""
+        logits = self.model.discriminator(torch.cat([real, fake]))
+        return logits[: real.shape[0]], logits[real.shape[0] :]
+
+    def discriminator_loss(
+        self, real: torch.Tensor, fake: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """D's loss on data ``real`` and samples ``fake`` (flat) with the configured
+        penalties, and the logits of both."""
+        l_real, l_fake = self.discriminator_logits(real, fake)
+        loss = self.loss.d_loss(l_real, l_fake)
         d = self.model.discriminator
-        real = x.reshape(x.shape[0], -1)
-        fake = self._fake(x.shape[0]).detach()
-        lr, lf = d(real), d(fake)
-        loss = self.loss.d_loss(lr, lf)
         if self.loss.gradient_penalty and self.gp_weight:
             loss = loss + self.gp_weight * gradient_penalty(d, real, fake)
         if self.r1_weight:
             loss = loss + 0.5 * self.r1_weight * r1_penalty(d, real)
-        return loss, lr, lf
+        return loss, l_real, l_fake
 
-    def _update(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params) -> bool:
+    def _backward(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> torch.Tensor:
+        """Gradients of ``loss`` for ``opt``'s parameters only; returns their global norm."""
+        params = [p for group in opt.param_groups for p in group["params"]]
         opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            return False
-        loss.backward()
+        loss.backward(inputs=params)
+        return nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+
+    def _apply(self, opt: torch.optim.Optimizer, grad_norm: torch.Tensor) -> None:
         if self.clip_norm is not None:
-            nn.utils.clip_grad_norm_(params, self.clip_norm)
+            params = [p for group in opt.param_groups for p in group["params"]]
+            nn.utils.clip_grads_with_norm_(params, self.clip_norm, grad_norm)
         opt.step()
-        return True
+
+    def _cancel(self, out: dict[str, float]) -> dict[str, float]:
+        self.opt_d.zero_grad(set_to_none=True)
+        self.opt_g.zero_grad(set_to_none=True)
+        self._undo.restore()
+        return {**out, "loss": float("nan")}
 
     def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
-        self.model.train()
-        d_params = list(self.model.discriminator.parameters())
-        d_loss, lr, lf = self._d_loss(x)
-        out = {
-            "loss": d_loss.item(),
-            "d_loss": d_loss.item(),
-            "d_real": torch.sigmoid(lr).mean().item(),
-            "d_fake": torch.sigmoid(lf).mean().item(),
-        }
-        if not self._update(self.opt_d, d_loss, d_params):
-            return out
-        self.num_steps += 1
-        if self.num_steps % self.k == 0:
-            g_params = list(self.model.generator.parameters())
-            self.model.discriminator.requires_grad_(False)
-            g_loss = self.loss.g_loss(self.model.discriminator(self._fake(x.shape[0])))
-            self.model.discriminator.requires_grad_(True)
-            if not self._update(self.opt_g, g_loss, g_params):
-                out["loss"] = g_loss.item()
-                out["g_loss"] = g_loss.item()
-                return out
-            self.last_g_loss = g_loss.item()
+        """One D step on ``x``; every k-th call also one G step (see the class docstring)."""
+        gan = self.model
+        gan.train()
+        n = x.shape[0]
+        g_step = (self.num_steps + 1) % self.k == 0
+        buffers = [*gan.generator.buffers(), *gan.discriminator.buffers()]
+        if g_step:  # D's update must be undone if G's step fails after it
+            self._undo.save([*buffers, *gan.discriminator.parameters()], (self.opt_d,))
+        else:
+            self._undo.save(buffers)
+
+        # D ascends V: data labelled 1, fresh samples labelled 0
+        with torch.no_grad():
+            fake = self._generate(n)
+        d_loss, l_real, l_fake = self.discriminator_loss(x.reshape(n, -1), fake)
+        d_norm = self._backward(d_loss, self.opt_d)
+        stats = torch.stack(
+            [
+                d_loss.detach(),
+                d_norm,
+                torch.sigmoid(l_real.detach()).mean(),
+                torch.sigmoid(l_fake.detach()).mean(),
+                self.loss.g_loss(l_fake.detach()),
+            ]
+        ).tolist()  # the one host sync of the D step
+        out = {"loss": stats[0], "d_loss": stats[0], "g_loss": stats[4]}
+        out.update(d_real=stats[2], d_fake=stats[3])
+        if not all(map(math.isfinite, stats[:2])):
+            return self._cancel(out)
+        self._apply(self.opt_d, d_norm)
+
+        if g_step:  # G descends its loss on fresh z against the updated D
+            g_loss = self.loss.g_loss(gan.discriminator(self._generate(n)))
+            g_norm = self._backward(g_loss, self.opt_g)
+            g_value, g_norm_value = torch.stack([g_loss.detach(), g_norm]).tolist()
+            out["g_loss"] = g_value
+            if not (math.isfinite(g_value) and math.isfinite(g_norm_value)):
+                return self._cancel(out)
+            self._apply(self.opt_g, g_norm)
+            gan.update_ema()
             self.num_g_steps += 1
-            self._update_ema()
-        out["g_loss"] = self.last_g_loss
+        self.num_steps += 1
         return out
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
-        """θ_ema ← β θ_ema + (1 − β) θ_G."""
-        if self.model.ema_generator is None:
-            return
-        beta = self.ema_decay
-        for e, p in zip(
-            self.model.ema_generator.state_dict().values(),
-            self.model.generator.state_dict().values(),
-            strict=True,
-        ):
-            if e.dtype.is_floating_point:
-                e.mul_(beta).add_(p, alpha=1 - beta)
-            else:
-                e.copy_(p)
-
-    @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
-        """−V (the discriminator's loss), the generator's loss, mean D(x) and D(G(z))."""
+        """On a validation batch (dropout off): D's loss without penalties (−V for minimax
+        and non-saturating), G's loss, mean D(x) on the data and mean D(G(z)) on as many
+        fresh samples of the trained (not averaged) generator."""
         self.model.eval()
-        d = self.model.discriminator
-        lr, lf = d(x.reshape(x.shape[0], -1)), d(self._fake(x.shape[0]))
-        return {
-            "d_loss": self.loss.d_loss(lr, lf).item(),
-            "g_loss": self.loss.g_loss(lf).item(),
-            "d_real": torch.sigmoid(lr).mean().item(),
-            "d_fake": torch.sigmoid(lf).mean().item(),
-        }
+        n = x.shape[0]
+        l_real, l_fake = self.discriminator_logits(x.reshape(n, -1), self._generate(n))
+        values = torch.stack(
+            [
+                self.loss.d_loss(l_real, l_fake),
+                self.loss.g_loss(l_fake),
+                torch.sigmoid(l_real).mean(),
+                torch.sigmoid(l_fake).mean(),
+            ]
+        ).tolist()
+        return dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), values, strict=True))
 
+    # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
+        """Both players (and the EMA generator), both optimisers and the counters."""
         return {
             "module": self.model.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "num_steps": self.num_steps,
             "num_g_steps": self.num_g_steps,
-            "last_g_loss": self.last_g_loss,
+            "generator_loss": self.generator_loss,
+            "discriminator_steps": self.k,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -268,4 +349,3 @@ class AdversarialLearner:
         self.opt_g.load_state_dict(state["opt_g"])
         self.num_steps = int(state["num_steps"])
         self.num_g_steps = int(state["num_g_steps"])
-        self.last_g_loss = float(state["last_g_loss"])

@@ -4,19 +4,30 @@
     x = G(z; θ_g)      (a deterministic site: a GAN has no likelihood)
 
 with a discriminator D(x) = σ(d(x)) = P(label 1 = data | x), returned as the logit d(x).
-Generators and discriminators are MLPs (the GAN paper's MNIST scale by config) or, for
-images, DCGAN-style convolution stacks.
+
+Networks, sizes from :class:`~pyrogen.config.GANModelConfig`:
+
+* ``architecture: mlp``: G is ``latent_dim -> hidden_sizes -> D`` with ReLU, D is
+  ``D -> discriminator_hidden_sizes -> 1`` with leaky ReLU and dropout. The GAN paper's MNIST
+  scale is G 100-1200-1200-784, D 784-240-240-1 (``configs/gan_mnist.yaml``).
+* ``architecture: conv`` (DCGAN-style, Radford et al. 2016): G is a linear layer to a
+  ``hidden_sizes[0] x H/4 x W/4`` map and two stride-2 transposed convolutions
+  (``hidden_sizes[0] -> hidden_sizes[1] -> C``, batch norm between); D is two stride-2
+  convolutions with ``discriminator_hidden_sizes`` channels and a linear head.
+
+``spectral_norm`` normalises every layer of D (Miyato et al. 2018); ``output`` is G's last
+non-linearity: ``sigmoid`` for data in [0, 1], ``identity`` for 2-D toys.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pyrogen.config import GANModelConfig
 from pyrogen.nets import MLP, ConvDecoder, ConvEncoder
@@ -24,18 +35,32 @@ from pyrogen.nets import MLP, ConvDecoder, ConvEncoder
 OUTPUTS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "identity": lambda h: h}
 
 
-class Generator(nn.Module):
-    """G: z -> x, ending in ``cfg.output`` (sigmoid for data in [0, 1])."""
+def _conv_sizes(sizes: list[int], key: str) -> tuple[int, int]:
+    if len(sizes) != 2:
+        raise ValueError(
+            f"model.architecture=conv uses {key} as the channels of its two stride-2 stages; "
+            f"give two sizes (e.g. [128, 64]), not {sizes}"
+        )
+    return int(sizes[0]), int(sizes[1])
 
-    def __init__(self, cfg: GANModelConfig, num_dims: int, image_shape=None) -> None:
+
+class Generator(nn.Module):
+    """G: z -> x as a flat ``(batch, D)`` tensor, ending in ``cfg.output``."""
+
+    def __init__(
+        self,
+        cfg: GANModelConfig,
+        num_dims: int,
+        image_shape: tuple[int, int, int] | None = None,
+    ) -> None:
         super().__init__()
         self.output = cfg.output
         if cfg.architecture == "conv":
             if image_shape is None:
                 raise ValueError("model.architecture=conv needs image data")
-            self.net: nn.Module = nn.Sequential(
-                ConvDecoder(cfg.latent_dim, image_shape, batch_norm=True), nn.Flatten()
-            )
+            channels = _conv_sizes(cfg.hidden_sizes, "model.hidden_sizes")
+            body = ConvDecoder(cfg.latent_dim, image_shape, channels=channels, batch_norm=True)
+            self.net: nn.Module = nn.Sequential(body, nn.Flatten())
         else:
             self.net = MLP(cfg.latent_dim, cfg.hidden_sizes, num_dims, "relu")
 
@@ -46,13 +71,22 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """d: x -> logit of P(data | x); MLP with leaky ReLU (and dropout), or a DCGAN-style
-    conv net; optional spectral normalisation of every layer."""
+    """d: x -> the logit of D(x) = P(data | x), shape ``(batch,)``."""
 
-    def __init__(self, cfg: GANModelConfig, num_dims: int, image_shape=None) -> None:
+    def __init__(
+        self,
+        cfg: GANModelConfig,
+        num_dims: int,
+        image_shape: tuple[int, int, int] | None = None,
+    ) -> None:
         super().__init__()
         if cfg.architecture == "conv":
-            self.net: nn.Module = ConvEncoder(image_shape, 1, spectral_norm=cfg.spectral_norm)
+            if image_shape is None:
+                raise ValueError("model.architecture=conv needs image data")
+            channels = _conv_sizes(cfg.discriminator_hidden_sizes, "discriminator_hidden_sizes")
+            self.net: nn.Module = ConvEncoder(
+                image_shape, 1, channels=channels, spectral_norm=cfg.spectral_norm
+            )
         else:
             self.net = MLP(
                 num_dims,
@@ -71,12 +105,21 @@ class GAN(nn.Module):
     """The generator's process as a Pyro model (``forward``, alias ``model``) plus the
     discriminator it is trained against.
 
+    The prior's tensors are buffers (``.to(device)`` moves them). With
+    :meth:`enable_ema`, ``ema_generator`` holds an exponential moving average of G's weights
+    and the process (``forward``, ``sample``) uses it: the averaged weights are the ones a GAN
+    is evaluated with; training updates ``generator``.
+
     Example::
 
+        >>> from pyro import poutine
         >>> from pyrogen.config import GANModelConfig
         >>> gan = GAN(GANModelConfig(latent_dim=2, hidden_sizes=[16], output="identity"), (2,))
         >>> gan.sample(5).shape
         torch.Size([5, 2])
+        >>> trace = poutine.trace(gan.model).get_trace(num_samples=3)
+        >>> trace.nodes["z"]["value"].shape, trace.nodes["x"]["value"].shape
+        (torch.Size([3, 2]), torch.Size([3, 2]))
     """
 
     def __init__(
@@ -92,24 +135,38 @@ class GAN(nn.Module):
         self.latent_dim = cfg.latent_dim
         self.generator = Generator(cfg, self.num_dims, image_shape)
         self.discriminator = Discriminator(cfg, self.num_dims, image_shape)
-        self.ema_generator: Generator | None = None
-        if cfg.prior == "normal":
-            self.register_buffer("prior_a", torch.zeros(cfg.latent_dim))
-            self.register_buffer("prior_b", torch.ones(cfg.latent_dim))
-        else:
-            self.register_buffer("prior_a", -torch.ones(cfg.latent_dim))
-            self.register_buffer("prior_b", torch.ones(cfg.latent_dim))
+        self.ema_generator: AveragedModel | None = None
+        low = 0.0 if cfg.prior == "normal" else -1.0  # normal: (loc, scale); uniform: (low, high)
+        self.register_buffer("prior_a", torch.full((cfg.latent_dim,), low))
+        self.register_buffer("prior_b", torch.ones(cfg.latent_dim))
 
     def prior(self) -> dist.Distribution:
-        """p_z, from buffers so it follows the module to its device."""
+        """p_z, built from buffers so that it follows the module to its device."""
         if self.cfg.prior == "normal":
             return dist.Normal(self.prior_a, self.prior_b).to_event(1)
         return dist.Uniform(self.prior_a, self.prior_b).to_event(1)
 
-    def enable_ema(self) -> None:
-        """Keep an exponential moving average of the generator's weights (``ema_generator``)."""
+    def enable_ema(self, decay: float) -> None:
+        """Keep θ_ema ← β θ_ema + (1 − β) θ_g (β = ``decay``) in ``ema_generator`` (a
+        :class:`torch.optim.swa_utils.AveragedModel`; its first update copies θ_g, its
+        buffers follow G's); the learner calls ``update_ema`` after each G step."""
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"adversarial.ema_decay must be in [0, 1), got {decay}")
         if self.ema_generator is None:
-            self.ema_generator = copy.deepcopy(self.generator).requires_grad_(False)
+            self.ema_generator = AveragedModel(
+                self.generator, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False
+            ).requires_grad_(False)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """One EMA update from the current generator (no-op without :meth:`enable_ema`)."""
+        if self.ema_generator is not None:
+            self.ema_generator.update_parameters(self.generator)
+
+    @property
+    def sampling_generator(self) -> nn.Module:
+        """The generator of the process: the EMA one when enabled, else ``generator``."""
+        return self.ema_generator if self.ema_generator is not None else self.generator
 
     def forward(
         self,
@@ -117,25 +174,26 @@ class GAN(nn.Module):
         y: torch.Tensor | None = None,
         num_samples: int | None = None,
     ) -> torch.Tensor:
-        """The generative process: z ~ p_z, x = G(z) as ``pyro.deterministic`` sites in
-        ``pyro.plate("data")``. Given ``x``, only its batch size is used (no likelihood)."""
+        """The generative process: ``z ~ p_z`` (sample site ``"z"``) and ``x = G(z)``
+        (``pyro.deterministic`` site ``"x"``) in ``pyro.plate("data", n)``, ``n =
+        num_samples`` or ``x.shape[0]``. Given ``x`` only its batch size is used: a GAN has no
+        likelihood to condition on. ``y`` is accepted for a uniform signature and ignored."""
         if x is None and num_samples is None:
-            raise ValueError("give a number of samples")
+            raise ValueError("give x (for its batch size) or num_samples")
         n = num_samples if num_samples is not None else x.shape[0]
         with pyro.plate("data", n):
             z = pyro.sample("z", self.prior())
-            out = self.generator(z).reshape(*z.shape[:-1], *self.event_shape)
+            out = self.sampling_generator(z).reshape(*z.shape[:-1], *self.event_shape)
             return pyro.deterministic("x", out, event_dim=len(self.event_shape))
 
     model = forward
 
     def discriminate(self, x: torch.Tensor) -> torch.Tensor:
-        """The discriminator's logit d(x); D(x) = sigmoid(d(x))."""
+        """The discriminator's logit d(x), shape ``(batch,)``; D(x) = sigmoid(d(x))."""
         return self.discriminator(x)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        """``n`` draws G(z) (with the averaged weights when the EMA is on)."""
-        g = self.ema_generator if self.ema_generator is not None else self.generator
+        """``n`` draws x = G(z), shape ``(n, *event_shape)`` (EMA weights when enabled)."""
         z = self.prior().sample((n,))
-        return g(z).reshape(n, *self.event_shape)
+        return self.sampling_generator(z).reshape(n, *self.event_shape)
