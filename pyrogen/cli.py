@@ -117,8 +117,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         is_samples=args.is_samples,
         parzen_samples=args.parzen_samples,
         max_test=args.max_examples,
+        bounds=list(args.bound or []),
     )
-    results = evaluate_run(run, ev)
+    try:
+        results = evaluate_run(run, ev)
+    except ValueError as e:  # a bound that does not apply to this run
+        raise UsageError(str(e)) from None
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -240,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--is-samples", type=int, default=1000, help="K for importance sampling")
     p.add_argument("--parzen-samples", type=int, default=10_000, help="samples in the window")
     p.add_argument("--max-examples", type=int, default=None, help="evaluate on the first N")
+    p.add_argument(
+        "--bound",
+        action="append",
+        metavar="NAME[:K]",
+        help="VAE: also the bound of estimator NAME (an elbo.name) with K particles, e.g. "
+        "renyi:50 (the IWAE bound), trace:100; repeatable",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_evaluate)

@@ -41,6 +41,7 @@ class EvaluationConfig:
     parzen_sigmas: list[float] | None = None  # default: 10 log-spaced values
     quality_samples: int = 1000  # samples for MMD / Frechet distance
     max_test: int | None = None  # evaluate on at most this many test examples
+    bounds: list[str] = field(default_factory=list)  # VAE: extra bounds, "NAME" or "NAME:K"
 
 
 @dataclass

@@ -34,12 +34,21 @@ def test_train_sample_evaluate_end_to_end(tmp_path, capsys):
             "200",
             "--max-examples",
             "50",
+            "--bound",
+            "renyi:20",
         ]
     )
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result["estimates"]) == {"elbo", "importance_sampled", "parzen"}
-    assert result["estimates"]["elbo"]["mean"] <= result["estimates"]["importance_sampled"]["mean"]
+    est = result["estimates"]
+    assert set(est) == {"elbo", "importance_sampled", "renyi:20", "parzen"}
+    assert est["elbo"]["mean"] <= est["importance_sampled"]["mean"]
+    # the IWAE bound with K = 20 estimates the same quantity as IS with K = 20
+    assert est["renyi:20"]["K"] == 20 and est["renyi:20"]["mean"] > est["elbo"]["mean"]
+    assert est["renyi:20"]["mean"] == pytest.approx(est["importance_sampled"]["mean"], abs=0.5)
+    # a bound that does not apply is a one-line user error
+    assert main(["evaluate", str(run), "--bound", "renyi", "--parzen-samples", "10"]) == 2
+    assert "needs elbo.num_particles > 1" in capsys.readouterr().err
     # resume continues the same run
     assert main(["train", "--resume", str(run), "train.max_steps=30", "--quiet"]) == 0
 

@@ -63,6 +63,10 @@ def evaluate_run(run: Any, evaluation: EvaluationConfig | None = None) -> dict[s
         )
         estimates["elbo"] = mean_stderr(elbo)
         estimates["importance_sampled"] = {**mean_stderr(logp), "K": ev.is_samples}
+        for spec in ev.bounds:
+            estimates.update(_bound(run, xp, spec))
+    elif ev.bounds:
+        raise ValueError(f"bounds ({', '.join(ev.bounds)}) apply to VAE runs, not to a {family}")
     from pyrogen.evaluation.parzen import parzen_evaluate
 
     valid = run.dataset.split("valid")[: ev.parzen_valid]
@@ -87,6 +91,42 @@ def evaluate_run(run: Any, evaluation: EvaluationConfig | None = None) -> dict[s
         "parameters": count_parameters(run.learner.module),
         "estimates": estimates,
     }
+
+
+def parse_bound(spec: str) -> tuple[str, int]:
+    """``"renyi:50"`` -> ("renyi", 50); ``"trace"`` -> ("trace", 1)."""
+    name, _, k = spec.partition(":")
+    try:
+        particles = int(k) if k else 1
+    except ValueError:
+        particles = 0
+    if particles < 1:
+        raise ValueError(f"a bound is NAME or NAME:K with K a positive integer, got {spec!r}")
+    return name, particles
+
+
+def _bound(run: Any, x: torch.Tensor, spec: str) -> dict[str, dict[str, Any]]:
+    """The mean bound of one of Pyro's estimators (``elbo.name`` values) on ``x``, with K
+    vectorised particles: ``renyi:K`` is the IWAE bound, ``rws:K`` its wake-θ value."""
+    from dataclasses import replace
+
+    from pyrogen.config import ConfigError
+    from pyrogen.evaluation.loglik import evaluate_elbo
+    from pyrogen.inference.elbo import check_compatible
+    from pyrogen.registry import ELBOS
+
+    name, k = parse_bound(spec)
+    if name not in ELBOS:
+        raise ConfigError(f"unknown bound {name!r} (allowed: {', '.join(ELBOS.names())})")
+    cfg = replace(run.cfg.elbo, name=name, num_particles=k, vectorize_particles=k > 1)
+    cfg = replace(cfg, kl_warmup_steps=0)
+    reason = check_compatible(run.cfg.guide, cfg)
+    if reason is not None:
+        raise ConfigError(f"bound {spec!r}: {reason}")
+    elbo = ELBOS.get(name)(cfg)
+    batch = max(1, 20_000 // k)  # examples per call: K particles of each in one trace
+    value = evaluate_elbo(run.model, run.learner.guide, x, elbo, batch_size=batch)
+    return {spec: {"mean": value, "stderr": float("nan"), "n": int(x.shape[0]), "K": k}}
 
 
 def count_parameters(module: torch.nn.Module) -> int:
