@@ -12,6 +12,12 @@ family the sections only it needs::
 
 Each family's section is merged with the shared sections and validated exactly like a
 training config (:func:`pyrogen.config.from_dict`), so error messages name the same keys.
+
+The data, its splits and its preprocessing are shared, so that every family's likelihood is
+a density in the same space (for images: dequantised pixels in [0, 1]). The one exception is
+``data.logit_lambda``, which a family may set for itself (a flow usually does): the logit
+transform is a bijection whose log-determinant is counted, so the likelihood is still
+reported in the shared space.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from pyrogen.config import Config, ConfigError, _build_section, _merge, from_dic
 
 FAMILIES = ("vae", "flow", "gan")
 SHARED = ("data", "train", "output")
+#: the data keys a family may set for itself (see the module docstring)
+FAMILY_DATA_KEYS = ("logit_lambda",)
 
 
 @dataclass
@@ -71,7 +79,15 @@ def compare_from_dict(raw: dict[str, Any]) -> CompareConfig:
         if not isinstance(section, dict):
             raise ConfigError(f"{family}: expected a section of key: value pairs")
         for key in SHARED:
-            if key in section:
+            if key == "data" and isinstance(section.get(key), dict):
+                for data_key in section["data"]:
+                    if data_key not in FAMILY_DATA_KEYS:
+                        raise ConfigError(
+                            f"'{family}.data.{data_key}' is shared by all families, so that "
+                            f"their likelihoods are in one space: set it at the top level "
+                            f"(a family may set only {', '.join(FAMILY_DATA_KEYS)})"
+                        )
+            elif key in section:
                 raise ConfigError(
                     f"'{family}.{key}' is shared by all families: set it at the top level"
                 )

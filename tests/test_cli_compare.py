@@ -93,6 +93,15 @@ def test_compare_config_errors_name_the_family():
         load_compare_config(CONFIGS / "compare_toy.yaml", ["vea.model.latent_dim=2"])
 
 
+def test_compare_shares_the_data_space_except_the_flows_logit_transform():
+    cc = load_compare_config(CONFIGS / "compare_digits.yaml")
+    assert all(cfg.data.dequantize for cfg in cc.runs.values())  # one density space
+    assert cc.runs["flow"].data.logit_lambda == 1e-6
+    assert cc.runs["vae"].data.logit_lambda is None and cc.runs["gan"].data.logit_lambda is None
+    with pytest.raises(ConfigError, match="'flow.data.dequantize' is shared by all families"):
+        load_compare_config(CONFIGS / "compare_digits.yaml", ["flow.data.dequantize=false"])
+
+
 def test_compare_on_the_toy_config(tmp_path):
     cc = load_compare_config(
         CONFIGS / "compare_toy.yaml",

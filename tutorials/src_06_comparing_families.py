@@ -33,8 +33,10 @@ display(Markdown(format_markdown(rows)))
 #
 # * **exact** (flow) is the log-density of dequantised digits on the $[0, 1]^{64}$ cube; **bits/dim**
 #   is the same number in the units image papers use.
-# * **IS** and **ELBO** (VAE): the VAE here has a Gaussian decoder on $[0,1]$ intensities, so these are
-#   densities too; the ELBO is always below the importance-sampled estimate.
+# * **IS** and **ELBO** (VAE): the VAE here has a Gaussian decoder on the same dequantised
+#   intensities, so these are densities in the same space as the flow's exact value (the config
+#   shares the data and its dequantisation between families; a density of the raw, discrete
+#   intensities would be unbounded). The ELBO is always below the importance-sampled estimate.
 # * **Parzen** fits a Gaussian window on 10,000 samples of *each* model: it ranks the models on one
 #   scale, but in 64 dimensions it mostly measures the window (Theis et al., 2016); compare it with
 #   the flow's exact value in the same row.
