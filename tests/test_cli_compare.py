@@ -130,3 +130,31 @@ def test_compare_on_the_toy_config(tmp_path):
     for name in ("compare.md", "compare.csv", "compare.json", "samples.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert (tmp_path / "compare.md").read_text().count("\n") == 5  # header, rule, 3 rows
+
+
+SHARED_MNIST = CONFIGS.parents[1] / "shared" / "data"
+
+
+@pytest.mark.skipif(
+    not (SHARED_MNIST / "mnist" / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="no shared MNIST files",
+)
+def test_compare_runs_on_mnist_from_the_shared_files(tmp_path):
+    cc = load_compare_config(
+        CONFIGS / "compare_mnist.yaml",
+        [
+            f"data.root={SHARED_MNIST}",
+            "train.epochs=1",
+            "train.max_steps=5",
+            "train.device=cpu",
+            "evaluation.parzen_samples=200",
+            "evaluation.parzen_valid=100",
+            "evaluation.quality_samples=200",
+            "evaluation.is_samples=10",
+            "evaluation.max_test=200",
+        ],
+    )
+    rows = {r["family"]: r for r in compare(cc, tmp_path)}
+    assert set(rows) == {"vae", "flow", "gan"}
+    assert all(row["parzen"]["n"] == 200 for row in rows.values())
+    assert rows["flow"]["bits_per_dim"]["mean"] > 0

@@ -12,7 +12,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 
-from pyrogen.config import DataConfig, FlowModelConfig
+from pyrogen.config import ConfigError, DataConfig, FlowModelConfig
 from pyrogen.data import load_dataset
 from pyrogen.evaluation.flow_metrics import flow_log_likelihood
 from pyrogen.evaluation.plots import density_grid
@@ -351,3 +351,10 @@ if __name__ == "__main__":  # the measurement behind RECORDED
     for arch in INVERTIBLE:
         values = [train_on_moons(arch, data, seed)[2] for seed in range(5)]
         print(arch, " ".join(f"{v:.3f}" for v in values))
+
+
+@pytest.mark.parametrize("name", ["maf", "iaf", "nsf_autoregressive"])
+def test_made_narrower_than_the_data_is_a_config_error_naming_the_key(name):
+    cfg = FlowModelConfig(flow=name, num_layers=2, hidden_sizes=[32, 16])
+    with pytest.raises(ConfigError, match=r"model.hidden_sizes=\[32, 16\].*at least as wide"):
+        Flow(cfg, (20,))

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from torch import nn
 
-from pyrogen.config import FlowModelConfig
+from pyrogen.config import ConfigError, FlowModelConfig
 from pyrogen.models.flow_layers import ActNorm, Layers, PermuteLayer, StaticLayer
 from pyrogen.registry import FLOWS
 
@@ -93,6 +93,13 @@ def _made(cfg: FlowModelConfig, d: int, c: int | None, param_dims: list[int]) ->
     """A MADE network in the natural variable order: the permutations between layers are
     the flow's own (``model.permutation``), not Pyro's default random order per layer, which
     can give consecutive layers the same order."""
+    if min(cfg.hidden_sizes, default=0) < d:
+        raise ConfigError(
+            f"model.hidden_sizes={list(cfg.hidden_sizes)}: model.flow={cfg.flow} uses MADE "
+            f"networks, whose hidden layers must be at least as wide as the data ({d} "
+            f"dimensions), or some outputs could depend on no input; use e.g. "
+            f"model.hidden_sizes=[{max(2 * d, 64)}]"
+        )
     order = torch.arange(d)
     if c:
         return ConditionalAutoRegressiveNN(d, c, cfg.hidden_sizes, param_dims, permutation=order)
