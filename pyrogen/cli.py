@@ -190,6 +190,7 @@ def _cmd_gradients(args: argparse.Namespace) -> int:
         args.samples,
         out_dir=out,
         groups=encoder_output_groups(learner.guide),
+        warmup=args.warmup,
     )
     print(format_table(rows))
     print(f"table, CSV and plot in {out}")
@@ -289,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--particles", nargs="+", type=int, default=[1, 4, 16])
     p.add_argument("--samples", type=int, default=200, help="gradient draws per estimator")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=200,
+        help="updates of each baseline on the batch before measuring, so that it is where "
+        "training would have it (default 200; 0: measure untrained baselines)",
+    )
     p.add_argument("--out", help="output folder (default: the run folder)")
     p.set_defaults(func=_cmd_gradients)
     return parser

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -158,3 +159,39 @@ def test_compare_runs_on_mnist_from_the_shared_files(tmp_path):
     assert set(rows) == {"vae", "flow", "gan"}
     assert all(row["parzen"]["n"] == 200 for row in rows.values())
     assert rows["flow"]["bits_per_dim"]["mean"] > 0
+
+
+def test_gradients_command_writes_the_variance_table_and_plot(tmp_path, capsys):
+    rc = main(
+        [
+            "gradients",
+            str(CONFIGS / "vae_digits.yaml"),
+            "train.device=cpu",
+            "--estimators",
+            "reparam",
+            "score_function",
+            "--particles",
+            "1",
+            "4",
+            "--samples",
+            "30",
+            "--batch-size",
+            "16",
+            "--warmup",
+            "0",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 0
+    for name in ("gradient_variance.md", "gradient_variance.csv", "gradient_variance.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    with (tmp_path / "gradient_variance.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 2 * 2  # estimators x particles x parameter groups
+    var = {(r["estimator"], r["particles"], r["group"]): float(r["variance"]) for r in rows}
+    for (est, k, group), v in var.items():
+        if est == "score_function":  # far noisier than reparameterisation, same settings
+            assert v > 10 * var[("reparam", k, group)]
+    assert main(["gradients", str(CONFIGS / "gan_toy.yaml")]) == 2
+    assert "about guides" in capsys.readouterr().err
