@@ -165,11 +165,12 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
 
 def save_side_by_side(samples: dict[str, torch.Tensor], ds: Any, path: Path) -> None:
     """One figure: each family's samples in a column (image grids or 2-D scatters)."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     from pyrogen.evaluation.plots import image_grid
 
-    fig, axes = plt.subplots(1, len(samples), figsize=(4 * len(samples), 4), squeeze=False)
+    fig = Figure(figsize=(4 * len(samples), 4))
+    axes = fig.subplots(1, len(samples), squeeze=False)
     for ax, (family, x) in zip(axes[0], samples.items(), strict=True):
         if ds.kind == "image":
             grid = image_grid(x, ds.image_shape, nrow=8)
@@ -183,4 +184,3 @@ def save_side_by_side(samples: dict[str, torch.Tensor], ds: Any, path: Path) -> 
             ax.set_aspect("equal")
         ax.set_title(family)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)

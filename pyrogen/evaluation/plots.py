@@ -1,7 +1,7 @@
 """Figures saved as PNG: sample grids for images, scatter and density plots for 2-D data.
 
-matplotlib runs with the non-interactive Agg backend, so figures work on a machine with no
-screen.
+Figures are ``matplotlib.figure.Figure`` objects drawn straight to files, without pyplot: they
+need no screen and leave the caller's backend alone (a notebook keeps its inline figures).
 """
 
 from __future__ import annotations
@@ -10,12 +10,9 @@ import math
 import os
 from collections.abc import Callable, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
 
 def image_grid(
@@ -45,13 +42,13 @@ def save_image_grid(
 ) -> None:
     """Save images (values in [0, 1]) as one PNG grid."""
     grid = image_grid(images, image_shape, nrow)
-    fig, ax = plt.subplots(figsize=(max(5, grid.shape[1] / 40), max(5, grid.shape[0] / 40) + 0.3))
+    fig = Figure(figsize=(max(5, grid.shape[1] / 40), max(5, grid.shape[0] / 40) + 0.3))
+    ax = fig.subplots()
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
     if title:
         ax.set_title(title)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 def save_points(
@@ -62,7 +59,8 @@ def save_points(
     lim: float | None = None,
 ) -> None:
     """Scatter 2-D ``samples`` (orange) over ``data`` (blue)."""
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig = Figure(figsize=(4, 4))
+    ax = fig.subplots()
     if data is not None:
         d = data.detach().cpu().numpy()
         ax.scatter(d[:, 0], d[:, 1], s=2, alpha=0.3, label="data", color="tab:blue")
@@ -76,7 +74,6 @@ def save_points(
     if title:
         ax.set_title(title)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 def density_grid(
@@ -109,7 +106,8 @@ def save_density(
     """A density heat-map of a 2-D model, beside a histogram of the data, as flow papers show."""
     dens, axis, _ = density_grid(log_prob, lim, resolution, device)
     ncols = 2 if data is not None else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(4 * ncols, 4), squeeze=False)
+    fig = Figure(figsize=(4 * ncols, 4))
+    axes = fig.subplots(1, ncols, squeeze=False)
     if data is not None:
         d = data.detach().cpu().numpy()
         axes[0, 0].hist2d(d[:, 0], d[:, 1], bins=resolution // 2, range=[[-lim, lim], [-lim, lim]])
@@ -122,4 +120,3 @@ def save_density(
         a.set_xticks([])
         a.set_yticks([])
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
