@@ -31,3 +31,14 @@ def _fresh_pyro_state():
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for tests of tiny networks: fastest, and immune to a busy machine (two
+    threads spinning against other processes made the flow training tests ~50x slower).
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from pyrogen.cli import main
 from pyrogen.compare import compare
-from pyrogen.compare_config import load_compare_config
+from pyrogen.compare_config import EvaluationConfig, load_compare_config
 from pyrogen.config import ConfigError
+from pyrogen.evaluation.report import evaluate_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FAST = ["train.epochs=2", "train.max_steps=20", "train.device=cpu", "train.eval_every=0"]
@@ -50,6 +52,8 @@ def test_train_sample_evaluate_end_to_end(tmp_path, capsys):
     # a bound that does not apply is a one-line user error
     assert main(["evaluate", str(run), "--bound", "renyi", "--parzen-samples", "10"]) == 2
     assert "needs elbo.num_particles > 1" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="apply to VAE runs, not to a flow"):
+        evaluate_run(SimpleNamespace(family="flow"), EvaluationConfig(bounds=["renyi:5"]))
     # resume continues the same run
     assert main(["train", "--resume", str(run), "train.max_steps=30", "--quiet"]) == 0
 

@@ -25,14 +25,7 @@ ALL = [*INVERTIBLE, "planar", "radial"]
 GLOW_IMAGES = {16: (1, 4, 4), 32: (2, 4, 4)}  # glow acts on flattened (C, H, W) images
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These networks are tiny: one thread is fastest, and immune to a busy machine (two
-    threads spinning against other processes made the training tests ~50x slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name: str, dim: int, **kw) -> Flow:

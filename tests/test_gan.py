@@ -31,13 +31,7 @@ TOY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These nets are small: one thread is fastest, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ the generative process

@@ -14,14 +14,7 @@ from pyrogen.evaluation.parzen import (
     select_sigma,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small problems: one thread is fastest, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian_log_prob(x: torch.Tensor, var: float) -> torch.Tensor:

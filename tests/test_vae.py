@@ -11,19 +11,11 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO
+from test_guides_elbos import TINY
 
 from pyrogen.build import build
 from pyrogen.config import load_config
 from pyrogen.inference.variational import ScaleLatents
-
-TINY = [
-    "data.name=digits",
-    "data.binarize=dynamic",
-    "model.latent_dim=3",
-    "model.hidden_sizes=[16]",
-    "train.device=cpu",
-    "train.batch_size=32",
-]
 
 
 def test_model_is_plain_pyro_trace_predictive_and_svi():

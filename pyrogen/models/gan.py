@@ -35,7 +35,10 @@ from pyrogen.nets import MLP, ConvDecoder, ConvEncoder
 OUTPUTS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "identity": lambda h: h}
 
 
-def _conv_sizes(sizes: list[int], key: str) -> tuple[int, int]:
+def _conv_sizes(sizes: list[int], key: str, image_shape) -> tuple[int, int]:
+    """The channels of the two stride-2 stages of ``architecture: conv``, checked."""
+    if image_shape is None:
+        raise ValueError("model.architecture=conv needs image data")
     if len(sizes) != 2:
         raise ValueError(
             f"model.architecture=conv uses {key} as the channels of its two stride-2 stages; "
@@ -56,9 +59,7 @@ class Generator(nn.Module):
         super().__init__()
         self.output = cfg.output
         if cfg.architecture == "conv":
-            if image_shape is None:
-                raise ValueError("model.architecture=conv needs image data")
-            channels = _conv_sizes(cfg.hidden_sizes, "model.hidden_sizes")
+            channels = _conv_sizes(cfg.hidden_sizes, "model.hidden_sizes", image_shape)
             body = ConvDecoder(cfg.latent_dim, image_shape, channels=channels, batch_norm=True)
             self.net: nn.Module = nn.Sequential(body, nn.Flatten())
         else:
@@ -81,9 +82,8 @@ class Discriminator(nn.Module):
     ) -> None:
         super().__init__()
         if cfg.architecture == "conv":
-            if image_shape is None:
-                raise ValueError("model.architecture=conv needs image data")
-            channels = _conv_sizes(cfg.discriminator_hidden_sizes, "discriminator_hidden_sizes")
+            key = "model.discriminator_hidden_sizes"
+            channels = _conv_sizes(cfg.discriminator_hidden_sizes, key, image_shape)
             self.net: nn.Module = ConvEncoder(
                 image_shape, 1, channels=channels, spectral_norm=cfg.spectral_norm
             )
