@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyrogen import load_config
 from pyrogen.build import build
-from pyrogen.config import load_config
 from pyrogen.evaluation.parzen import parzen_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

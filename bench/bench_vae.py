@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyrogen import load_config
 from pyrogen.build import build
-from pyrogen.config import load_config
 from pyrogen.evaluation.loglik import importance_log_likelihood
 
 ROOT = Path(__file__).resolve().parents[1]

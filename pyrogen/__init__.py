@@ -11,15 +11,25 @@ The public surface::
     pyrogen.evaluate(run)                 # every log-likelihood the family supports
 """
 
-from pyrogen.build import build
-from pyrogen.config import Config, ConfigError, load_config
+from pyrogen.build import build, load_config
+from pyrogen.config import Config, ConfigError
 from pyrogen.data import DataError, Dataset, load_dataset
 from pyrogen.evaluation.report import evaluate_run as evaluate
+from pyrogen.inference.adversarial import AdversarialLearner
+from pyrogen.inference.guides import (
+    DiagonalNormalGuide,
+    FullNormalGuide,
+    IAFGuide,
+    LowRankNormalGuide,
+    ScoreFunctionGuide,
+)
+from pyrogen.inference.variational import VariationalLearner
 from pyrogen.models.flow import Flow
 from pyrogen.models.gan import GAN
+from pyrogen.models.likelihoods import BernoulliLikelihood, GaussianLikelihood
 from pyrogen.models.vae import VAE
 from pyrogen.registry import populate as _populate
-from pyrogen.training import TrainedRun, TrainingDiverged, load, train
+from pyrogen.training import CheckpointError, TrainedRun, TrainingDiverged, load, train
 
 _populate()  # fill the registries: every config name is known once pyrogen is imported
 
@@ -29,6 +39,16 @@ __all__ = [
     "VAE",
     "Flow",
     "GAN",
+    "AdversarialLearner",
+    "BernoulliLikelihood",
+    "CheckpointError",
+    "DiagonalNormalGuide",
+    "FullNormalGuide",
+    "GaussianLikelihood",
+    "IAFGuide",
+    "LowRankNormalGuide",
+    "ScoreFunctionGuide",
+    "VariationalLearner",
     "Config",
     "ConfigError",
     "DataError",

@@ -1,6 +1,9 @@
-"""From a validated :class:`~pyrogen.config.Config` to objects: data set, model, learner.
+"""From a config to objects: the one place where config values become constructor arguments.
 
-This is where the families meet the learning methods:
+:func:`validate` makes the checks that need the modelling code (registry names, guide ×
+estimator pairs); :func:`build` loads the data and asks the family table
+(:mod:`pyrogen.families`) for the model and its learner. A user with their own ``nn.Module``s
+calls the same constructors (``VAE``, ``Flow``, ``GAN``) directly.
 
 =======  ============================================  ===============================
 family   generative process (``pyrogen.models``)       learning method
@@ -13,83 +16,96 @@ gan      :class:`~pyrogen.models.gan.GAN`              adversarial training
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import pyro
 import torch
 
-from pyrogen.config import Config
+from pyrogen import config as schema
+from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset, load_dataset
+from pyrogen.families import family_of
 from pyrogen.inference.base import Learner
-from pyrogen.inference.variational import EmptyGuide, VariationalLearner
-from pyrogen.registry import ELBOS, GUIDES
+from pyrogen.registry import DATASETS, check_name, populate
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; ``cuda:N`` must exist."""
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """``auto`` is CUDA when available, else CPU; ``cuda``/``cuda:N`` must exist here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but CUDA is not available here")
-    if device.type == "cuda" and device.index is not None:
-        if device.index >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"train.device is {name!r} but only {torch.cuda.device_count()} GPU(s) exist"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"bad value for '{key}': {name!r}; expected auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}={name} but CUDA is not available here (use auto or cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{key}={name} but only {torch.cuda.device_count()} GPU(s) exist here"
             )
+    elif device.type != "cpu":
+        raise ConfigError(f"bad value for '{key}': {name!r}; expected auto, cpu, cuda or cuda:N")
     return device
+
+
+def validate(cfg: Config, has_data: bool = False) -> Config:
+    """Every check that can be made before reading data: registry names, combinations, the
+    device. ``has_data``: the data come from Python (``pyrogen.train(cfg, data=...)``)."""
+    populate()
+    d = cfg.data
+    if not has_data:
+        check_name(DATASETS, d.name, "data.name")
+        if d.name in ("array", "image_folder") and not d.path:
+            what = "a .npy/.npz/.csv/.pt file" if d.name == "array" else "a folder of images"
+            raise ConfigError(
+                f"data.name={d.name} needs data.path ({what}), or pass the data from Python: "
+                "pyrogen.train(cfg, data=x)"
+            )
+    family_of(cfg).validate(cfg)
+    resolve_device(cfg.train.device)
+    return cfg
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Read a YAML config with ``key=value`` overrides and check everything that can be
+    checked before reading data (:func:`pyrogen.config.load_config` checks the schema only).
+
+    Example::
+
+        >>> cfg = load_config("configs/vae_digits.yaml", ["guide.name=iaf"])
+        >>> cfg.guide.name
+        'iaf'
+    """
+    return validate(schema.load_config(path, overrides))
 
 
 def build_model(cfg: Config, dataset: Dataset) -> torch.nn.Module:
     """The generative process of ``cfg.model.family`` for data shaped like ``dataset``."""
-    family = cfg.model.family
-    if family == "vae":
-        from pyrogen.models.vae import VAE
-
-        return VAE(cfg.model, dataset.event_shape, image_shape=dataset.image_shape)
-    if family == "flow":
-        from pyrogen.models.flow import Flow
-
-        return Flow(cfg.model, dataset.event_shape, image_shape=dataset.image_shape)
-    if family == "gan":
-        from pyrogen.models.gan import GAN
-
-        return GAN(cfg.model, dataset.event_shape, image_shape=dataset.image_shape)
-    raise ValueError(f"unknown model family {family!r}")
+    family = family_of(cfg)
+    family.check_data(cfg, dataset)
+    return family.build_model(cfg, dataset)
 
 
 def build_learner(cfg: Config, model: torch.nn.Module) -> Learner:
     """The learning method of the model's family, with its optimiser(s)."""
-    o = cfg.optim
-    if cfg.model.family == "gan":
-        from pyrogen.inference.adversarial import AdversarialLearner
-
-        return AdversarialLearner.from_config(model, cfg)
-    if cfg.model.family == "vae":
-        guide = GUIDES.get(cfg.guide.name)(cfg.guide, model)
-        elbo = ELBOS.get(cfg.elbo.name)(cfg.elbo)
-        warmup = cfg.elbo.kl_warmup_steps
-    else:  # flow: maximum likelihood = the ELBO of a model with no latent sites
-        guide = EmptyGuide()
-        elbo = pyro.infer.Trace_ELBO()
-        warmup = 0
-    return VariationalLearner(
-        model,
-        guide,
-        elbo,
-        optim=o.name,
-        lr=o.lr,
-        betas=o.betas,
-        momentum=o.momentum,
-        weight_decay=o.weight_decay,
-        clip_norm=o.clip_norm,
-        kl_warmup_steps=warmup,
-    )
+    return family_of(cfg).build_learner(cfg, model)
 
 
-def build(cfg: Config, device: torch.device | str | None = None) -> tuple[Dataset, Learner]:
-    """Load the data set onto ``device`` and build the model and its learner there."""
+def build(
+    cfg: Config, device: torch.device | str | None = None, data: Any = None
+) -> tuple[Dataset, Learner]:
+    """Load the data set (or the user's ``data``) onto ``device`` and build the model and its
+    learner there. Parameters are initialised from ``train.seed``."""
+    validate(cfg, has_data=data is not None)
     device = resolve_device(cfg.train.device) if device is None else torch.device(device)
     pyro.set_rng_seed(cfg.train.seed)
-    dataset = load_dataset(cfg.data, device)
+    dataset = load_dataset(cfg.data, device, seed=cfg.train.seed, data=data)
     model = build_model(cfg, dataset).to(device)
     learner = build_learner(cfg, model)
     learner.module.to(device)

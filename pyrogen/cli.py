@@ -30,16 +30,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from pyrogen.checkpoint import CheckpointError
     from pyrogen.config import ConfigError
     from pyrogen.data import DataError
     from pyrogen.registry import RegistryError
+    from pyrogen.training.checkpoint import CheckpointError
 
     return (UsageError, ConfigError, DataError, CheckpointError, RegistryError)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pyrogen.config import load_config
+    from pyrogen.build import load_config
     from pyrogen.training import CONFIG, TrainingDiverged, train
 
     positional = list(args.args)
@@ -108,7 +108,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from pyrogen.compare_config import EvaluationConfig
+    from pyrogen.config import EvaluationConfig
     from pyrogen.evaluation.report import evaluate_run, format_report
 
     run = _load_run(args.run_dir, args.device)
@@ -128,8 +128,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from pyrogen.compare import compare, format_markdown
-    from pyrogen.compare_config import FAMILIES, load_compare_config
+    from pyrogen.evaluation.compare import compare, format_markdown
+    from pyrogen.evaluation.compare_config import FAMILIES, load_compare_config
 
     overrides = list(args.overrides)
     cc = load_compare_config(args.config, overrides)
@@ -152,8 +152,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_gradients(args: argparse.Namespace) -> int:
     import torch
 
-    from pyrogen.build import build
-    from pyrogen.config import load_config
+    from pyrogen.build import build, load_config
     from pyrogen.evaluation.gradients import (
         ESTIMATORS,
         encoder_output_groups,
@@ -172,21 +171,23 @@ def _cmd_gradients(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path("runs") / f"gradients-{path.stem}"
     else:
         raise UsageError(f"{path}: no such run folder or config file")
-    if cfg.model.family != "vae":
+    guide = getattr(learner.model, "guide", None)
+    if guide is None or not hasattr(guide, "encoder"):
         raise UsageError(f"gradient estimators are about guides: {path} is a {cfg.model.family}")
     for est in args.estimators:
         if est not in ESTIMATORS:
             raise UsageError(f"unknown estimator {est!r} (allowed: {', '.join(ESTIMATORS)})")
     x = dataset.process(dataset.train[: args.batch_size], torch.Generator().manual_seed(0))
+    vae = learner.model
     rows = run_gradient_diagnostic(
-        learner.model,
-        learner.guide,
+        vae.model,
+        vae.guide,
         x,
         args.estimators,
         args.particles,
         args.samples,
         out_dir=out,
-        groups=encoder_output_groups(learner.guide),
+        groups=encoder_output_groups(vae.guide),
         warmup=args.warmup,
     )
     print(format_table(rows))

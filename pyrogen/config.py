@@ -1,15 +1,22 @@
-"""Typed run configuration: YAML files, ``key=value`` overrides and clear errors.
+"""Typed run configuration: the schema, YAML loading, ``key=value`` overrides, clear errors.
 
 A run is one YAML file with the sections ``data``, ``model``, ``guide``, ``elbo``,
 ``adversarial``, ``optim``, ``train`` and ``output``. The ``model.family`` key (``vae``,
 ``flow`` or ``gan``) selects which fields the ``model`` section accepts.
 
-Every key is checked against the dataclasses below before anything trains:
+This module is the schema and nothing else: types, ranges and YAML. Every key has a type and,
+where it is a number, a range (``field(metadata=...)`` below), checked before anything is
+built:
 
 * an unknown key is an error naming the key and the nearest valid one;
-* a bad value is an error naming the key, the value and the allowed values or type;
-* names (data sets, guides, estimators, flows, losses) are checked against the registries in
-  :mod:`pyrogen.registry`; nothing in a config is ever imported or evaluated.
+* a bad value is an error naming the key, the value and the allowed values, type or range
+  (NaN and infinities are refused for every number);
+* names looked up in registries (data sets, guides, estimators, flows, losses) and checks
+  that need the modelling code (a guide × estimator pair, data shape × architecture) are made
+  by :func:`pyrogen.build.validate`, which the CLI and :func:`pyrogen.load_config` call.
+
+Nothing in a config is ever imported or evaluated: YAML is read by the safe loader, with
+aliases refused and a size limit, so reading a config is bounded in time and memory.
 
 Example::
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -31,12 +39,33 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 
 class ConfigError(ValueError):
     """A user's mistake in a config file or override; the message says what and where."""
+
+
+# --------------------------------------------------------------------------------------
+# ranges
+# --------------------------------------------------------------------------------------
+
+MAX_WIDTH = 1 << 16  # hidden units, latent dimensions, channels
+MAX_COUNT = 1 << 20  # particles, samples
+MAX_STEPS = 1 << 40  # epochs, steps, cadences
+MAX_SEED = (1 << 32) - 1  # numpy's seeds are 32-bit; torch's are 64-bit
+
+
+def num(default: Any, *, ge: float | None = None, gt: float | None = None,
+        le: float | None = None, lt: float | None = None) -> Any:  # fmt: skip
+    """A numeric field with its allowed range (every bound is inclusive unless ``gt``/``lt``)."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt})
+
+
+def sizes(*default: int, max_len: int = 64, le: int = MAX_WIDTH) -> Any:
+    """A list of layer widths, each in ``[1, le]``, at most ``max_len`` of them."""
+    return field(
+        default_factory=lambda: list(default), metadata={"ge": 1, "le": le, "max_len": max_len}
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -46,18 +75,32 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Which data set, where its files live, and how it is preprocessed."""
+    """Which data, where its files live, and how it is preprocessed.
 
-    name: str = "digits"  # checked against pyrogen.registry.DATASETS
+    ``name`` is a registered data set (``digits``, ``moons``, ``mnist``, ...), ``array`` (a
+    ``.npy``/``.npz``/``.csv``/``.pt`` file at ``path``, or an array passed to
+    :func:`pyrogen.train`), or ``image_folder`` (PNG/JPEG files under ``path``).
+    """
+
+    name: str = "digits"
+    path: str | None = None  # data.name=array: the file; image_folder: the folder
+    checksum: str | None = None  # sha256 of the user's data, recorded by the run that used it
     root: str | None = None  # folder of data files; default $PYROGEN_DATA or a cache folder
     download: bool = True  # download missing files (checked against known checksums)
     binarize: Literal["none", "static", "dynamic"] = "none"
-    dequantize: bool = False  # uniform dequantisation x -> (x * 255 + u) / 256
-    logit_lambda: float | None = None  # logit transform with lambda (e.g. 1e-6 for MNIST)
-    num_train: int | None = None  # size of generated toy splits / subset of file data
-    num_valid: int | None = None
-    num_test: int | None = None
-    noise: float | None = None  # noise level of 2-D toy densities
+    dequantize: bool = False  # uniform dequantisation x -> (x * (L - 1) + u) / L
+    logit_lambda: float | None = num(None, ge=0.0, lt=0.5)  # logit transform (1e-6 for MNIST)
+    standardize: bool = False  # points: per-feature (x - mean) / std of the training split
+    levels: int | None = num(None, ge=2, le=1 << 16)  # intensity levels of a user's images
+    image_size: list[int] | None = field(  # image_folder: resize every image to [H, W]
+        default=None, metadata={"ge": 1, "le": 4096, "len": 2}
+    )
+    valid_fraction: float = num(0.1, ge=0.0, lt=1.0)  # user data without its own splits
+    test_fraction: float = num(0.1, ge=0.0, lt=1.0)
+    num_train: int | None = num(None, ge=1, le=1 << 31)  # toy split sizes / subsets of files
+    num_valid: int | None = num(None, ge=1, le=1 << 31)
+    num_test: int | None = num(None, ge=1, le=1 << 31)
+    noise: float | None = num(None, ge=0.0, le=1e3)  # noise level of 2-D toy densities
     flatten: bool = True  # images as vectors (MLPs) or C x H x W (conv nets)
 
 
@@ -66,15 +109,15 @@ class VAEModelConfig:
     """z ~ N(0, I); x ~ likelihood(decoder(z))."""
 
     family: Literal["vae"] = "vae"
-    latent_dim: int = 2
+    latent_dim: int = num(2, ge=1, le=MAX_WIDTH)
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
-    # gaussian only: sigma from the decoder ("decoder"), one learned global sigma
-    # per pixel ("learned"), or a fixed value ("fixed")
+    # gaussian only: sigma from the decoder ("decoder"), one learned sigma per dimension
+    # ("learned"), or a fixed value ("fixed")
     scale: Literal["decoder", "learned", "fixed"] = "decoder"
-    fixed_scale: float = 0.1
-    min_scale: float = 1e-3
+    fixed_scale: float = num(0.1, gt=0.0, le=1e6)
+    min_scale: float = num(1e-3, ge=0.0, le=1e3)
     architecture: Literal["mlp", "conv"] = "mlp"
-    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
+    hidden_sizes: list[int] = sizes(256, 256)
     activation: Literal["relu", "tanh", "softplus", "elu", "leaky_relu"] = "relu"
 
 
@@ -83,15 +126,15 @@ class FlowModelConfig:
     """z ~ N(0, I); x = G(z) through a stack of Pyro TransformModules."""
 
     family: Literal["flow"] = "flow"
-    flow: str = "realnvp"  # checked against pyrogen.registry.FLOWS
-    num_layers: int = 5
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
-    count_bins: int = 8  # neural spline flows
-    bound: float = 5.0  # neural spline flows: the spline acts on [-bound, bound]
+    flow: str = "realnvp"  # a name in pyrogen.registry.FLOWS
+    num_layers: int = num(5, ge=1, le=1024)
+    hidden_sizes: list[int] = sizes(64, 64)
+    count_bins: int = num(8, ge=2, le=1024)  # neural spline flows
+    bound: float = num(5.0, gt=0.0, le=1e6)  # neural spline flows: the spline acts on [-B, B]
     normalization: Literal["none", "batchnorm", "actnorm"] = "none"
     permutation: Literal["reverse", "random"] = "reverse"
     conditional: bool = False  # class-conditional p(x | y)
-    num_classes: int = 10
+    num_classes: int = num(10, ge=2, le=MAX_COUNT)
 
 
 @dataclass
@@ -99,12 +142,12 @@ class GANModelConfig:
     """z ~ p_z; x = G(z); a discriminator D(x) = P(data | x)."""
 
     family: Literal["gan"] = "gan"
-    latent_dim: int = 100
+    latent_dim: int = num(100, ge=1, le=MAX_WIDTH)
     prior: Literal["normal", "uniform"] = "normal"
     architecture: Literal["mlp", "conv"] = "mlp"
-    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
-    discriminator_hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
-    discriminator_dropout: float = 0.0
+    hidden_sizes: list[int] = sizes(256, 256)
+    discriminator_hidden_sizes: list[int] = sizes(256, 256)
+    discriminator_dropout: float = num(0.0, ge=0.0, lt=1.0)
     spectral_norm: bool = False
     output: Literal["sigmoid", "tanh", "identity"] = "sigmoid"  # generator's last layer
 
@@ -121,35 +164,37 @@ MODEL_CONFIGS: dict[str, type] = {
 class GuideConfig:
     """The amortised variational family q(z | x) (VAE only)."""
 
-    name: str = "diagonal_normal"  # checked against pyrogen.registry.GUIDES
-    hidden_sizes: list[int] | None = None  # encoder; default: the decoder's, reversed
-    rank: int = 2  # low_rank_normal
-    num_flows: int = 2  # iaf: number of inverse autoregressive steps
+    name: str = "diagonal_normal"  # a name in pyrogen.registry.GUIDES
+    hidden_sizes: list[int] | None = field(  # encoder; default: the decoder's, reversed
+        default=None, metadata={"ge": 1, "le": MAX_WIDTH, "max_len": 64}
+    )
+    rank: int = num(2, ge=1, le=MAX_WIDTH)  # low_rank_normal
+    num_flows: int = num(2, ge=1, le=256)  # iaf: number of inverse autoregressive steps
     baseline: Literal["none", "decaying_average", "neural"] = "none"  # score_function
-    baseline_beta: float = 0.9  # decay of the decaying-average baseline
+    baseline_beta: float = num(0.9, ge=0.0, lt=1.0)  # decay of the decaying-average baseline
 
 
 @dataclass
 class ELBOConfig:
     """Which of Pyro's ELBO estimators trains the model, and its options."""
 
-    name: str = "trace"  # checked against pyrogen.registry.ELBOS
-    num_particles: int = 1
+    name: str = "trace"  # a name in pyrogen.registry.ELBOS
+    num_particles: int = num(1, ge=1, le=MAX_COUNT)
     vectorize_particles: bool = False
-    alpha: float = 0.0  # renyi: alpha = 0 is the IWAE bound
-    tail_adaptive_beta: float = -1.0
-    kl_warmup_steps: int = 0  # beta annealed linearly from 0 to 1 over these steps
+    alpha: float = num(0.0, ge=-1e3, le=1e3)  # renyi: alpha = 0 is the IWAE bound
+    tail_adaptive_beta: float = num(-1.0, ge=-1.0, lt=0.0)
+    kl_warmup_steps: int = num(0, ge=0, le=MAX_STEPS)  # β from 0 to 1 over these steps
 
 
 @dataclass
 class AdversarialConfig:
     """Goodfellow et al.'s Algorithm 1 and its common variants (GAN only)."""
 
-    generator_loss: str = "non_saturating"  # checked against pyrogen.registry.GAN_LOSSES
-    discriminator_steps: int = 1  # k D updates per G update
-    gradient_penalty: float = 10.0  # wasserstein: weight of the gradient penalty
-    r1_penalty: float = 0.0  # weight of the R1 penalty on data (0: off)
-    ema_decay: float | None = None  # exponential moving average of G's weights
+    generator_loss: str = "non_saturating"  # a name in pyrogen.registry.GAN_LOSSES
+    discriminator_steps: int = num(1, ge=1, le=1024)  # k D updates per G update
+    gradient_penalty: float = num(10.0, ge=0.0, le=1e6)  # wasserstein: its weight λ
+    r1_penalty: float = num(0.0, ge=0.0, le=1e6)  # weight γ of the R1 penalty (0: off)
+    ema_decay: float | None = num(None, ge=0.0, lt=1.0)  # moving average of G's weights
 
 
 @dataclass
@@ -157,27 +202,29 @@ class OptimConfig:
     """torch optimiser settings; ``lr_discriminator`` and ``betas`` also serve GANs."""
 
     name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
-    lr: float = 1e-3
-    lr_discriminator: float | None = None  # GAN: D's learning rate (default: lr)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    clip_norm: float | None = None  # gradient clipping by global norm
+    lr: float = num(1e-3, gt=0.0, le=1e3)
+    lr_discriminator: float | None = num(None, gt=0.0, le=1e3)  # GAN: D's (default: lr)
+    betas: list[float] = field(
+        default_factory=lambda: [0.9, 0.999], metadata={"ge": 0.0, "lt": 1.0, "len": 2}
+    )
+    momentum: float = num(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = num(0.0, ge=0.0, le=1e3)
+    clip_norm: float | None = num(None, gt=0.0, le=1e12)  # gradient clipping by global norm
 
 
 @dataclass
 class TrainConfig:
     """The run loop."""
 
-    epochs: int = 10
-    max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs)
-    batch_size: int = 128
-    seed: int = 0
+    epochs: int = num(10, ge=0, le=MAX_STEPS)
+    max_steps: int | None = num(None, ge=1, le=MAX_STEPS)  # stop after this many steps
+    batch_size: int = num(128, ge=1, le=1 << 24)
+    seed: int = num(0, ge=0, le=MAX_SEED)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    eval_every: int = 1  # evaluate on the validation split every N epochs (0: never)
-    eval_batch_size: int = 1000
-    checkpoint_every: int = 1  # epochs between checkpoints
-    log_every: int = 50  # steps between metric lines
+    eval_every: int = num(1, ge=0, le=MAX_STEPS)  # validate every N epochs (0: never)
+    eval_batch_size: int = num(1000, ge=1, le=1 << 24)
+    checkpoint_every: int = num(1, ge=0, le=MAX_STEPS)  # epochs between checkpoints (0: end)
+    log_every: int = num(50, ge=1, le=MAX_STEPS)  # steps between metric lines
 
 
 @dataclass
@@ -187,7 +234,24 @@ class OutputConfig:
     dir: str = "runs"  # parent folder of run folders
     name: str | None = None  # run folder name; default <config stem>-<timestamp>
     metrics_format: Literal["jsonl", "csv"] = "jsonl"
-    num_samples: int = 64  # samples in the PNG grid
+    num_samples: int = num(64, ge=1, le=10_000)  # samples in the PNG grid
+
+
+@dataclass
+class EvaluationConfig:
+    """What ``pyrogen evaluate`` and ``pyrogen compare`` compute."""
+
+    split: Literal["train", "valid", "test"] = "test"
+    is_samples: int = num(1000, ge=1, le=MAX_COUNT)  # K of the importance-sampled log p(x)
+    parzen_samples: int = num(10_000, ge=1, le=MAX_COUNT)  # samples in the Parzen window
+    parzen_valid: int = num(1000, ge=1, le=1 << 31)  # validation examples that choose sigma
+    parzen_sigmas: list[float] | None = field(  # default: 10 log-spaced values
+        default=None, metadata={"gt": 0.0, "le": 1e6, "max_len": 1000}
+    )
+    quality_samples: int = num(1000, ge=2, le=MAX_COUNT)  # samples for MMD / Frechet distance
+    max_test: int | None = num(None, ge=1, le=1 << 31)  # at most this many test examples
+    bounds: list[str] = field(default_factory=list)  # VAE: extra bounds, "NAME" or "NAME:K"
+    seed: int = num(0, ge=0, le=MAX_SEED)  # every metric draws from its own stream of this seed
 
 
 @dataclass
@@ -212,8 +276,19 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "guide": GuideConfig,
+    "elbo": ELBOConfig,
+    "adversarial": AdversarialConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "output": OutputConfig,
+}
+
+
 # --------------------------------------------------------------------------------------
-# validation
+# validation of one value
 # --------------------------------------------------------------------------------------
 
 
@@ -261,7 +336,10 @@ def _coerce(value: Any, tp: Any) -> Any:
         return value if isinstance(value, int) and not isinstance(value, bool) else _FAIL
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond float's range
+                return _FAIL
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
             try:
                 return float(value)
@@ -275,170 +353,271 @@ def _coerce(value: Any, tp: Any) -> Any:
     return value
 
 
-def _build_section(cls: type, values: Any, path: str) -> Any:
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, shortened: error messages stay one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + " ..."
+
+
+def _key(key: Any) -> str:
+    """A key as written, shortened (keys come from the user's file)."""
+    text = str(key).replace("\n", " ")
+    return text if len(text) <= 40 else text[:35] + " ..."
+
+
+def _range_text(meta: dict[str, Any]) -> str:
+    parts = []
+    for key, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if meta.get(key) is not None:
+            bound = meta[key]
+            parts.append(f"{symbol} {bound:g}" if isinstance(bound, float) else f"{symbol} {bound}")
+    return " and ".join(parts)
+
+
+def _check_number(value: Any, meta: dict[str, Any]) -> bool:
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    checks = (
+        ("ge", lambda b: value >= b),
+        ("gt", lambda b: value > b),
+        ("le", lambda b: value <= b),
+        ("lt", lambda b: value < b),
+    )
+    return all(meta.get(k) is None or ok(meta[k]) for k, ok in checks)
+
+
+def _check_range(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is finite and within the field's range."""
+    if value is None or not meta:
+        return
+    kind = "a number" if float in _leaf_types(tp) else "an integer"
+    if isinstance(value, list):
+        length = meta.get("len")
+        if length is not None and len(value) != length:
+            raise ConfigError(
+                f"bad value for '{key}': {_shown(value)}; expected a list of {length} numbers"
+                + (f", each {_range_text(meta)}" if _range_text(meta) else "")
+            )
+        if meta.get("max_len") is not None and len(value) > meta["max_len"]:
+            raise ConfigError(
+                f"bad value for '{key}': a list of {len(value)} items; at most "
+                f"{meta['max_len']} allowed"
+            )
+        if not value and meta.get("max_len") is not None:
+            raise ConfigError(f"bad value for '{key}': []; expected at least one size")
+        for item in value:
+            if not _check_number(item, meta):
+                raise ConfigError(
+                    f"bad value for '{key}': {_shown(value)}; each item must be finite and "
+                    f"{_range_text(meta)}"
+                )
+        return
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not _check_number(value, meta):
+            finite = "a finite number" if kind == "a number" else kind
+            raise ConfigError(
+                f"bad value for '{key}': {_shown(value)}; expected {finite} {_range_text(meta)}"
+            )
+
+
+def _leaf_types(tp: Any) -> set[Any]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType, list):
+        return set().union(*(_leaf_types(a) for a in typing.get_args(tp)))
+    return {tp}
+
+
+def build_section(cls: type, values: Any, path: str) -> Any:
+    """Check ``values`` (a mapping) against dataclass ``cls``: known keys, types, ranges."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a section of key: value pairs, got {values!r}")
+        raise ConfigError(f"{path}: expected a section of key: value pairs, got {_shown(values)}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
             hint = f"; did you mean '{path}.{close[0]}'?" if close else ""
             raise ConfigError(
-                f"unknown key '{path}.{key}'{hint} (valid keys in '{path}': {', '.join(names)})"
+                f"unknown key '{path}.{_key(key)}'{hint} (valid keys in '{path}': "
+                f"{', '.join(fields)})"
             )
         out = _coerce(value, hints[key])
         if out is _FAIL:
             raise ConfigError(
-                f"bad value for '{path}.{key}': {value!r}; expected {_type_name(hints[key])}"
+                f"bad value for '{path}.{key}': {_shown(value)}; expected {_type_name(hints[key])}"
             )
+        _check_range(f"{path}.{key}", out, hints[key], dict(fields[key].metadata))
         kwargs[key] = out
     return cls(**kwargs)
 
 
-_SECTIONS = {
-    "data": DataConfig,
-    "guide": GuideConfig,
-    "elbo": ELBOConfig,
-    "adversarial": AdversarialConfig,
-    "optim": OptimConfig,
-    "train": TrainConfig,
-    "output": OutputConfig,
-}
+# --------------------------------------------------------------------------------------
+# the whole config
+# --------------------------------------------------------------------------------------
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
     """Validate a plain nested dict against the schema and return a :class:`Config`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
-    allowed = ["model", *_SECTIONS]
+    allowed = ["model", *SECTIONS]
     for key in raw:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown section '{key}'{hint} (valid: {', '.join(allowed)})")
-    sections = {name: _build_section(cls, raw.get(name), name) for name, cls in _SECTIONS.items()}
+            raise ConfigError(f"unknown section '{_key(key)}'{hint} (valid: {', '.join(allowed)})")
+    sections = {name: build_section(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
     model_raw = raw.get("model") or {}
     if not isinstance(model_raw, dict):
-        raise ConfigError(f"model: expected a section of key: value pairs, got {model_raw!r}")
+        raise ConfigError(f"model: expected a section of key: value pairs, got {_shown(model_raw)}")
     family = model_raw.get("family", "vae")
-    if family not in MODEL_CONFIGS:
+    if not isinstance(family, str) or family not in MODEL_CONFIGS:
         raise ConfigError(
-            f"bad value for 'model.family': {family!r}; expected one of "
+            f"bad value for 'model.family': {_shown(family)}; expected one of "
             + ", ".join(repr(k) for k in MODEL_CONFIGS)
         )
-    model = _build_section(MODEL_CONFIGS[family], model_raw, "model")
+    model = build_section(MODEL_CONFIGS[family], model_raw, "model")
     cfg = Config(model=model, **sections)
-    validate(cfg)
+    check_schema(cfg)
     return cfg
 
 
-def validate(cfg: Config) -> None:
-    """Checks that need more than one key: registry names and invalid combinations."""
-    from pyrogen import registry
-
-    registry.populate()
-    _check_name(registry.DATASETS, cfg.data.name, "data.name")
-    _positive(cfg.train.batch_size, "train.batch_size")
-    _positive(cfg.train.epochs, "train.epochs", allow_zero=True)
-    _positive(cfg.train.eval_batch_size, "train.eval_batch_size")
-    _positive(cfg.elbo.num_particles, "elbo.num_particles")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"bad value for 'optim.lr': {cfg.optim.lr!r}; expected a number > 0")
-    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
+def check_schema(cfg: Config) -> None:
+    """Checks between keys that need nothing but the config itself."""
+    d = cfg.data
+    if d.logit_lambda == 0.0 and not d.dequantize:
         raise ConfigError(
-            f"bad value for 'optim.betas': {cfg.optim.betas!r}; expected two numbers in [0, 1)"
+            "data.logit_lambda=0 needs data.dequantize=true: pixels equal to 0 or 1 would map to "
+            "-inf or +inf; use a small lambda (e.g. 1e-6) or dequantise"
+        )
+    if d.valid_fraction + d.test_fraction >= 1.0:
+        raise ConfigError(
+            f"data.valid_fraction + data.test_fraction = {d.valid_fraction + d.test_fraction:g}; "
+            "expected < 1, so that some data remain for training"
+        )
+    if d.name in ("array", "image_folder") and d.num_train is not None:
+        raise ConfigError(
+            f"data.num_train applies to the built-in data sets, not to data.name={d.name}: "
+            "use data.valid_fraction / data.test_fraction"
         )
     dev = cfg.train.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise ConfigError(
-            f"bad value for 'train.device': {dev!r}; expected auto, cpu, cuda or cuda:N"
+            f"bad value for 'train.device': {_shown(dev)}; expected auto, cpu, cuda or cuda:N"
         )
-    if cfg.data.logit_lambda is not None and not 0 <= cfg.data.logit_lambda < 0.5:
-        raise ConfigError(
-            f"bad value for 'data.logit_lambda': {cfg.data.logit_lambda!r}; expected 0 <= λ < 0.5"
-        )
-    if cfg.family == "vae":
-        _check_name(registry.GUIDES, cfg.guide.name, "guide.name")
-        _check_name(registry.ELBOS, cfg.elbo.name, "elbo.name")
-        _positive(cfg.model.latent_dim, "model.latent_dim")
-        from pyrogen.inference.elbo import check_compatible
-
-        problem = check_compatible(cfg.guide, cfg.elbo)
-        if problem:
-            raise ConfigError(problem)
-    elif cfg.family == "flow":
-        _check_name(registry.FLOWS, cfg.model.flow, "model.flow")
-        _positive(cfg.model.num_layers, "model.num_layers")
-    elif cfg.family == "gan":
-        _check_name(
-            registry.GAN_LOSSES, cfg.adversarial.generator_loss, "adversarial.generator_loss"
-        )
-        _positive(cfg.adversarial.discriminator_steps, "adversarial.discriminator_steps")
-        _positive(cfg.model.latent_dim, "model.latent_dim")
-
-
-def _check_name(reg: Any, name: str, key: str) -> None:
-    if name not in reg:
-        close = difflib.get_close_matches(str(name), reg.names(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"bad value for '{key}': {name!r}{hint} (allowed: {', '.join(reg.names())})"
-        )
-
-
-def _positive(value: int, key: str, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"bad value for '{key}': {value!r}; expected an integer {bound}")
 
 
 # --------------------------------------------------------------------------------------
 # loading
 # --------------------------------------------------------------------------------------
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; refuse anything huge
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: ``*name`` references can expand a few bytes
+    into gigabytes (the 'billion laughs'), and a config never needs them."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                f"YAML aliases (*{event.anchor}) are not allowed in a config (line "
+                f"{event.start_mark.line + 1}): write the value out"
+            )
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` without aliases; a syntax error is one line naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{where}: not valid YAML: {e.problem or e.context}{at}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {str(e).splitlines()[0][:120]}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid YAML: nested too deeply") from None
+
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["train.epochs=3", "model.hidden_sizes=[64,64]"]`` -> nested dict."""
+    """``["train.epochs=3", "model.hidden_sizes=[64,64]"]`` -> nested dict.
+
+    The value is read as YAML (so ``[64,64]`` is a list and ``1e-3`` a number); the key is a
+    dotted path of plain names."""
+    out: dict[str, Any] = {}
     for item in overrides:
-        if "=" not in item or item.startswith("="):
-            raise ConfigError(f"bad override {item!r}; expected key=value, e.g. train.epochs=3")
-    try:
-        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))  # type: ignore
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"bad override: {e}") from None
+        key, sep, text = item.partition("=")
+        parts = key.split(".")
+        if not sep or not key or not all(p.isidentifier() for p in parts):
+            raise ConfigError(
+                f"bad override {_shown(item)}; expected section.key=value, e.g. train.epochs=3"
+            )
+        if len(text) > 10_000:
+            raise ConfigError(f"bad override for '{key}': value longer than 10,000 characters")
+        value = parse_yaml(text, f"override {key}") if text.strip() else None
+        if isinstance(value, str) and "${" in value:
+            raise ConfigError(f"bad override for '{key}': interpolations (${{...}}) not supported")
+        node = out
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"bad override {_shown(item)}: '{p}' is set twice")
+            node = child
+        node[parts[-1]] = value
+    return out
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, section by section (``extra`` wins)."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out
 
 
+def read_yaml_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A config file's mapping of sections; every problem is a one-line :class:`ConfigError`."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p} is a folder; expected a YAML config file")
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: {size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    raw = parse_yaml(text, str(p))
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: a config must be a mapping of sections")
+    return raw
+
+
 def load_config(
     path: str | os.PathLike | None = None, overrides: list[str] | None = None
 ) -> Config:
-    """Read a YAML config, apply ``key=value`` overrides, validate, return a :class:`Config`."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: a config must be a mapping of sections")
+    """Read a YAML config, apply ``key=value`` overrides, check the schema, return a
+    :class:`Config`. (:func:`pyrogen.load_config` also checks names and combinations.)"""
+    raw = read_yaml_file(path) if path is not None else {}
     if overrides:
-        raw = _merge(raw, parse_overrides(overrides))
+        raw = merge(raw, parse_overrides(overrides))
     return from_dict(raw)
 
 

@@ -129,3 +129,53 @@ class ConvDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.fc(z).reshape(-1, *self.start)
         return self.deconv(h)
+
+
+# ------------------------------------------------------------------ GAN networks
+OUTPUT_LAYERS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "identity": nn.Identity}
+
+
+def mlp_generator(
+    latent_dim: int, hidden_sizes: Sequence[int], out_dim: int, output: str = "sigmoid"
+) -> nn.Sequential:
+    """G: ``latent_dim -> hidden_sizes -> out_dim`` with ReLU, then ``output`` (``sigmoid``
+    for data in [0, 1], ``tanh`` for [-1, 1], ``identity`` for unbounded data).
+
+    Example::
+
+        >>> mlp_generator(2, [16], 5)(torch.zeros(3, 2)).shape
+        torch.Size([3, 5])
+    """
+    return nn.Sequential(MLP(latent_dim, hidden_sizes, out_dim, "relu"), OUTPUT_LAYERS[output]())
+
+
+def mlp_discriminator(
+    in_dim: int,
+    hidden_sizes: Sequence[int],
+    dropout: float = 0.0,
+    spectral_norm: bool = False,
+) -> nn.Sequential:
+    """d: x (any shape with ``in_dim`` numbers per example) -> one logit, leaky ReLU (0.2)
+    and optional dropout after each hidden layer, optional spectral normalisation."""
+    mlp = MLP(in_dim, hidden_sizes, 1, "leaky_relu", dropout=dropout, spectral_norm=spectral_norm)
+    return nn.Sequential(nn.Flatten(), mlp)
+
+
+def conv_generator(
+    latent_dim: int, image_shape: Sequence[int], channels: Sequence[int], output: str = "sigmoid"
+) -> nn.Sequential:
+    """DCGAN-style G (Radford et al. 2016): a linear layer to ``channels[0] x H/4 x W/4`` and
+    two stride-2 transposed convolutions with batch norm between, then ``output``."""
+    if len(channels) != 2:
+        raise ValueError(f"give the two stages' channels, e.g. [128, 64], not {list(channels)}")
+    body = ConvDecoder(latent_dim, image_shape, channels=channels, batch_norm=True)
+    return nn.Sequential(body, OUTPUT_LAYERS[output]())
+
+
+def conv_discriminator(
+    image_shape: Sequence[int], channels: Sequence[int], spectral_norm: bool = False
+) -> ConvEncoder:
+    """DCGAN-style d: two stride-2 convolutions (leaky ReLU) and a linear head to one logit."""
+    if len(channels) != 2:
+        raise ValueError(f"give the two stages' channels, e.g. [64, 128], not {list(channels)}")
+    return ConvEncoder(image_shape, 1, channels=channels, spectral_norm=spectral_norm)

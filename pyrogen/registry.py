@@ -78,6 +78,20 @@ class Registry:
         return dict(sorted(self._docs.items()))
 
 
+def check_name(registry: Registry, name: str, key: str) -> None:
+    """Raise a :class:`~pyrogen.config.ConfigError` naming the config ``key`` unless ``name``
+    is registered in ``registry`` (with the nearest name and the allowed ones)."""
+    from pyrogen.config import ConfigError
+
+    if name not in registry:
+        close = difflib.get_close_matches(str(name), registry.names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:55] + " ...'"
+        raise ConfigError(
+            f"bad value for '{key}': {shown}{hint} (allowed: {', '.join(registry.names())})"
+        )
+
+
 DATASETS = Registry("data set")
 GUIDES = Registry("guide")
 ELBOS = Registry("ELBO estimator")

@@ -9,10 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from pyrogen import load_config
 from pyrogen.cli import main
-from pyrogen.compare import compare
-from pyrogen.compare_config import EvaluationConfig, load_compare_config
-from pyrogen.config import ConfigError
+from pyrogen.config import ConfigError, EvaluationConfig
+from pyrogen.evaluation.compare import compare
+from pyrogen.evaluation.compare_config import load_compare_config
 from pyrogen.evaluation.report import evaluate_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -53,7 +54,8 @@ def test_train_sample_evaluate_end_to_end(tmp_path, capsys):
     assert main(["evaluate", str(run), "--bound", "renyi", "--parzen-samples", "10"]) == 2
     assert "needs elbo.num_particles > 1" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="apply to VAE runs, not to a flow"):
-        evaluate_run(SimpleNamespace(family="flow"), EvaluationConfig(bounds=["renyi:5"]))
+        flow_run = SimpleNamespace(cfg=load_config(None, ["model.family=flow"]))
+        evaluate_run(flow_run, EvaluationConfig(bounds=["renyi:5"]))
     # resume continues the same run
     assert main(["train", "--resume", str(run), "train.max_steps=30", "--quiet"]) == 0
 

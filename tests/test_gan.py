@@ -12,11 +12,12 @@ import torch
 from pyro import poutine
 from pyro.infer import Predictive
 
+from pyrogen import ConfigError, load_config
 from pyrogen.build import build
-from pyrogen.config import GANModelConfig, load_config
 from pyrogen.data.toy import eight_gaussian_centres
 from pyrogen.inference.adversarial import GAN_LOSSES, AdversarialLearner
 from pyrogen.models.gan import GAN
+from pyrogen.nets import conv_discriminator, conv_generator, mlp_discriminator, mlp_generator
 
 TOY = [
     "model.family=gan",
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ------------------------------------------------------------------ the generative process
 def test_generator_is_a_pyro_model_with_sites_z_and_x():
-    gan = GAN(GANModelConfig(latent_dim=3, hidden_sizes=[8], prior="uniform"), (64,))
+    gan = GAN(mlp_generator(3, [8], 64), mlp_discriminator(64, [8]), 3, (64,), prior="uniform")
     trace = poutine.trace(gan.model).get_trace(num_samples=5)
     z, x = trace.nodes["z"], trace.nodes["x"]
     assert z["value"].shape == (5, 3) and ((z["value"] >= -1) & (z["value"] <= 1)).all()
@@ -46,6 +47,9 @@ def test_generator_is_a_pyro_model_with_sites_z_and_x():
         assert frame.name == "data" and frame.size == 5
     # x = G(z) exactly: the site is deterministic
     torch.testing.assert_close(x["value"], gan.generator(z["value"]))
+    # its parameters are param sites (the discriminator's are not: D is no part of p(x))
+    params = poutine.trace(gan.model, param_only=True).get_trace(num_samples=2).nodes
+    assert set(params) == {n for n, _ in gan.generator.named_parameters(prefix="generator")}
     # given data, only its batch size is used: no likelihood, the joint density is p(z)
     data = torch.rand(7, 64)
     trace = poutine.trace(gan.model).get_trace(data)
@@ -59,14 +63,10 @@ def test_generator_is_a_pyro_model_with_sites_z_and_x():
 
 
 def test_dcgan_networks_for_28x28_images_and_spectral_norm():
-    cfg = GANModelConfig(
-        latent_dim=16,
-        architecture="conv",
-        hidden_sizes=[32, 16],
-        discriminator_hidden_sizes=[16, 32],
-        spectral_norm=True,
-    )
-    gan = GAN(cfg, (1, 28, 28), image_shape=(1, 28, 28))
+    shape = (1, 28, 28)
+    G = conv_generator(16, shape, [32, 16])
+    D = conv_discriminator(shape, [16, 32], spectral_norm=True)
+    gan = GAN(G, D, latent_dim=16, event_shape=shape)
     x = gan.sample(6)
     assert x.shape == (6, 1, 28, 28) and ((x >= 0) & (x <= 1)).all()
     assert gan.discriminate(x).shape == (6,)
@@ -77,18 +77,18 @@ def test_dcgan_networks_for_28x28_images_and_spectral_norm():
         if hasattr(m, "parametrizations"):
             w = m.weight.reshape(m.weight.shape[0], -1)
             assert torch.linalg.matrix_norm(w, ord=2).item() == pytest.approx(1.0, abs=0.02)
-    with pytest.raises(ValueError, match="two sizes"):
-        GAN(GANModelConfig(architecture="conv", hidden_sizes=[8]), (1, 28, 28), (1, 28, 28))
+    with pytest.raises(ValueError, match="two stages"):
+        conv_generator(16, shape, [8])
+    with pytest.raises(ConfigError, match="give two sizes"):
+        load_config(None, ["model.family=gan", "model.architecture=conv", "model.hidden_sizes=[8]"])
 
 
 # ------------------------------------------------------------------ the theory of the game
 def _fixed_gaussian_gan(mean: float, std: float) -> GAN:
     """A GAN whose generator is x = mean + std z, z ~ N(0, 1): p_g = N(mean, std²) exactly."""
-    cfg = GANModelConfig(
-        latent_dim=1, hidden_sizes=[], discriminator_hidden_sizes=[32, 32], output="identity"
-    )
-    gan = GAN(cfg, (1,))
-    linear = gan.generator.net[0]
+    G = mlp_generator(1, [], 1, output="identity")
+    gan = GAN(G, mlp_discriminator(1, [32, 32]), latent_dim=1, event_shape=(1,))
+    linear = G[0][0]
     with torch.no_grad():
         linear.weight.fill_(std)
         linear.bias.fill_(mean)
@@ -166,15 +166,13 @@ def test_value_of_the_game_at_the_global_optimum_is_minus_log_4():
 
 
 def test_minimax_gradient_vanishes_when_d_rejects_samples_and_non_saturating_does_not():
-    cfg = GANModelConfig(
-        latent_dim=2, hidden_sizes=[16], discriminator_hidden_sizes=[16], output="identity"
-    )
     norms = {}
     for name in ("minimax", "non_saturating"):
         torch.manual_seed(0)
-        gan = GAN(cfg, (2,))
+        G, D = mlp_generator(2, [16], 2, output="identity"), mlp_discriminator(2, [16])
+        gan = GAN(G, D, latent_dim=2, event_shape=(2,))
         with torch.no_grad():  # a discriminator that confidently rejects every sample
-            gan.discriminator.net[-1].bias.fill_(-12.0)
+            D[-1][-1].bias.fill_(-12.0)
         loss = GAN_LOSSES.get(name)()
         z = gan.prior().sample((256,))
         g = loss.g_loss(gan.discriminate(gan.generator(z)))
@@ -207,7 +205,7 @@ def test_every_generator_loss_trains_from_the_config(loss):
     unchanged = [n for n, p in learner.module.named_parameters() if torch.equal(before[n], p)]
     # the critic's output bias cancels out of E d(G(z)) − E d(x) (and of the hinge loss
     # while both margins are active): its gradient is exactly zero there
-    allowed = {"discriminator.net.4.bias"} if loss in ("hinge", "wasserstein") else set()
+    allowed = {"discriminator.1.4.bias"} if loss in ("hinge", "wasserstein") else set()
     assert set(unchanged) <= allowed
     valid = learner.evaluate(dataset.valid[:256])
     assert set(valid) == {"d_loss", "g_loss", "d_real", "d_fake"}

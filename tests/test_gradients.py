@@ -21,8 +21,8 @@ import torch
 from pyro.distributions.transforms import AffineTransform
 from torch import nn
 
+from pyrogen import load_config
 from pyrogen.build import build
-from pyrogen.config import load_config
 from pyrogen.evaluation.gradients import (
     ESTIMATORS,
     encoder_output_groups,

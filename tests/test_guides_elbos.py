@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.distributions import kl_divergence
 
+from pyrogen import ConfigError, load_config
 from pyrogen.build import build
-from pyrogen.config import ConfigError, load_config
 from pyrogen.inference.elbo import check_compatible
 
 TINY = [
@@ -129,7 +129,16 @@ def test_every_invalid_pair_is_refused_with_the_reason(pair):
         old = getattr(getattr(cfg, section), field)
         new = value == "true" if isinstance(old, bool) else type(old)(value)
         setattr(getattr(cfg, section), field, new)
-    message = check_compatible(cfg.guide, cfg.elbo)
+    g_, e_ = cfg.guide, cfg.elbo
+    message = check_compatible(
+        g_.name,
+        e_.name,
+        num_particles=e_.num_particles,
+        vectorize_particles=e_.vectorize_particles,
+        alpha=e_.alpha,
+        kl_warmup_steps=e_.kl_warmup_steps,
+        baseline=g_.baseline,
+    )
     assert message.startswith(("elbo.", "guide.")) and ("use " in message or "needs" in message)
     with pytest.raises(ConfigError) as err:  # and reading the config stops with it
         load_config(None, _overrides(*pair))
@@ -144,7 +153,7 @@ def test_every_invalid_pair_is_refused_with_the_reason(pair):
 def _guide_grads(learner, x, seed: int) -> torch.Tensor:
     learner.optimizer.zero_grad()
     pyro.set_rng_seed(seed)
-    learner._loss_and_grads((x,))
+    learner._loss_value((x,))
     return torch.cat([p.grad.flatten() for p in learner.guide.encoder.parameters()]).clone()
 
 

@@ -13,8 +13,8 @@ from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO
 from test_guides_elbos import TINY
 
+from pyrogen import load_config
 from pyrogen.build import build
-from pyrogen.config import load_config
 from pyrogen.inference.variational import ScaleLatents
 
 

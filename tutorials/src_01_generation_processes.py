@@ -37,7 +37,6 @@ pyro.set_rng_seed(0)
 budget = ["train.epochs=3"] if QUICK else []
 runs = {}
 for family, config in [("GAN", "gan_digits"), ("VAE", "vae_digits"), ("Flow", "flow_digits")]:
-    pyro.clear_param_store()
     cfg = pyrogen.load_config(
         f"../configs/{config}.yaml",
         [

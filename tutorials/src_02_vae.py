@@ -48,32 +48,22 @@ RUNS = "runs/tutorial_02"
 # %%
 cfg = pyrogen.load_config("../configs/vae_digits.yaml", ["train.device=cpu"])
 dataset, learner = build(cfg)
-vae, guide = learner.model, learner.guide
+vae = learner.model  # a VAE: vae.model and vae.guide are the Pyro programs
 x = dataset.process(dataset.train[:5], torch.Generator().manual_seed(0))
-trace = poutine.trace(poutine.replay(vae.model, trace=poutine.trace(guide).get_trace(x))).get_trace(
-    x
-)
+guide_trace = poutine.trace(vae.guide).get_trace(x)
+trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
 print(trace.format_shapes())
 
 # %% [markdown]
 # ## Training with plain `SVI` and `Trace_ELBO`
 #
-# Nothing pyrogen-specific is needed to train it: register the modules' parameters with
-# `pyro.module` and hand model and guide to `SVI`, as in Pyro's own VAE tutorial.
-
+# Nothing pyrogen-specific is needed to train it: hand `vae.model` and `vae.guide` to `SVI` with a
+# `pyro.optim` optimiser, as in Pyro's own VAE tutorial. pyrogen's model and guide announce their
+# parameters as Pyro param sites (the statement Pyro's `PyroModule` makes in its local-parameter
+# mode), so `SVI` sees and updates them, without putting anything in Pyro's global param store.
 
 # %%
-def model(x):
-    pyro.module("decoder", vae)
-    return vae.model(x)
-
-
-def svi_guide(x):
-    pyro.module("encoder", guide)
-    return guide(x)
-
-
-svi = SVI(model, svi_guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
 gen = torch.Generator().manual_seed(0)
 curve = []
 for _epoch in range(EPOCHS // 2 or 1):
@@ -94,7 +84,6 @@ assert curve[-1] > curve[0] or QUICK  # SVI improved the bound
 # saves checkpoints, metrics and figures into a run folder.
 
 # %%
-pyro.clear_param_store()
 cfg = pyrogen.load_config(
     "../configs/vae_digits.yaml",
     [
@@ -121,7 +110,7 @@ display(Image(str(run.run_dir / "reconstructions.png"), width=400))
 K = 100 if QUICK else 5000
 x_test = dataset.process(dataset.test, torch.Generator().manual_seed(1))
 pyro.set_rng_seed(1)
-elbo, logp = elbo_and_importance_log_likelihood(run.model, run.learner.guide, x_test, K)
+elbo, logp = elbo_and_importance_log_likelihood(run.model.model, run.model.guide, x_test, K)
 print(f"test ELBO        {elbo.mean():8.3f} nats / digit")
 print(f"test log p(x) IS {logp.mean():8.3f} nats / digit   (K = {K})")
 print(f"gap (mean KL(q || posterior)) {logp.mean() - elbo.mean():.3f} nats")
@@ -147,7 +136,6 @@ for name, overrides in {
         "elbo.vectorize_particles=true",
     ],
 }.items():
-    pyro.clear_param_store()
     c = pyrogen.load_config(
         "../configs/vae_digits.yaml",
         [
@@ -161,7 +149,7 @@ for name, overrides in {
     )
     r = pyrogen.train(c, quiet=True)
     pyro.set_rng_seed(2)
-    e, lp = elbo_and_importance_log_likelihood(r.model, r.learner.guide, x_test, K)
+    e, lp = elbo_and_importance_log_likelihood(r.model.model, r.model.guide, x_test, K)
     results[name] = (e.mean().item(), lp.mean().item())
 print(f"{'guide + estimator':<42}{'ELBO':>10}{'IS log p(x)':>14}{'gap':>8}")
 for name, (e, lp) in results.items():
@@ -175,7 +163,6 @@ assert all(e <= lp for e, lp in results.values())
 # the prior) show the manifold the VAE learned, as in Kingma & Welling's Figure 4.
 
 # %%
-pyro.clear_param_store()
 c = pyrogen.load_config(
     "../configs/vae_digits.yaml",
     [

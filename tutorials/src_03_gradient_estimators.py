@@ -115,12 +115,12 @@ cfg = pyrogen.load_config("../configs/vae_digits.yaml", ["train.device=cpu"])
 dataset, learner = build(cfg)
 x = dataset.process(dataset.train[:64], torch.Generator().manual_seed(0))
 rows = gradient_variance_table(
-    learner.model,
-    learner.guide,
+    learner.model.model,
+    learner.model.guide,
     x,
     particles=(1, 2) if QUICK else (1, 4, 16),
     num_samples=10 if QUICK else 200,
-    groups=encoder_output_groups(learner.guide),
+    groups=encoder_output_groups(learner.model.guide),
     warmup=10 if QUICK else 200,
 )
 display(Markdown(format_table(rows)))
@@ -147,7 +147,6 @@ for name, overrides in {
         "elbo.name=trace_graph",
     ],
 }.items():
-    pyro.clear_param_store()
     c = pyrogen.load_config(
         "../configs/vae_digits.yaml",
         [

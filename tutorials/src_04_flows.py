@@ -19,9 +19,9 @@ import torch
 from IPython.display import Image, display
 
 import pyrogen
-from pyrogen.config import FlowModelConfig
+from pyrogen.config import EvaluationConfig
 from pyrogen.evaluation.plots import density_grid
-from pyrogen.models.flow import Flow, log_prob_brute_force
+from pyrogen.models.flow import Flow, log_prob_brute_force, maf, make_flow
 
 QUICK = os.environ.get("PYROGEN_QUICK", "0") == "1"
 EPOCHS = 3 if QUICK else 60
@@ -33,7 +33,7 @@ pyro.set_rng_seed(0)
 # For a small flow we can compute $G^{-1}$'s Jacobian with autograd and check the formula.
 
 # %%
-flow = Flow(FlowModelConfig(flow="maf", num_layers=3, hidden_sizes=[16]), (3,)).eval()
+flow = Flow(maf(dim=3, num_layers=3, hidden_sizes=[16]), dim=3).eval()
 x = torch.randn(4, 3)
 print("log_prob          ", flow.log_prob(x).detach().numpy().round(4))
 print("brute force (autograd Jacobian)", log_prob_brute_force(flow, x).detach().numpy().round(4))
@@ -48,7 +48,6 @@ assert torch.allclose(flow.log_prob(x), log_prob_brute_force(flow, x), atol=1e-4
 # %%
 runs = {}
 for name in ["realnvp", "maf", "nsf_autoregressive"]:
-    pyro.clear_param_store()
     cfg = pyrogen.load_config(
         "../configs/flow_moons.yaml",
         [
@@ -89,7 +88,7 @@ ds = pyrogen.load_dataset(
 x = ds.process(ds.train[:128], torch.Generator().manual_seed(0))
 timing = {}
 for name in ["maf", "iaf"]:
-    f = Flow(FlowModelConfig(flow=name, num_layers=2, hidden_sizes=[128]), (64,))
+    f = make_flow(name, 64, num_layers=2, hidden_sizes=[128])
     opt = torch.optim.Adam(f.parameters(), 1e-3)
     start = time.perf_counter()
     for _ in range(3 if QUICK else 10):
@@ -115,7 +114,6 @@ assert timing["iaf"][0] > 5 * timing["maf"][0]  # scoring data with an IAF is D 
 # $(-\log p(y) + D \log L) / (D \log 2)$ (digits have $L = 17$ levels).
 
 # %%
-pyro.clear_param_store()
 cfg = pyrogen.load_config(
     "../configs/flow_digits.yaml",
     [
@@ -127,7 +125,7 @@ cfg = pyrogen.load_config(
     ],
 )
 run = pyrogen.train(cfg, quiet=True)
-result = pyrogen.evaluate(run, pyrogen.compare_config.EvaluationConfig(parzen_samples=2000))
+result = pyrogen.evaluate(run, EvaluationConfig(parzen_samples=2000))
 for k, v in result["estimates"].items():
     print(f"{k:<20} {v['mean']:9.3f} ± {v['stderr']:.3f}")
 display(Image(str(run.run_dir / "samples.png"), width=300))

@@ -77,7 +77,6 @@ assert abs(g_mm[0]) < 1e-3  # vanishes at l = -10
 # samples within 3σ of their centre.
 
 # %%
-pyro.clear_param_store()
 cfg = pyrogen.load_config(
     "../configs/gan_toy.yaml",
     ["train.device=cpu", "output.dir=runs/tutorial_05", "output.name=toy", "train.eval_every=0"]
@@ -105,7 +104,6 @@ assert QUICK or (modes > 0).all()
 valid, test = run.dataset.valid[:1000], run.dataset.test[:2000]
 sigmas = torch.logspace(-2.5, 0, 12)
 gan_parzen = parzen_evaluate(run.sample, valid, test, 2000 if QUICK else 10_000, sigmas)
-pyro.clear_param_store()
 flow_cfg = pyrogen.load_config(
     "../configs/flow_moons.yaml",
     [

@@ -14,8 +14,8 @@ import os
 import pyro
 from IPython.display import Image, Markdown, display
 
-from pyrogen.compare import compare, format_markdown
-from pyrogen.compare_config import load_compare_config
+from pyrogen.evaluation.compare import compare, format_markdown
+from pyrogen.evaluation.compare_config import load_compare_config
 
 QUICK = os.environ.get("PYROGEN_QUICK", "0") == "1"
 pyro.set_rng_seed(0)

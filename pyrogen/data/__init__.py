@@ -6,6 +6,8 @@
 * file data sets (:mod:`~pyrogen.data.images`): ``mnist``, ``binarized_mnist``, ``frey``,
   read by :mod:`~pyrogen.data.files` and downloaded with checksums by
   :mod:`~pyrogen.data.download` when missing;
+* the user's own data (:mod:`~pyrogen.data.user_sets`): ``array`` (``.npy``, ``.npz``,
+  ``.csv``, ``.pt``), ``image_folder`` (PNG/JPEG), or an array passed from Python;
 * per-batch preprocessing (:mod:`~pyrogen.data.preprocess`): dynamic binarisation, uniform
   dequantisation, the logit transform with its log-determinant, bits per dimension;
 * :func:`iterate_minibatches`: shuffled index batches for in-memory tensors.
@@ -31,7 +33,7 @@ from pyrogen.data.preprocess import (
 )
 
 # importing these modules registers their data sets in pyrogen.registry.DATASETS
-from pyrogen.data import digits, images, toy  # noqa: E402, F401  isort: skip
+from pyrogen.data import digits, images, toy, user_sets  # noqa: E402, F401  isort: skip
 
 __all__ = [
     "DataError",

@@ -21,37 +21,19 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from pyrogen.config import DataConfig
 from pyrogen.data import preprocess
 from pyrogen.data.errors import DataError
+from pyrogen.data.raw import RawSplits
 from pyrogen.registry import DATASETS
 
 SPLITS = ("train", "valid", "test")
 STATIC_BINARIZE_SEED = 0  # data.binarize=static: b ~ Bernoulli(x) once, split i from seed + i
 SUBSET_SEED = 1234  # data.num_train etc.: the first n of a fixed permutation (nested subsets)
-
-
-@dataclass(eq=False)
-class RawSplits:
-    """What a registered data set builder returns: CPU tensors before the common options.
-
-    ``train``/``valid``/``test`` are float32, ``(N, 2)`` points or ``(N, C, H, W)`` images on
-    the grid ``{0, 1/(L-1), ..., 1}`` of ``levels = L`` intensities.
-    """
-
-    kind: Literal["points", "image"]
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
-    train_labels: torch.Tensor | None = None
-    valid_labels: torch.Tensor | None = None
-    test_labels: torch.Tensor | None = None
-    num_classes: int | None = None
-    levels: int | None = None
 
 
 @dataclass(eq=False, repr=False)
@@ -78,6 +60,10 @@ class Dataset:
     binarize: Literal["none", "static", "dynamic"] = "none"
     dequantize: bool = False
     logit_lambda: float | None = None
+    shift: torch.Tensor | None = None  # standardisation: z = (x - shift) / scale
+    scale: torch.Tensor | None = None
+    source: str | None = None
+    checksum: str | None = None
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={tuple(self.split(s).shape)}" for s in SPLITS)
@@ -97,6 +83,18 @@ class Dataset:
         return getattr(self, _check_split(name) + "_labels")
 
     @property
+    def device(self) -> torch.device:
+        return self.train.device
+
+    def is_binary(self) -> bool:
+        """Whether every batch :meth:`process` returns holds only 0s and 1s."""
+        if self.binarize != "none":
+            return not self.dequantize and self.logit_lambda is None and self.shift is None
+        if self.dequantize or self.logit_lambda is not None or self.shift is not None:
+            return False
+        return all(bool(((t == 0) | (t == 1)).all()) for t in (self.train, self.valid, self.test))
+
+    @property
     def num_dims(self) -> int:
         """``D``, the number of dimensions of one example."""
         return math.prod(self.event_shape)
@@ -112,9 +110,9 @@ class Dataset:
 
         In order, each when configured: dynamic binarisation ``x ~ Bernoulli(x)``;
         dequantisation ``y = (x (L-1) + u) / L``, ``u ~ U[0, 1)``; the logit transform
-        ``z = logit(lam + (1 - 2 lam) y)``. Every draw comes from ``generator`` (a CPU
-        generator serves CUDA batches too); with none of the stochastic options the map is
-        deterministic. The input is never modified.
+        ``z = logit(lam + (1 - 2 lam) y)``; standardisation ``z = (x - m) / s`` (points). Every
+        draw comes from ``generator`` (a CPU generator serves CUDA batches too); with none of
+        the stochastic options the map is deterministic. The input is never modified.
         """
         if self.binarize == "dynamic":
             x = preprocess.binarize(x, generator)
@@ -122,6 +120,8 @@ class Dataset:
             x = preprocess.dequantize(x, self.model_levels or 256, generator)
         if self.logit_lambda is not None:
             x, _ = preprocess.logit_transform(x, self.logit_lambda)
+        if self.shift is not None:
+            x = (x - self.shift) / self.scale
         return x
 
     def log_det_jacobian(self, z: torch.Tensor) -> torch.Tensor:
@@ -130,14 +130,21 @@ class Dataset:
         Zero unless ``logit_lambda`` is set, else ``sum_i [log(1 - 2 lam) - log s_i -
         log(1 - s_i)]`` with ``s = sigmoid(z)``. Hence ``log p_[0,1](y) = log p_model(z) +
         log_det_jacobian(z)``: the density on the unit cube that :meth:`bits_per_dim` needs.
+        With standardisation the determinant adds ``-sum_i log s_i``.
         """
-        if self.logit_lambda is None:
-            return torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-        return preprocess.logit_log_det(z, self.logit_lambda)
+        out = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+        if self.shift is not None:
+            out = out - self.scale.log().sum()
+            z = z * self.scale + self.shift
+        if self.logit_lambda is not None:
+            out = out + preprocess.logit_log_det(z, self.logit_lambda)
+        return out
 
     def to_data_space(self, z: torch.Tensor) -> torch.Tensor:
-        """Model-space samples back to the stored space: inverse logit, then images clipped
-        to ``[0, 1]`` (points are returned unchanged)."""
+        """Model-space samples back to the stored space: undo standardisation, inverse
+        logit, then images clipped to ``[0, 1]`` (points are otherwise unchanged)."""
+        if self.shift is not None:
+            z = z * self.scale + self.shift
         if self.logit_lambda is not None:
             z = preprocess.inverse_logit(z, self.logit_lambda)
         return z.clamp(0.0, 1.0) if self.kind == "image" else z
@@ -172,9 +179,13 @@ def data_root(cfg: DataConfig) -> Path:
     return Path(cfg.root).expanduser() if cfg.root else default_data_root()
 
 
-def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset:
+def load_dataset(
+    cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 0, data: Any = None
+) -> Dataset:
     """Build the data set ``cfg.name`` (a name in :data:`pyrogen.registry.DATASETS`) on
-    ``device``, with ``cfg``'s subset sizes, static binarisation and layout applied.
+    ``device``, with ``cfg``'s subset sizes, static binarisation and layout applied; or, with
+    ``data`` (a tensor, a numpy array or a dict of splits), the user's own data. ``seed``
+    makes the splits of user data that come without them.
 
     Raises :class:`~pyrogen.data.DataError` when a file is missing (and ``cfg.download`` is
     off), unreadable, or when an option does not fit the data set.
@@ -186,17 +197,36 @@ def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset
         >>> tuple(x.shape), sorted(x.unique().tolist())
         ((4, 1, 8, 8), [0.0, 1.0])
     """
-    builder = DATASETS.get(cfg.name)
     for split in SPLITS:
         n = getattr(cfg, f"num_{split}")
         if n is not None and n < 1:
             raise DataError(f"bad value for 'data.num_{split}': {n}; expected an integer > 0")
-    raw: RawSplits = builder(cfg)
+    if data is not None:
+        from pyrogen.data.user import array_checksum, user_splits
+
+        raw: RawSplits = user_splits(
+            data,
+            valid_fraction=cfg.valid_fraction,
+            test_fraction=cfg.test_fraction,
+            seed=seed,
+            levels=cfg.levels,
+            source="the array passed to pyrogen.train",
+        )
+        raw.source, raw.checksum = "array passed from Python", array_checksum(data)
+        if cfg.checksum is not None and cfg.checksum != raw.checksum:
+            raise DataError(
+                f"the array passed: the data differ from those the run was trained on (data.checksum "
+                f"{cfg.checksum[:23]}..., this array {raw.checksum[:23]}...)"
+            )
+    else:
+        raw = DATASETS.get(cfg.name)(cfg, seed)
     _check_options(cfg, raw)
     return _finish(cfg, raw, torch.device(device))
 
 
 def _check_options(cfg: DataConfig, raw: RawSplits) -> None:
+    if cfg.standardize and raw.kind != "points":
+        raise DataError("data.standardize applies to points; images are scaled to [0, 1]")
     if raw.kind == "points":
         for key, on in [
             ("binarize", cfg.binarize != "none"),
@@ -205,8 +235,17 @@ def _check_options(cfg: DataConfig, raw: RawSplits) -> None:
         ]:
             if on:
                 raise DataError(
-                    f"data.{key} applies to images, but {cfg.name!r} is a data set of 2-D points"
+                    f"data.{key} applies to images, but data.name={cfg.name} holds points"
                 )
+    if raw.kind == "image" and raw.levels is None and cfg.dequantize:
+        raise DataError(
+            "data.dequantize=true needs the number of intensity levels of these images: set "
+            "data.levels (e.g. 256 for 8-bit images)"
+        )
+    if cfg.binarize != "none" and raw.kind == "image":
+        low, high = float(raw.train.min()), float(raw.train.max())
+        if low < 0 or high > 1:
+            raise DataError(f"data.binarize needs intensities in [0, 1]; found [{low}, {high}]")
     if cfg.logit_lambda is not None and not 0.0 <= cfg.logit_lambda < 0.5:
         raise DataError(f"bad value for 'data.logit_lambda': {cfg.logit_lambda}; expected [0, 0.5)")
     if cfg.logit_lambda == 0.0 and not cfg.dequantize:
@@ -247,6 +286,11 @@ def _finish(cfg: DataConfig, raw: RawSplits, device: torch.device) -> Dataset:
         tensors[f"{split}_labels"] = None if y is None else y.to(torch.int64).to(device)
     if cfg.binarize == "static":
         levels = 2
+    shift = scale = None
+    if cfg.standardize:
+        train = tensors["train"]
+        shift = train.mean(0)
+        scale = train.std(0).clamp_min(1e-8) if train.shape[0] > 1 else torch.ones_like(shift)
     image_shape = tuple(raw.train.shape[1:]) if raw.kind == "image" else None
     return Dataset(
         name=cfg.name,
@@ -258,5 +302,9 @@ def _finish(cfg: DataConfig, raw: RawSplits, device: torch.device) -> Dataset:
         binarize=cfg.binarize,
         dequantize=cfg.dequantize,
         logit_lambda=cfg.logit_lambda,
+        shift=shift,
+        scale=scale,
+        source=raw.source,
+        checksum=raw.checksum,
         **tensors,  # type: ignore[arg-type]
     )

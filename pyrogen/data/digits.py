@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from pyrogen.config import DataConfig
-from pyrogen.data.dataset import RawSplits
+from pyrogen.data.raw import RawSplits
 from pyrogen.registry import DATASETS
 
 SPLIT_SIZES = (1257, 270, 270)
@@ -19,7 +19,7 @@ LEVELS = 17
 
 
 @DATASETS.register("digits")
-def digits(cfg: DataConfig) -> RawSplits:
+def digits(cfg: DataConfig, seed: int = 0) -> RawSplits:
     """scikit-learn's 8x8 digits (1,797 images, 10 classes, 17 levels)."""
     from sklearn.datasets import load_digits
 

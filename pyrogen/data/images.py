@@ -33,9 +33,10 @@ import torch
 
 from pyrogen.config import DataConfig
 from pyrogen.data import files
-from pyrogen.data.dataset import RawSplits, data_root
+from pyrogen.data.dataset import data_root
 from pyrogen.data.download import fetch
 from pyrogen.data.errors import DataError
+from pyrogen.data.raw import RawSplits
 from pyrogen.registry import DATASETS
 
 SPLIT_SEED = 0
@@ -68,7 +69,7 @@ def read_mnist_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, n
 
 
 @DATASETS.register("mnist")
-def mnist(cfg: DataConfig) -> RawSplits:
+def mnist(cfg: DataConfig, seed: int = 0) -> RawSplits:
     """MNIST handwritten digits, 28x28 grayscale (IDX files; downloaded when missing)."""
     root = data_root(cfg)
 
@@ -95,7 +96,7 @@ def mnist(cfg: DataConfig) -> RawSplits:
 
 
 @DATASETS.register("binarized_mnist")
-def binarized_mnist(cfg: DataConfig) -> RawSplits:
+def binarized_mnist(cfg: DataConfig, seed: int = 0) -> RawSplits:
     """Statically binarized MNIST (Larochelle & Murray 2011), 50k / 10k / 10k, 28x28."""
     root = data_root(cfg)
     out = {}
@@ -106,7 +107,7 @@ def binarized_mnist(cfg: DataConfig) -> RawSplits:
 
 
 @DATASETS.register("frey")
-def frey(cfg: DataConfig) -> RawSplits:
+def frey(cfg: DataConfig, seed: int = 0) -> RawSplits:
     """Frey Face: 1,965 grayscale 28x20 video frames of one face (Roweis)."""
     path = fetch("frey", "faces", data_root(cfg), cfg.download, files.read_frey)
     faces = _images(files.read_frey(path))[:, None]

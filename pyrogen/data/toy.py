@@ -46,7 +46,8 @@ import numpy as np
 import torch
 
 from pyrogen.config import DataConfig
-from pyrogen.data.dataset import SPLITS, RawSplits
+from pyrogen.data.dataset import SPLITS
+from pyrogen.data.raw import RawSplits
 from pyrogen.registry import DATASETS
 
 DEFAULT_SIZES = {"train": 10_000, "valid": 2_000, "test": 5_000}
@@ -132,30 +133,30 @@ def toy_splits(name: str, cfg: DataConfig) -> RawSplits:
 
 
 @DATASETS.register("moons")
-def moons(cfg: DataConfig) -> RawSplits:
+def moons(cfg: DataConfig, seed: int = 0) -> RawSplits:
     """Two interleaved half circles (2-D)."""
     return toy_splits("moons", cfg)
 
 
 @DATASETS.register("eight_gaussians")
-def eight_gaussians(cfg: DataConfig) -> RawSplits:
+def eight_gaussians(cfg: DataConfig, seed: int = 0) -> RawSplits:
     """Mixture of 8 Gaussians on the circle of radius 2 (2-D)."""
     return toy_splits("eight_gaussians", cfg)
 
 
 @DATASETS.register("checkerboard")
-def checkerboard(cfg: DataConfig) -> RawSplits:
+def checkerboard(cfg: DataConfig, seed: int = 0) -> RawSplits:
     """Uniform density on the dark squares of a 4x4 checkerboard (2-D)."""
     return toy_splits("checkerboard", cfg)
 
 
 @DATASETS.register("spirals")
-def spirals(cfg: DataConfig) -> RawSplits:
+def spirals(cfg: DataConfig, seed: int = 0) -> RawSplits:
     """Two spiral arms (2-D)."""
     return toy_splits("spirals", cfg)
 
 
 @DATASETS.register("rings")
-def rings(cfg: DataConfig) -> RawSplits:
+def rings(cfg: DataConfig, seed: int = 0) -> RawSplits:
     """Four concentric rings (2-D)."""
     return toy_splits("rings", cfg)

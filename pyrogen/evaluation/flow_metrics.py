@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pyrogen.evaluation.report import mean_stderr
+from pyrogen.evaluation.stats import mean_stderr
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from pyrogen.evaluation.report import mean_stderr
+from pyrogen.evaluation.stats import mean_stderr
 
 
 def _flat64(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -10,67 +10,78 @@ importance-sampled                yes
 Parzen window             yes     yes    yes
 =======================  ======  =====  =====
 
-Each value is a mean over the split's examples with its standard error, in nats per example,
-in the data set's stored space ([0, 1] images or 2-D points) unless marked otherwise.
+The family table (:mod:`pyrogen.families`) says which estimators a family has; Parzen
+windows score any sampler. Each value is a mean over the split's examples with its standard
+error, in nats per example. Each estimator draws from its own random stream (seeded from
+``evaluation.seed`` and the estimator's name), so asking for one more estimator never changes
+another's number.
 """
 
 from __future__ import annotations
 
-import math
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from pyrogen.compare_config import EvaluationConfig
+from pyrogen.config import ConfigError, EvaluationConfig
+from pyrogen.families import family_of
 
 
-def mean_stderr(values: torch.Tensor) -> dict[str, float]:
-    """Mean and standard error ``std / sqrt(n)`` of per-example values."""
-    values = values.detach().double().flatten()
-    n = values.numel()
-    se = float(values.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
-    return {"mean": float(values.mean()), "stderr": se, "n": n}
+@contextmanager
+def own_stream(seed: int, name: str, device: torch.device) -> Iterator[None]:
+    """Run with torch's global generator(s) set from ``seed`` and ``name`` and restored
+    afterwards: an estimator's random numbers do not depend on what ran before it."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        yield
 
 
-def _test_data(run: Any, ev: EvaluationConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _split(run: Any, ev: EvaluationConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     x = run.dataset.split(ev.split)
     y = run.dataset.labels(ev.split)
-    if ev.max_test is not None:
-        x = x[: ev.max_test]
-        y = None if y is None else y[: ev.max_test]
+    if ev.max_test is not None and ev.max_test < x.shape[0]:
+        # a seeded random subset: file splits can be ordered (binarized MNIST by class)
+        pick = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(ev.seed))
+        pick = pick[: ev.max_test].to(x.device)
+        x = x[pick]
+        y = None if y is None else y[pick]
     return x, y
 
 
 @torch.no_grad()
 def evaluate_run(run: Any, evaluation: EvaluationConfig | None = None) -> dict[str, Any]:
-    """A dict ``{"family", "split", "parameters", "estimates": {name: {mean, stderr, ...}}}``."""
+    """A dict ``{"family", "split", "num_examples", "parameters", "estimates": {name: {mean,
+    stderr, n, ...}}}`` (``stderr`` is ``None`` where it cannot be estimated)."""
     ev = evaluation or EvaluationConfig()
-    if ev.bounds and run.family != "vae":
-        from pyrogen.config import ConfigError
-
+    family = family_of(run.cfg)
+    if ev.bounds and not family.has_bounds:
         raise ConfigError(
-            f"bounds ({', '.join(ev.bounds)}) apply to VAE runs, not to a {run.family}"
+            f"bounds ({', '.join(ev.bounds)}) apply to VAE runs, not to a {family.name}"
         )
     run.learner.module.eval()
-    x, y = _test_data(run, ev)
-    estimates: dict[str, dict[str, Any]] = {}
-    family = run.family
-    if family == "flow":
-        from pyrogen.evaluation.flow_metrics import flow_log_likelihood
+    x, y = _split(run, ev)
+    device = x.device
+    with own_stream(ev.seed, "family", device):
+        estimates = dict(family.evaluate(run, x, y, ev))
+    with own_stream(ev.seed, "parzen", device):
+        estimates["parzen"] = parzen(run, x, ev)
+    return {
+        "family": family.name,
+        "split": ev.split,
+        "num_examples": int(x.shape[0]),
+        "parameters": count_parameters(run.learner.module),
+        "estimates": estimates,
+    }
 
-        estimates.update(flow_log_likelihood(run.model, x, run.dataset, y=y))
-    elif family == "vae":
-        from pyrogen.evaluation.loglik import elbo_and_importance_log_likelihood
 
-        gen = torch.Generator().manual_seed(0)
-        xp = run.dataset.process(x, gen)
-        elbo, logp = elbo_and_importance_log_likelihood(
-            run.model, run.learner.guide, xp, num_samples=ev.is_samples
-        )
-        estimates["elbo"] = mean_stderr(elbo)
-        estimates["importance_sampled"] = {**mean_stderr(logp), "K": ev.is_samples}
-        for spec in ev.bounds:
-            estimates.update(_bound(run, xp, spec))
+def parzen(run: Any, x: torch.Tensor, ev: EvaluationConfig) -> dict[str, Any]:
+    """The GAN paper's Parzen-window protocol on the run's samples (σ chosen on the first
+    ``parzen_valid`` validation examples), in the stored data space."""
     from pyrogen.evaluation.parzen import parzen_evaluate
 
     valid = run.dataset.split("valid")[: ev.parzen_valid]
@@ -80,68 +91,67 @@ def evaluate_run(run: Any, evaluation: EvaluationConfig | None = None) -> dict[s
         sigmas = torch.logspace(-2, 0, 13)
     else:  # the GAN paper's grid for images in [0, 1]
         sigmas = torch.logspace(-1, 0, 10)
-    parzen = parzen_evaluate(
+    return parzen_evaluate(
         run.sample,
         valid.reshape(valid.shape[0], -1),
         x.reshape(x.shape[0], -1),
         num_samples=ev.parzen_samples,
         sigmas=sigmas,
     )
-    estimates["parzen"] = parzen
-    return {
-        "family": family,
-        "split": ev.split,
-        "num_examples": int(x.shape[0]),
-        "parameters": count_parameters(run.learner.module),
-        "estimates": estimates,
-    }
 
 
 def parse_bound(spec: str) -> tuple[str, int]:
     """``"renyi:50"`` -> ("renyi", 50); ``"trace"`` -> ("trace", 1)."""
-    from pyrogen.config import ConfigError
-
     name, _, k = spec.partition(":")
     try:
         particles = int(k) if k else 1
     except ValueError:
         particles = 0
-    if particles < 1:
-        raise ConfigError(f"a bound is NAME or NAME:K with K a positive integer, got {spec!r}")
+    if particles < 1 or particles > 1 << 20:
+        raise ConfigError(
+            f"a bound is NAME or NAME:K with K an integer in [1, {1 << 20}], got {spec!r}"
+        )
     return name, particles
 
 
-def _bound(run: Any, x: torch.Tensor, spec: str) -> dict[str, dict[str, Any]]:
+def estimator_bound(run: Any, x: torch.Tensor, spec: str) -> dict[str, dict[str, Any]]:
     """The mean bound of one of Pyro's estimators (``elbo.name`` values) on ``x``, with K
     vectorised particles: ``renyi:K`` is the IWAE bound, ``rws:K`` its wake-θ value."""
-    from dataclasses import replace
-
-    from pyrogen.config import ConfigError
     from pyrogen.evaluation.loglik import evaluate_elbo
-    from pyrogen.inference.elbo import check_compatible
+    from pyrogen.inference.elbo import check_compatible, make_elbo
     from pyrogen.registry import ELBOS
 
     name, k = parse_bound(spec)
     if name not in ELBOS:
         raise ConfigError(f"unknown bound {name!r} (allowed: {', '.join(ELBOS.names())})")
-    cfg = replace(
-        run.cfg.elbo, name=name, num_particles=k, vectorize_particles=k > 1, kl_warmup_steps=0
+    e = replace(run.cfg.elbo, name=name, num_particles=k, vectorize_particles=k > 1)
+    reason = check_compatible(
+        run.cfg.guide.name,
+        name,
+        num_particles=k,
+        vectorize_particles=k > 1,
+        alpha=e.alpha,
+        baseline=run.cfg.guide.baseline,
     )
-    reason = check_compatible(run.cfg.guide, cfg)
     if name == "tail_adaptive":  # Pyro leaves its loss unimplemented: no value to report
         reason = "TraceTailAdaptive_ELBO estimates a gradient, not a bound: evaluate with trace"
     if reason is not None:
         raise ConfigError(f"bound {spec!r}: {reason}")
-    elbo = ELBOS.get(name)(cfg)
+    elbo = make_elbo(name, num_particles=k, vectorize_particles=k > 1, alpha=e.alpha)
     batch = max(1, 20_000 // k)  # examples per call: K particles of each in one trace
-    value = evaluate_elbo(run.model, run.learner.guide, x, elbo, batch_size=batch)
-    return {spec: {"mean": value, "stderr": float("nan"), "n": int(x.shape[0]), "K": k}}
+    vae = run.model
+    value = evaluate_elbo(vae.model, vae.guide, x, elbo, batch_size=batch)
+    return {spec: {"mean": value, "stderr": None, "n": int(x.shape[0]), "K": k}}
 
 
 def count_parameters(module: torch.nn.Module) -> int:
     """Trainable parameters of what the learner trains: decoder and encoder (VAE), the flow,
     generator and discriminator (GAN)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _number(value: Any, width: int) -> str:
+    return f"{'—':>{width}}" if value is None else f"{value:>{width}.4f}"
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -157,5 +167,5 @@ def format_report(result: dict[str, Any]) -> str:
             for k, v in est.items()
             if k not in ("mean", "stderr", "n")
         )
-        lines.append(f"{name:<24}{est['mean']:>14.4f}{est['stderr']:>12.4f}  {notes}")
+        lines.append(f"{name:<24}{_number(est['mean'], 14)}{_number(est['stderr'], 12)}  {notes}")
     return "\n".join(lines)

@@ -9,12 +9,13 @@ import os
 import torch
 
 from pyrogen.evaluation.plots import save_image_grid
+from pyrogen.models.vae import posterior_mean
 
 
 @torch.no_grad()
-def interpolations(vae, guide, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10):
+def interpolations(vae, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10):
     """Decoder means along straight lines between the posterior means of pairs (a, b)."""
-    za, zb = _posterior_mean(guide, x_a), _posterior_mean(guide, x_b)
+    za, zb = posterior_mean(vae.guide, x_a), posterior_mean(vae.guide, x_b)
     t = torch.linspace(0, 1, steps, device=za.device)[None, :, None]
     z = za[:, None] + t * (zb - za)[:, None]
     return vae.decode(z).mean.reshape(-1, vae.num_dims)
@@ -31,39 +32,41 @@ def manifold(vae, grid: int = 15) -> torch.Tensor:
     return vae.decode(zz).mean.reshape(-1, vae.num_dims)
 
 
-def _posterior_mean(guide, x: torch.Tensor) -> torch.Tensor:
-    q = guide.posterior(x)
-    try:
-        return q.mean
-    except NotImplementedError:  # a flow posterior (IAF) has no closed-form mean
-        return q.sample((64,)).mean(0)
-
-
-def save_vae_figures(vae, guide, x: torch.Tensor, image_shape, out_dir: str | os.PathLike):
-    """Write reconstructions.png, interpolations.png and (2-D latent) manifold.png."""
+def save_vae_figures(vae, x: torch.Tensor, image_shape, out_dir: str | os.PathLike):
+    """Write reconstructions.png, interpolations.png and (2-D latent) manifold.png (decoder
+    means E[x | z], which the titles say: they are not samples)."""
     from pathlib import Path
 
     out = Path(out_dir)
     n = min(16, x.shape[0])
     paths = []
-    q_mean = _posterior_mean(guide, x[:n])
-    recon = vae.decode(q_mean).mean.reshape(n, -1)
+    recon = vae.reconstruct(x[:n]).reshape(n, -1)
     pairs = torch.stack([x[:n].reshape(n, -1), recon], 1).reshape(2 * n, -1)
     save_image_grid(
         pairs,
         image_shape,
         out / "reconstructions.png",
         nrow=8,
-        title="data (odd) and reconstruction (even)",
+        title="data (odd columns) and reconstruction E[x | z = posterior mean] (even)",
     )
     paths.append(out / "reconstructions.png")
     if x.shape[0] >= 2 * 6:
-        lines = interpolations(vae, guide, x[:6], x[6:12], steps=10)
-        save_image_grid(lines, image_shape, out / "interpolations.png", nrow=10)
+        lines = interpolations(vae, x[:6], x[6:12], steps=10)
+        save_image_grid(
+            lines,
+            image_shape,
+            out / "interpolations.png",
+            nrow=10,
+            title="E[x | z] along lines between posterior means of test images",
+        )
         paths.append(out / "interpolations.png")
     if vae.latent_dim == 2:
         save_image_grid(
-            manifold(vae), image_shape, out / "manifold.png", nrow=15, title="learned manifold"
+            manifold(vae),
+            image_shape,
+            out / "manifold.png",
+            nrow=15,
+            title="learned manifold: E[x | z] on a grid of Φ⁻¹ quantiles of z",
         )
         paths.append(out / "manifold.png")
     return paths

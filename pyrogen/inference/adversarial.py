@@ -28,6 +28,7 @@ non-saturating one, −σ(−l), stays near −1: the paper's practical fix. An 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -96,7 +97,7 @@ class Wasserstein(GANLoss):
         return -fake.mean()
 
 
-def gradient_penalty(d: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+def gradient_penalty(d: Callable, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """E (‖∇_x̂ d(x̂)‖ − 1)², x̂ = ε x + (1 − ε) G(z), ε ~ U[0, 1] per example."""
     eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
     mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
@@ -104,7 +105,7 @@ def gradient_penalty(d: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> to
     return (grad.reshape(grad.shape[0], -1).norm(dim=1) - 1).pow(2).mean()
 
 
-def r1_penalty(d: nn.Module, real: torch.Tensor) -> torch.Tensor:
+def r1_penalty(d: Callable, real: torch.Tensor) -> torch.Tensor:
     """E_data ‖∇_x d(x)‖² (Mescheder et al. 2018); the learner weights it by γ/2."""
     real = real.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(d(real).sum(), real, create_graph=True)
@@ -158,8 +159,9 @@ class AdversarialLearner:
     Example::
 
         >>> import torch
-        >>> from pyrogen.config import GANModelConfig
-        >>> gan = GAN(GANModelConfig(latent_dim=2, hidden_sizes=[16], output="identity"), (2,))
+        >>> G = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 2))
+        >>> D = nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+        >>> gan = GAN(G, D, latent_dim=2, event_shape=(2,))
         >>> learner = AdversarialLearner(gan, "non_saturating", lr=1e-3)
         >>> sorted(learner.step(torch.randn(64, 2)))
         ['d_fake', 'd_loss', 'd_real', 'g_loss', 'loss']
@@ -203,45 +205,26 @@ class AdversarialLearner:
         self.num_g_steps = 0
         self._undo = _Undo()
 
-    @classmethod
-    def from_config(cls, gan: GAN, cfg: Any) -> AdversarialLearner:
-        """From a :class:`pyrogen.config.Config`: its ``adversarial`` and ``optim`` sections."""
-        a, o = cfg.adversarial, cfg.optim
-        return cls(
-            gan,
-            generator_loss=a.generator_loss,
-            discriminator_steps=a.discriminator_steps,
-            optim=o.name,
-            lr=o.lr,
-            lr_discriminator=o.lr_discriminator,
-            betas=o.betas,
-            weight_decay=o.weight_decay,
-            gradient_penalty=a.gradient_penalty,
-            r1_penalty=a.r1_penalty,
-            ema_decay=a.ema_decay,
-            clip_norm=o.clip_norm,
-        )
-
     # ---------------------------------------------------------------- the two players
     def _generate(self, n: int) -> torch.Tensor:
-        """G(z) for n fresh z ~ p_z, flat ``(n, D)``."""
-        return self.model.generator(self.model.prior().sample((n,)))
+        """G(z) for n fresh z ~ p_z, shaped ``(n, *event_shape)``."""
+        return self.model.generate(self.model.prior().sample((n,)))
 
     def discriminator_logits(
         self, real: torch.Tensor, fake: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """d(x) on data and d(G(z)) on samples (flat batches): one pass of D over both."""
-        logits = self.model.discriminator(torch.cat([real, fake]))
+        """d(x) on data and d(G(z)) on samples: one pass of D over both."""
+        logits = self.model.discriminate(torch.cat([real, fake]))
         return logits[: real.shape[0]], logits[real.shape[0] :]
 
     def discriminator_loss(
         self, real: torch.Tensor, fake: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """D's loss on data ``real`` and samples ``fake`` (flat) with the configured
-        penalties, and the logits of both."""
+        """D's loss on data ``real`` and samples ``fake`` with the configured penalties, and
+        the logits of both."""
         l_real, l_fake = self.discriminator_logits(real, fake)
         loss = self.loss.d_loss(l_real, l_fake)
-        d = self.model.discriminator
+        d = self.model.discriminate
         if self.loss.gradient_penalty and self.gp_weight:
             loss = loss + self.gp_weight * gradient_penalty(d, real, fake)
         if self.r1_weight:
@@ -282,7 +265,7 @@ class AdversarialLearner:
         # D ascends V: data labelled 1, fresh samples labelled 0
         with torch.no_grad():
             fake = self._generate(n)
-        d_loss, l_real, l_fake = self.discriminator_loss(x.reshape(n, -1), fake)
+        d_loss, l_real, l_fake = self.discriminator_loss(x.reshape(fake.shape), fake)
         d_norm = self._backward(d_loss, self.opt_d)
         stats = torch.stack(
             [
@@ -300,7 +283,7 @@ class AdversarialLearner:
         self._apply(self.opt_d, d_norm)
 
         if g_step:  # G descends its loss on fresh z against the updated D
-            g_loss = self.loss.g_loss(gan.discriminator(self._generate(n)))
+            g_loss = self.loss.g_loss(gan.discriminate(self._generate(n)))
             g_norm = self._backward(g_loss, self.opt_g)
             g_value, g_norm_value = torch.stack([g_loss.detach(), g_norm]).tolist()
             out["g_loss"] = g_value
@@ -319,7 +302,8 @@ class AdversarialLearner:
         fresh samples of the trained (not averaged) generator."""
         self.model.eval()
         n = x.shape[0]
-        l_real, l_fake = self.discriminator_logits(x.reshape(n, -1), self._generate(n))
+        fake = self._generate(n)
+        l_real, l_fake = self.discriminator_logits(x.reshape(fake.shape), fake)
         values = torch.stack(
             [
                 self.loss.d_loss(l_real, l_fake),

@@ -38,16 +38,15 @@ from collections.abc import Iterator
 import torch
 from pyro import infer
 
-from pyrogen.config import ELBOConfig, GuideConfig
 from pyrogen.registry import ELBOS
 
 MAX_PLATE_NESTING = 1  # the data plate; vectorised particles add one dimension to its left
 
 
-def _common(cfg: ELBOConfig) -> dict:
+def _common(num_particles: int, vectorize_particles: bool) -> dict:
     return {
-        "num_particles": cfg.num_particles,
-        "vectorize_particles": cfg.vectorize_particles,
+        "num_particles": num_particles,
+        "vectorize_particles": vectorize_particles,
         "max_plate_nesting": MAX_PLATE_NESTING,
     }
 
@@ -100,68 +99,113 @@ class PerExampleTailAdaptive(infer.TraceTailAdaptive_ELBO):
         return loss
 
 
-@ELBOS.register("trace")
-def trace(cfg: ELBOConfig) -> infer.ELBO:
+def trace(num_particles: int = 1, vectorize_particles: bool = False, **_: object) -> infer.ELBO:
     """Trace_ELBO: the Monte Carlo ELBO (reparameterised or score-function gradients)."""
-    return infer.Trace_ELBO(**_common(cfg))
+    return infer.Trace_ELBO(**_common(num_particles, vectorize_particles))
 
 
-@ELBOS.register("jit_trace")
-def jit_trace(cfg: ELBOConfig) -> infer.ELBO:
+def jit_trace(num_particles: int = 1, vectorize_particles: bool = False, **_: object):
     """JitTrace_ELBO: Trace_ELBO compiled with the PyTorch JIT."""
-    return infer.JitTrace_ELBO(**_common(cfg), ignore_jit_warnings=True)
+    return infer.JitTrace_ELBO(
+        **_common(num_particles, vectorize_particles), ignore_jit_warnings=True
+    )
 
 
-@ELBOS.register("mean_field")
-def mean_field(cfg: ELBOConfig) -> infer.ELBO:
+def mean_field(num_particles: int = 1, vectorize_particles: bool = False, **_: object):
     """TraceMeanField_ELBO: E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)) with the KL in closed form."""
-    return infer.TraceMeanField_ELBO(**_common(cfg))
+    return infer.TraceMeanField_ELBO(**_common(num_particles, vectorize_particles))
 
 
-@ELBOS.register("jit_mean_field")
-def jit_mean_field(cfg: ELBOConfig) -> infer.ELBO:
+def jit_mean_field(num_particles: int = 1, vectorize_particles: bool = False, **_: object):
     """JitTraceMeanField_ELBO: TraceMeanField_ELBO compiled with the PyTorch JIT."""
-    return infer.JitTraceMeanField_ELBO(**_common(cfg), ignore_jit_warnings=True)
+    return infer.JitTraceMeanField_ELBO(
+        **_common(num_particles, vectorize_particles), ignore_jit_warnings=True
+    )
 
 
-@ELBOS.register("trace_graph")
-def trace_graph(cfg: ELBOConfig) -> infer.ELBO:
+def trace_graph(num_particles: int = 1, vectorize_particles: bool = False, **_: object):
     """TraceGraph_ELBO: score-function terms with baselines and Rao-Blackwellisation."""
-    return infer.TraceGraph_ELBO(**_common(cfg))
+    return infer.TraceGraph_ELBO(**_common(num_particles, vectorize_particles))
 
 
-@ELBOS.register("jit_trace_graph")
-def jit_trace_graph(cfg: ELBOConfig) -> infer.ELBO:
+def jit_trace_graph(num_particles: int = 1, vectorize_particles: bool = False, **_: object):
     """JitTraceGraph_ELBO: TraceGraph_ELBO compiled with the PyTorch JIT."""
-    return infer.JitTraceGraph_ELBO(**_common(cfg), ignore_jit_warnings=True)
+    return infer.JitTraceGraph_ELBO(
+        **_common(num_particles, vectorize_particles), ignore_jit_warnings=True
+    )
 
 
-@ELBOS.register("renyi")
-def renyi(cfg: ELBOConfig) -> infer.ELBO:
+def renyi(
+    num_particles: int = 2, vectorize_particles: bool = False, alpha: float = 0.0, **_: object
+) -> infer.ELBO:
     """RenyiELBO: (1/(1−α)) log (1/K) Σ_k w_k^(1−α) per example, w_k = p(x,z_k)/q(z_k|x);
     α = 0 is the IWAE bound (Burda et al. 2016), α → 1 the ELBO."""
-    return infer.RenyiELBO(alpha=cfg.alpha, **_common(cfg))
+    return infer.RenyiELBO(alpha=alpha, **_common(num_particles, vectorize_particles))
 
 
-@ELBOS.register("tail_adaptive")
-def tail_adaptive(cfg: ELBOConfig) -> infer.ELBO:
+def tail_adaptive(
+    num_particles: int = 2,
+    vectorize_particles: bool = True,
+    tail_adaptive_beta: float = -1.0,
+    **_: object,
+) -> infer.ELBO:
     """TraceTailAdaptive_ELBO, each example's particles ranked separately (needs vectorised
-    particles, num_particles > 1; ``elbo.tail_adaptive_beta`` is the rank exponent β < 0)."""
-    return PerExampleTailAdaptive(**_common(cfg), tail_adaptive_beta=cfg.tail_adaptive_beta)
+    particles, num_particles > 1; ``tail_adaptive_beta`` is the rank exponent β < 0)."""
+    return PerExampleTailAdaptive(
+        **_common(num_particles, vectorize_particles), tail_adaptive_beta=tail_adaptive_beta
+    )
 
 
-@ELBOS.register("rws")
-def rws(cfg: ELBOConfig) -> infer.ELBO:
+def rws(num_particles: int = 2, vectorize_particles: bool = False, **_: object) -> infer.ELBO:
     """ReweightedWakeSleep (wake-θ + wake-φ, no sleep phase), per example."""
-    return PerExampleRWS(insomnia=1.0, **_common(cfg))
+    return PerExampleRWS(insomnia=1.0, **_common(num_particles, vectorize_particles))
+
+
+for _name, _fn in [
+    ("trace", trace),
+    ("jit_trace", jit_trace),
+    ("mean_field", mean_field),
+    ("jit_mean_field", jit_mean_field),
+    ("trace_graph", trace_graph),
+    ("jit_trace_graph", jit_trace_graph),
+    ("renyi", renyi),
+    ("tail_adaptive", tail_adaptive),
+    ("rws", rws),
+]:
+    ELBOS.add(_name, _fn)
+
+
+def make_elbo(
+    name: str,
+    num_particles: int = 1,
+    vectorize_particles: bool = False,
+    alpha: float = 0.0,
+    tail_adaptive_beta: float = -1.0,
+) -> infer.ELBO:
+    """The estimator called ``name`` (a name in ``ELBOS``), configured with these options."""
+    return ELBOS.get(name)(
+        num_particles=num_particles,
+        vectorize_particles=vectorize_particles,
+        alpha=alpha,
+        tail_adaptive_beta=tail_adaptive_beta,
+    )
 
 
 _MEAN_FIELD = ("mean_field", "jit_mean_field")
 _TRACE_GRAPH = ("trace_graph", "jit_trace_graph")
 
 
-def check_compatible(guide: GuideConfig, elbo: ELBOConfig) -> str | None:
-    """Why ``guide`` cannot be trained with ``elbo``, or ``None`` when the pair works.
+def check_compatible(
+    guide: str,
+    elbo: str,
+    num_particles: int = 1,
+    vectorize_particles: bool = False,
+    alpha: float = 0.0,
+    kl_warmup_steps: int = 0,
+    baseline: str = "none",
+) -> str | None:
+    """Why the guide called ``guide`` cannot be trained with the estimator ``elbo`` (with
+    these options), or ``None`` when the pair works. Messages use the config's keys.
 
     Every refusal below was found by running the pair (digits, a few steps):
 
@@ -180,8 +224,8 @@ def check_compatible(guide: GuideConfig, elbo: ELBOConfig) -> str | None:
     * ``jit_trace``/``jit_trace_graph`` with KL warm-up: the compiled function keeps the β of its
       first call, so the warm-up would silently stop.
     """
-    g, e = guide.name, elbo.name
-    k, vec = elbo.num_particles, elbo.vectorize_particles
+    g, e = guide, elbo
+    k, vec = num_particles, vectorize_particles
     if e in _MEAN_FIELD and g == "score_function":
         return (
             f"elbo.name={e} needs a fully reparameterised guide; guide.name=score_function is not "
@@ -198,12 +242,12 @@ def check_compatible(guide: GuideConfig, elbo: ELBOConfig) -> str | None:
             f"elbo.name={e} needs a reparameterised guide: with guide.name=score_function the "
             f"encoder would get no gradient (use elbo.name=trace, trace_graph or rws)"
         )
-    if g == "score_function" and guide.baseline != "none" and e not in _TRACE_GRAPH:
+    if g == "score_function" and baseline != "none" and e not in _TRACE_GRAPH:
         return (
-            f"guide.baseline={guide.baseline} is used only by TraceGraph_ELBO; with elbo.name={e} "
+            f"guide.baseline={baseline} is used only by TraceGraph_ELBO; with elbo.name={e} "
             f"it would be silently ignored (use elbo.name=trace_graph)"
         )
-    if g == "score_function" and guide.baseline == "decaying_average" and e == "jit_trace_graph":
+    if g == "score_function" and baseline == "decaying_average" and e == "jit_trace_graph":
         return (
             "guide.baseline=decaying_average keeps its running average in Pyro's param store, "
             "which the JIT-compiled estimator cannot update (use elbo.name=trace_graph)"
@@ -213,14 +257,14 @@ def check_compatible(guide: GuideConfig, elbo: ELBOConfig) -> str | None:
             "elbo.name=tail_adaptive ranks several particles of each example against each other: "
             "it needs elbo.vectorize_particles=true and elbo.num_particles > 1"
         )
-    if e == "renyi" and elbo.alpha == 1.0:
+    if e == "renyi" and alpha == 1.0:
         return "elbo.alpha=1 makes the Rényi bound the ELBO: use elbo.name=trace"
     if e in ("rws", "renyi") and k < 2:
         return (
             f"elbo.name={e} is a multi-sample bound and needs elbo.num_particles > 1 "
             f"(with 1 particle it is the plain ELBO: use elbo.name=trace)"
         )
-    if e in ("jit_trace", "jit_trace_graph") and elbo.kl_warmup_steps > 0:
+    if e in ("jit_trace", "jit_trace_graph") and kl_warmup_steps > 0:
         return (
             f"elbo.kl_warmup_steps needs a KL weight that changes every step, but elbo.name={e} "
             f"compiles the first step's weight into its graph (use elbo.name={e[4:]} or "

@@ -36,8 +36,7 @@ from torch.distributions import (
     register_kl,
 )
 
-from pyrogen.config import GuideConfig
-from pyrogen.nets import MLP, ConvEncoder
+from pyrogen.params import declare_params
 from pyrogen.registry import GUIDES
 
 MIN_SCALE = 1e-4
@@ -58,30 +57,32 @@ class NonReparameterizedNormal(dist.Normal):
         return super().expand(batch_shape, _instance=new)
 
 
-def _encoder(guide_cfg: GuideConfig, vae: nn.Module, out_dim: int) -> nn.Module:
-    """x -> ``out_dim`` features: an MLP, or a conv net when the VAE's decoder is conv."""
-    if vae.cfg.architecture == "conv":
-        return ConvEncoder(vae.image_shape, out_dim)
-    hidden = guide_cfg.hidden_sizes
-    if hidden is None:
-        hidden = list(reversed(vae.cfg.hidden_sizes))
-    return MLP(vae.num_dims, hidden, out_dim, vae.cfg.activation)
-
-
 class AmortisedGuide(nn.Module):
-    """Common plumbing: flatten x, run the encoder, sample ``z`` in the data plate."""
+    """Common plumbing: run the encoder on x, sample ``z`` in the data plate.
+
+    The encoder is any ``nn.Module`` mapping a batch x of shape ``(N, *event_shape)`` to
+    ``(N, encoder_outputs(latent_dim))`` numbers (see each guide); it receives x as stored (an
+    MLP encoder flattens it first). ``forward(x)`` is the Pyro guide; its parameters are
+    announced to Pyro as param sites ``<name>.<path>`` (:mod:`pyrogen.params`), so plain
+    ``SVI`` optimises them.
+    """
 
     infer: dict[str, Any] = {}
 
-    def __init__(self, vae: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, latent_dim: int, name: str = "guide") -> None:
         super().__init__()
-        self.latent_dim = vae.latent_dim
-        self.event_dims = len(vae.event_shape)
-        self.conv = vae.cfg.architecture == "conv"
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+        self.encoder = encoder
+        self.latent_dim = int(latent_dim)
+        self.name = name
+
+    @classmethod
+    def encoder_outputs(cls, latent_dim: int, **options: Any) -> int:
+        """How many numbers the encoder must output per example."""
+        return 2 * latent_dim
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.conv:
-            x = x.reshape(x.shape[0], -1)
         return self.encoder(x)
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:  # pragma: no cover - abstract
@@ -94,16 +95,14 @@ class AmortisedGuide(nn.Module):
         self, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int | None = None
     ) -> torch.Tensor:
         """The Pyro guide: z ~ q_φ(z | x) for every x in the batch."""
+        declare_params(self, self.name)
         with pyro.plate("data", x.shape[0]):
             return pyro.sample("z", self.posterior(x), infer=self.site_infer(x))
 
 
 class DiagonalNormalGuide(AmortisedGuide):
-    """q_φ(z | x) = N(μ(x), diag σ²(x)), σ = softplus(·) + 1e-4."""
-
-    def __init__(self, cfg: GuideConfig, vae: nn.Module) -> None:
-        super().__init__(vae)
-        self.encoder = _encoder(cfg, vae, 2 * vae.latent_dim)
+    """q_φ(z | x) = N(μ(x), diag σ²(x)), σ = softplus(·) + 1e-4; the encoder outputs
+    (μ, raw σ): 2 × latent_dim numbers."""
 
     def loc_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw = self.features(x).chunk(2, dim=-1)
@@ -115,12 +114,18 @@ class DiagonalNormalGuide(AmortisedGuide):
 
 
 class LowRankNormalGuide(AmortisedGuide):
-    """q_φ(z | x) = N(μ(x), F(x) F(x)ᵀ + diag d(x)) with F of shape latent_dim × rank."""
+    """q_φ(z | x) = N(μ(x), F(x) F(x)ᵀ + diag d(x)) with F of shape latent_dim × ``rank``; the
+    encoder outputs latent_dim × (2 + rank) numbers."""
 
-    def __init__(self, cfg: GuideConfig, vae: nn.Module) -> None:
-        super().__init__(vae)
-        self.rank = cfg.rank
-        self.encoder = _encoder(cfg, vae, vae.latent_dim * (2 + cfg.rank))
+    def __init__(self, encoder: nn.Module, latent_dim: int, rank: int = 2, name: str = "guide"):
+        super().__init__(encoder, latent_dim, name)
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        self.rank = int(rank)
+
+    @classmethod
+    def encoder_outputs(cls, latent_dim: int, rank: int = 2, **options: Any) -> int:
+        return latent_dim * (2 + rank)
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
         h = self.features(x)
@@ -131,14 +136,18 @@ class LowRankNormalGuide(AmortisedGuide):
 
 
 class FullNormalGuide(AmortisedGuide):
-    """q_φ(z | x) = N(μ(x), L(x) L(x)ᵀ), L lower triangular with a positive diagonal."""
+    """q_φ(z | x) = N(μ(x), L(x) L(x)ᵀ), L lower triangular with a positive diagonal; the
+    encoder outputs 2 d + d (d − 1) / 2 numbers for d = latent_dim."""
 
-    def __init__(self, cfg: GuideConfig, vae: nn.Module) -> None:
-        super().__init__(vae)
-        d = vae.latent_dim
+    def __init__(self, encoder: nn.Module, latent_dim: int, name: str = "guide") -> None:
+        super().__init__(encoder, latent_dim, name)
+        d = self.latent_dim
         self.register_buffer("tril_rows", torch.tril_indices(d, d, offset=-1)[0])
         self.register_buffer("tril_cols", torch.tril_indices(d, d, offset=-1)[1])
-        self.encoder = _encoder(cfg, vae, 2 * d + d * (d - 1) // 2)
+
+    @classmethod
+    def encoder_outputs(cls, latent_dim: int, **options: Any) -> int:
+        return 2 * latent_dim + latent_dim * (latent_dim - 1) // 2
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
         h = self.features(x)
@@ -147,30 +156,51 @@ class FullNormalGuide(AmortisedGuide):
         tril = torch.diag_embed(F.softplus(raw_diag) + MIN_SCALE)
         lower = torch.zeros_like(tril)
         lower[..., self.tril_rows, self.tril_cols] = off
-        tril = tril + lower
-        return dist.MultivariateNormal(loc, scale_tril=tril)
+        return dist.MultivariateNormal(loc, scale_tril=tril + lower)
 
 
 class IAFGuide(AmortisedGuide):
-    """z₀ ~ N(μ(x), diag σ²(x)) followed by ``guide.num_flows`` conditional inverse
-    autoregressive steps (Pyro's ``ConditionalAffineAutoregressive``) given h(x).
+    """z₀ ~ N(μ(x), diag σ²(x)) followed by ``num_flows`` conditional inverse autoregressive
+    steps (Pyro's ``ConditionalAffineAutoregressive``) given a context h(x); the encoder outputs
+    2 × latent_dim + ``context_dim`` numbers (default context_dim = max(2 latent_dim, 16)).
 
     Samples are cheap (one pass per step) and the log-density of the guide's own samples is
     exact through Pyro's transform cache; it has no analytic KL, so ``mean_field`` refuses it.
     """
 
-    def __init__(self, cfg: GuideConfig, vae: nn.Module) -> None:
-        super().__init__(vae)
-        d = vae.latent_dim
-        self.context_dim = max(2 * d, 16)
-        self.encoder = _encoder(cfg, vae, 2 * d + self.context_dim)
-        hidden = [max(4 * d, 32)] * 2
+    def __init__(
+        self,
+        encoder: nn.Module,
+        latent_dim: int,
+        num_flows: int = 2,
+        context_dim: int | None = None,
+        hidden_sizes: list[int] | None = None,
+        name: str = "guide",
+    ) -> None:
+        super().__init__(encoder, latent_dim, name)
+        d = self.latent_dim
+        if d < 2:
+            raise ValueError(
+                "the iaf guide needs latent_dim >= 2 (an autoregressive step on "
+                "one variable is an affine map)"
+            )
+        self.context_dim = self.default_context_dim(d) if context_dim is None else context_dim
+        hidden = hidden_sizes or [max(4 * d, 32)] * 2
         self.flows = nn.ModuleList(
             conditional_affine_autoregressive(d, self.context_dim, hidden_dims=hidden)
-            for _ in range(cfg.num_flows)
+            for _ in range(num_flows)
         )
-        if d == 1:
-            raise ValueError("the iaf guide needs model.latent_dim >= 2")
+
+    @staticmethod
+    def default_context_dim(latent_dim: int) -> int:
+        return max(2 * latent_dim, 16)
+
+    @classmethod
+    def encoder_outputs(
+        cls, latent_dim: int, context_dim: int | None = None, **options: Any
+    ) -> int:
+        c = cls.default_context_dim(latent_dim) if context_dim is None else context_dim
+        return 2 * latent_dim + c
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
         h = self.features(x)
@@ -183,19 +213,35 @@ class IAFGuide(AmortisedGuide):
 class ScoreFunctionGuide(DiagonalNormalGuide):
     """The diagonal Gaussian guide made non-reparameterisable: gradients by the
     score-function (REINFORCE) estimator ∇_φ ELBO = E_q[(log p(x,z) − log q(z|x) − b) ∇_φ log
-    q(z|x)] + E_q[∇_φ(log p − log q)], with baseline b from ``guide.baseline``.
+    q(z|x)] + E_q[∇_φ(log p − log q)], with baseline b:
 
-    Baselines are Pyro's own (``infer={"baseline": ...}``), used by ``TraceGraph_ELBO``:
-    ``decaying_average`` (b = running mean of the downstream cost, kept in Pyro's param
-    store) or ``neural`` (b = a small MLP of x, fitted by Pyro to the downstream cost).
+    * ``baseline="none"``;
+    * ``"decaying_average"``: b = running mean of the downstream cost with decay
+      ``baseline_beta`` (Pyro keeps it as a param-store entry; pyrogen's learner runs each step
+      in a param store of its own, so two models never share it);
+    * ``"neural"``: b = ``baseline_net(x)``, a network of x fitted by Pyro to the downstream
+      cost (required for this baseline; e.g. an MLP from the flattened x to 1 output).
+
+    Baselines are Pyro's own (``infer={"baseline": ...}``), used by ``TraceGraph_ELBO``.
     """
 
-    def __init__(self, cfg: GuideConfig, vae: nn.Module) -> None:
-        super().__init__(cfg, vae)
-        self.baseline = cfg.baseline
-        self.baseline_beta = cfg.baseline_beta
-        if cfg.baseline == "neural":
-            self.baseline_net = MLP(vae.num_dims, [64], 1, "relu")
+    def __init__(
+        self,
+        encoder: nn.Module,
+        latent_dim: int,
+        baseline: str = "none",
+        baseline_beta: float = 0.9,
+        baseline_net: nn.Module | None = None,
+        name: str = "guide",
+    ) -> None:
+        super().__init__(encoder, latent_dim, name)
+        if baseline not in ("none", "decaying_average", "neural"):
+            raise ValueError(f"baseline must be none, decaying_average or neural, not {baseline!r}")
+        if (baseline == "neural") != (baseline_net is not None):
+            raise ValueError("baseline='neural' needs a baseline_net (and only it uses one)")
+        self.baseline = baseline
+        self.baseline_beta = float(baseline_beta)
+        self.baseline_net = baseline_net
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
         loc, scale = self.loc_scale(x)
@@ -256,6 +302,13 @@ GUIDES.add("low_rank_normal", LowRankNormalGuide, "Gaussian with low-rank + diag
 GUIDES.add("full_normal", FullNormalGuide, "Gaussian with full covariance")
 GUIDES.add("iaf", IAFGuide, "diagonal Gaussian + inverse autoregressive flow steps")
 GUIDES.add("score_function", ScoreFunctionGuide, "non-reparameterised diagonal Gaussian")
+
+#: the guide section's keys each guide takes as constructor options
+GUIDE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "low_rank_normal": ("rank",),
+    "iaf": ("num_flows",),
+    "score_function": ("baseline", "baseline_beta"),
+}
 
 #: guides whose samples carry reparameterised gradients
 REPARAMETERISED = ("diagonal_normal", "low_rank_normal", "full_normal", "iaf")

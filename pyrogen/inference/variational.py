@@ -16,6 +16,9 @@ fill the same parameters' gradients through it.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyro
@@ -24,6 +27,7 @@ from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceTailAdaptive_ELBO
 from pyro.infer.util import is_validation_enabled
 from torch import nn
+from torch.distributions import constraints
 
 from pyrogen.inference.base import make_optimizer
 
@@ -50,22 +54,6 @@ class ScaleLatents(poutine.messenger.Messenger):
             msg["scale"] = msg["scale"] * self.beta
 
 
-class ParamStoreView(nn.Module):
-    """Runs ``module`` after ``pyro.module(name, module)``: the JIT-compiled estimators
-    (``JitTrace_ELBO`` & co.) look parameters up in Pyro's param store to pass them to the
-    compiled function as inputs. The store then holds references to the module's own
-    parameters under a name unique to this learner, so the module stays their owner."""
-
-    def __init__(self, module: nn.Module, name: str) -> None:
-        super().__init__()
-        self.module = module
-        self.name = name
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        pyro.module(self.name, self.module)
-        return self.module(*args, **kwargs)
-
-
 def is_jit(elbo: ELBO) -> bool:
     return type(elbo).__name__.startswith("Jit")
 
@@ -75,26 +63,48 @@ def has_differentiable_loss(elbo: ELBO) -> bool:
     return callable(getattr(elbo, "differentiable_loss", None))
 
 
+def needs_param_store(elbo: ELBO, guide: Any) -> bool:
+    """Whether Pyro's estimator reads or writes Pyro's param store: the JIT estimators look
+    parameters up there to pass them to the compiled function, and the decaying-average
+    baseline keeps its running value there."""
+    return is_jit(elbo) or getattr(guide, "baseline", None) == "decaying_average"
+
+
 class VariationalLearner:
-    """Fit ``model``/``guide`` (both ``nn.Module``, ``forward`` = the Pyro program) with
-    ``elbo`` and a torch optimiser.
+    """Fit a model and its guide (``forward`` = the Pyro program) with one of Pyro's ELBO
+    estimators and a plain torch optimiser.
+
+    Args:
+        model: the generative process (a :class:`~pyrogen.models.vae.VAE` or
+            :class:`~pyrogen.models.flow.Flow`, or any ``nn.Module`` whose ``forward(x, y)`` is
+            a Pyro model with its batch in ``pyro.plate("data")``).
+        elbo: the estimator (default ``Trace_ELBO``); for a model without latent sites (a
+            flow) the ELBO is log p(x) and training is maximum likelihood.
+        guide: default ``model.guide`` when the model has one (a VAE), else :class:`EmptyGuide`.
+        optim, lr, betas, momentum, weight_decay: the torch optimiser.
+        clip_norm: clip the gradients' global norm; kl_warmup_steps: β from 0 to 1.
 
     ``loss`` is per example: −ELBO / batch size (nats). ``evaluate`` reports the plain
     Monte Carlo ELBO (``Trace_ELBO``, one particle) whatever the training estimator, so runs
     trained with different estimators are compared on the same quantity; for a flow (no
     latent sites) it is the exact log-likelihood.
 
+    Estimators that need Pyro's param store (JIT-compiled ones, the decaying-average
+    baseline) run each step inside a param store of this learner's own
+    (``ParamStoreDict.scope``): the process-wide store is swapped out for the step and put
+    back unchanged, so two learners never share an entry and a user's own entries are kept.
+
     Example::
 
-        >>> learner = VariationalLearner(vae, guide, pyro.infer.Trace_ELBO())  # doctest: +SKIP
+        >>> learner = VariationalLearner(vae, pyro.infer.Trace_ELBO())  # doctest: +SKIP
         >>> learner.step(x_batch)["loss"]  # doctest: +SKIP
     """
 
     def __init__(
         self,
         model: nn.Module,
-        guide: nn.Module,
-        elbo: ELBO,
+        elbo: ELBO | None = None,
+        guide: nn.Module | None = None,
         optim: str = "adam",
         lr: float = 1e-3,
         betas: tuple[float, float] | list[float] = (0.9, 0.999),
@@ -103,21 +113,17 @@ class VariationalLearner:
         clip_norm: float | None = None,
         kl_warmup_steps: int = 0,
     ) -> None:
+        if guide is None:
+            guide = getattr(model, "guide", None)
+            guide = guide if isinstance(guide, nn.Module) else EmptyGuide()
         self.model = model
         self.guide = guide
-        self.elbo = elbo
+        self.elbo = elbo if elbo is not None else Trace_ELBO(max_plate_nesting=1)
         self.eval_elbo = Trace_ELBO(max_plate_nesting=1)
-        self.reports_loss = not isinstance(elbo, TraceTailAdaptive_ELBO)
-        if is_jit(elbo) or not has_differentiable_loss(elbo):
-            # these look the parameters up as Pyro param sites
-            self._train_model: nn.Module = ParamStoreView(model, f"pyrogen_model_{id(self)}")
-            self._train_guide: nn.Module = ParamStoreView(guide, f"pyrogen_guide_{id(self)}")
-        else:
-            self._train_model, self._train_guide = model, guide
-        self.loss_module = (
-            elbo(self._train_model, self._train_guide) if has_differentiable_loss(elbo) else None
-        )
-        self.module = nn.ModuleDict({"model": model, "guide": guide})
+        self.reports_loss = not isinstance(self.elbo, TraceTailAdaptive_ELBO)
+        self.loss_module = self.elbo(model, guide) if has_differentiable_loss(self.elbo) else None
+        owned = any(m is guide for m in model.modules())
+        self.module = model if owned else nn.ModuleDict({"model": model, "guide": guide})
         self.optimizer = make_optimizer(
             self.module.parameters(), optim, lr, betas, momentum, weight_decay
         )
@@ -127,6 +133,10 @@ class VariationalLearner:
         # Pyro keeps a decaying-average baseline per position in the batch: it needs batches
         # of one size, and its running value is part of the state to checkpoint
         self.fixed_batch_size = getattr(guide, "baseline", None) == "decaying_average"
+        self._store: dict[str, Any] | None = (
+            {"params": {}, "constraints": {}} if needs_param_store(self.elbo, guide) else None
+        )
+        self._compiled = not is_jit(self.elbo)
 
     @property
     def kl_beta(self) -> float:
@@ -134,10 +144,42 @@ class VariationalLearner:
             return 1.0
         return min(1.0, self.num_steps / self.kl_warmup_steps)
 
-    def _loss_and_grads(self, args: tuple) -> torch.Tensor:
-        """−ELBO of the batch, with the parameters' gradients filled in."""
+    @contextmanager
+    def own_param_store(self) -> Iterator[None]:
+        """Run with this learner's private param store (a no-op unless the estimator needs
+        one): the global store's content is swapped out and restored afterwards."""
+        if self._store is None:
+            yield
+            return
+        with pyro.get_param_store().scope(state=self._store):
+            yield
+
+    def _compile(self, args: tuple) -> None:
+        """First step of a JIT estimator: register the model's and guide's param sites in the
+        private store (the compiled function reads them there), then compile on a throwaway
+        call. Both run on a forked RNG, so compiling (which runs the program several times)
+        draws nothing from the run's random stream: a resumed run compiles in the middle of
+        the stream and still equals an uninterrupted one."""
+        devices = [a.device for a in args if torch.is_tensor(a) and a.device.type == "cuda"]
+        with torch.random.fork_rng(devices=devices[:1]):
+            with poutine.block(), poutine.trace(param_only=True) as capture:
+                self.guide(*args)
+                self.model(*args)
+            store = pyro.get_param_store()
+            for name, site in capture.trace.nodes.items():
+                store._params[name] = site["value"].unconstrained()
+                store._param_to_name[store._params[name]] = name
+                store._constraints[name] = constraints.real
+            with jit_warnings_silenced():
+                self._loss_value(args, backward=False)
+        self._compiled = True
+
+    def _loss_value(self, args: tuple, backward: bool = True) -> torch.Tensor:
+        """−ELBO of the batch, with the parameters' gradients filled in when ``backward``."""
         if self.loss_module is not None:
             loss = self.loss_module(*args)
+            if not backward:
+                return loss.detach()
             if not self.reports_loss:
                 # TraceTailAdaptive_ELBO's loss is inf + (surrogate − surrogate.item()): its
                 # gradient is right but its value is not an ELBO, so report a Trace_ELBO
@@ -148,7 +190,9 @@ class VariationalLearner:
             if torch.isfinite(loss):
                 loss.backward()
             return loss.detach()
-        loss = self.elbo.loss_and_grads(self._train_model, self._train_guide, *args)
+        if not backward:
+            return torch.as_tensor(float("nan"))
+        loss = self.elbo.loss_and_grads(self.model, self.guide, *args)
         if isinstance(loss, tuple):  # ReweightedWakeSleep: (wake-θ loss, wake-φ loss)
             loss = loss[0]
         return torch.as_tensor(float(loss))
@@ -158,14 +202,20 @@ class VariationalLearner:
         args = (x,) if y is None else (x, y)
         self.optimizer.zero_grad(set_to_none=True)
         beta = self.kl_beta
-        # Pyro's argument checks run on the first step, where a user's mistake shows (e.g.
-        # non-binary data under a Bernoulli likelihood); later steps skip them for speed
-        with pyro.validation_enabled(self.num_steps == 0 and is_validation_enabled()):
-            if beta == 1.0:
-                loss = self._loss_and_grads(args)
-            else:
-                with ScaleLatents(beta):
-                    loss = self._loss_and_grads(args)
+        with self.own_param_store():
+            if not self._compiled:
+                self._compile(args)
+            # Pyro's argument checks run on the first step, where a user's mistake shows (e.g.
+            # non-binary data under a Bernoulli likelihood); later steps skip them for speed
+            with (
+                pyro.validation_enabled(self.num_steps == 0 and is_validation_enabled()),
+                jit_warnings_silenced(),
+            ):
+                if beta == 1.0:
+                    loss = self._loss_value(args)
+                else:
+                    with ScaleLatents(beta):
+                        loss = self._loss_value(args)
         value = loss.item() / x.shape[0]
         metrics = {"loss": value}
         if self.kl_warmup_steps:
@@ -190,8 +240,12 @@ class VariationalLearner:
         return {key: elbo / x.shape[0]}
 
     def state_dict(self) -> dict[str, Any]:
-        store = pyro.get_param_store()
-        baselines = {k: store[k].detach().clone() for k in store.keys() if "baseline" in k}
+        """Parameters, optimiser state, the step count and the baselines kept in this
+        learner's param store (the JIT's entries are the parameters themselves)."""
+        baselines = {}
+        if self._store is not None:
+            params = self._store["params"]
+            baselines = {k: v.detach().clone() for k, v in params.items() if "baseline" in k}
         return {
             "module": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -203,6 +257,19 @@ class VariationalLearner:
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.num_steps = int(state["num_steps"])
-        store = pyro.get_param_store()
-        for name, value in state.get("param_store", {}).items():
-            store[name] = value
+        if self._store is not None:
+            for name, value in state.get("param_store", {}).items():
+                self._store["params"][name] = value.clone()
+                self._store["constraints"][name] = constraints.real
+
+
+@contextmanager
+def jit_warnings_silenced() -> Iterator[None]:
+    """Silence torch's deprecation notice for ``torch.jit.trace``, which Pyro's ``Jit*``
+    estimators call: the estimators are Pyro's and work with torch 2.13 as documented; the
+    notice would print on every compile and says nothing the user can act on. Other warnings
+    pass."""
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning, UserWarning):
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=category)
+        yield

@@ -1,14 +1,19 @@
-"""Normalizing flows: z ~ N(0, I), x = G(z) with G a stack of Pyro ``TransformModule``s.
+"""Normalizing flows: z ~ p_z (N(0, I)), x = G(z) with G a stack of Pyro ``TransformModule``s.
 
 The flow is a ``pyro.distributions.TransformedDistribution`` whose ``log_prob`` is exact by
 the change of variables::
 
-    log p(x) = log N(G⁻¹(x); 0, I) − log |det J_G(G⁻¹(x))|
+    log p(x) = log p_z(G⁻¹(x)) − log |det J_G(G⁻¹(x))|
 
-Architectures (``model.flow``), listed in the generative direction z → x:
+A :class:`Flow` is built from plain arguments, as zuko's flows are: a list of transform
+modules in the generative direction z → x, the dimension, and optionally a base distribution
+and a number of classes (for p(x | y)). The functions below build the usual architectures as
+such lists::
+
+    flow = Flow(maf(dim=2, num_layers=5, hidden_sizes=[64, 64]), dim=2)
 
 ============  ===============================================  ====================  ===========
-name          layers                                           score data (G⁻¹)      sample (G)
+function      layers                                           score data (G⁻¹)      sample (G)
 ============  ===============================================  ====================  ===========
 realnvp       affine coupling + permutation (Dinh et al.)      one pass              one pass
 maf           *inverse* of Pyro's AffineAutoregressive         one pass              D passes
@@ -22,17 +27,18 @@ glow          squeeze, act-norm, 1x1 conv, coupling (images)   one pass         
 
 Pyro's autoregressive transforms are IAF-shaped: their forward map is one pass of a MADE
 network and their inverse needs D sequential passes. A MAF scores data with one pass, so it
-uses the inverse of the Pyro layer as its generative step; an IAF is the same layers the other
-way round: cheap to sample, D passes to score data it did not generate. Planar and radial
-flows have no closed-form inverse: they can score only their own samples (Pyro caches the
-pair), and scoring other data raises :class:`NotInvertibleError`. ``glow`` (in
-:mod:`pyrogen.models.flow_layers`) needs the data set's ``image_shape``.
+uses the inverse of the Pyro layer (:class:`~pyrogen.models.flow_layers.Inverse`) as its
+generative step; an IAF is the same layers the other way round. Planar and radial flows have
+no closed-form inverse: they can score only their own samples (Pyro caches the pair), and
+scoring other data raises :class:`NotInvertibleError`. ``glow`` needs the images' shape.
 
-With ``model.conditional`` the flow is p(x | y): each layer is Pyro's conditional transform
-given the one-hot class y.
+With ``num_classes`` the flow is p(x | y): each conditional layer is given the one-hot y.
 """
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -42,68 +48,72 @@ import torch.nn.functional as F
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from torch import nn
 
-from pyrogen.config import ConfigError, FlowModelConfig
-from pyrogen.models.flow_layers import ActNorm, Layers, PermuteLayer, StaticLayer
+from pyrogen.models.flow_layers import (
+    ActNorm,
+    FixedTransform,
+    Inverse,
+    PermuteLayer,
+    StaticLayer,
+    glow,
+)
+from pyrogen.params import declare_params
 from pyrogen.registry import FLOWS
+
+Sizes = Sequence[int]
 
 
 class NotInvertibleError(ValueError):
     """A flow without an inverse was asked for the density of data it did not sample."""
 
 
-def _permutation(cfg: FlowModelConfig, dim: int, layer: int) -> torch.Tensor:
-    if cfg.permutation == "reverse":
+# ----------------------------------------------------------------------------- layers
+def _permutation(kind: str, dim: int, layer: int) -> torch.Tensor:
+    if kind == "reverse":
         return torch.arange(dim - 1, -1, -1)
-    return torch.randperm(dim, generator=torch.Generator().manual_seed(layer))
+    if kind == "random":
+        return torch.randperm(dim, generator=torch.Generator().manual_seed(layer))
+    raise ValueError(f"permutation must be reverse or random, got {kind!r}")
 
 
-def _normalisation(cfg: FlowModelConfig, dim: int) -> Layers:
-    if cfg.normalization == "batchnorm":
-        return [(T.BatchNorm(dim), False)]
-    if cfg.normalization == "actnorm":
-        return [(ActNorm(dim), False)]
-    return []
+def _normalisation(kind: str, dim: int) -> list[nn.Module]:
+    if kind == "batchnorm":
+        return [T.BatchNorm(dim)]
+    if kind == "actnorm":
+        return [ActNorm(dim)]
+    if kind == "none":
+        return []
+    raise ValueError(f"normalization must be none, batchnorm or actnorm, got {kind!r}")
 
 
-def _stack(cfg, dim, context_dim, make, inverted: bool) -> Layers:
-    """``num_layers`` layers from ``make(dim, context_dim)``, with the optional normalisation
-    and a fixed permutation between consecutive layers."""
-    layers: Layers = []
-    for i in range(cfg.num_layers):
-        layers.append((make(dim, context_dim), inverted))
-        if i < cfg.num_layers - 1:
-            layers += _normalisation(cfg, dim)
-            layers.append((PermuteLayer(_permutation(cfg, dim, i)), False))
+def _stack(num_layers: int, dim: int, make, normalization: str, permutation: str) -> list:
+    """``num_layers`` layers from ``make()``, with the optional normalisation and a fixed
+    permutation between consecutive layers."""
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    layers: list[nn.Module] = []
+    for i in range(num_layers):
+        layers.append(make())
+        if i < num_layers - 1:
+            layers += _normalisation(normalization, dim)
+            layers.append(PermuteLayer(_permutation(permutation, dim, i)))
     return layers
 
 
-@FLOWS.register("realnvp")
-def realnvp(cfg: FlowModelConfig, dim: int, context_dim: int | None, image_shape=None) -> Layers:
-    """Affine coupling layers with permutations (RealNVP)."""
-
-    def make(d, c):
-        if c:
-            return T.conditional_affine_coupling(d, c, hidden_dims=cfg.hidden_sizes)
-        return T.affine_coupling(d, hidden_dims=cfg.hidden_sizes)
-
-    return _stack(cfg, dim, context_dim, make, inverted=False)
-
-
-def _made(cfg: FlowModelConfig, d: int, c: int | None, param_dims: list[int]) -> nn.Module:
+def _made(d: int, context_dim: int | None, hidden_sizes: Sizes, param_dims: list[int]):
     """A MADE network in the natural variable order: the permutations between layers are
-    the flow's own (``model.permutation``), not Pyro's default random order per layer, which
-    can give consecutive layers the same order."""
-    if min(cfg.hidden_sizes, default=0) < d:
-        raise ConfigError(
-            f"model.hidden_sizes={list(cfg.hidden_sizes)}: model.flow={cfg.flow} uses MADE "
-            f"networks, whose hidden layers must be at least as wide as the data ({d} "
-            f"dimensions), or some outputs could depend on no input; use e.g. "
-            f"model.hidden_sizes=[{max(2 * d, 64)}]"
+    the flow's own, not Pyro's default random order per layer, which can give consecutive
+    layers the same order."""
+    hidden = list(hidden_sizes)
+    if min(hidden, default=0) < d:
+        raise ValueError(
+            f"hidden_sizes={hidden}: MADE networks need hidden layers at least as wide as the "
+            f"data ({d} dimensions), or some outputs could depend on no input; use e.g. "
+            f"[{max(2 * d, 64)}]"
         )
     order = torch.arange(d)
-    if c:
-        return ConditionalAutoRegressiveNN(d, c, cfg.hidden_sizes, param_dims, permutation=order)
-    return AutoRegressiveNN(d, cfg.hidden_sizes, param_dims, permutation=order)
+    if context_dim:
+        return ConditionalAutoRegressiveNN(d, context_dim, hidden, param_dims, permutation=order)
+    return AutoRegressiveNN(d, hidden, param_dims, permutation=order)
 
 
 # Each affine autoregressive layer's log-scale is clamped to [-6, 6] rather than Pyro's
@@ -113,143 +123,222 @@ def _made(cfg: FlowModelConfig, d: int, c: int | None, param_dims: list[int]) ->
 # outputs (the unclamped shift too) up, until they run away. Measured on eight_gaussians
 # (5 MAF layers of [64, 64], Adam lr 2e-3, batch 256, 1,500 steps, seeds 0-2): test
 # log-likelihood -3.9e3, -4.0e5, -2.96 with [-5, 3] vs -0.07, -0.44, -0.97 with [-6, 6];
-# an IAF on moons: -2.73 vs -2.46 (`python bench/bench_flows.py --skip moons digits iaf glow
-# --clip-study`).
+# an IAF on moons: -2.73 vs -2.46.
 LOG_SCALE_CLIP = {"log_scale_min_clip": -6.0, "log_scale_max_clip": 6.0}
 
 
-def _autoregressive(cfg, dim, context_dim, inverted: bool) -> Layers:
-    def make(d, c):
-        cls = T.ConditionalAffineAutoregressive if c else T.AffineAutoregressive
-        return cls(_made(cfg, d, c, [1, 1]), **LOG_SCALE_CLIP)
+def realnvp(
+    dim: int,
+    num_layers: int = 5,
+    hidden_sizes: Sizes = (64, 64),
+    normalization: str = "none",
+    permutation: str = "reverse",
+    context_dim: int | None = None,
+) -> list[nn.Module]:
+    """Affine coupling layers with permutations (RealNVP)."""
 
-    return _stack(cfg, dim, context_dim, make, inverted=inverted)
+    def make():
+        if context_dim:
+            return T.conditional_affine_coupling(dim, context_dim, hidden_dims=list(hidden_sizes))
+        return T.affine_coupling(dim, hidden_dims=list(hidden_sizes))
+
+    return _stack(num_layers, dim, make, normalization, permutation)
 
 
-@FLOWS.register("maf")
-def maf(cfg: FlowModelConfig, dim: int, context_dim: int | None, image_shape=None) -> Layers:
+def _autoregressive(dim, num_layers, hidden_sizes, normalization, permutation, context_dim, inv):
+    def make():
+        cls = T.ConditionalAffineAutoregressive if context_dim else T.AffineAutoregressive
+        layer = cls(_made(dim, context_dim, hidden_sizes, [1, 1]), **LOG_SCALE_CLIP)
+        return Inverse(layer) if inv else layer
+
+    return _stack(num_layers, dim, make, normalization, permutation)
+
+
+def maf(
+    dim: int,
+    num_layers: int = 5,
+    hidden_sizes: Sizes = (64, 64),
+    normalization: str = "none",
+    permutation: str = "reverse",
+    context_dim: int | None = None,
+) -> list[nn.Module]:
     """Masked autoregressive flow: one pass to score data, D passes to sample."""
-    return _autoregressive(cfg, dim, context_dim, inverted=True)
+    return _autoregressive(
+        dim, num_layers, hidden_sizes, normalization, permutation, context_dim, inv=True
+    )
 
 
-@FLOWS.register("iaf")
-def iaf(cfg: FlowModelConfig, dim: int, context_dim: int | None, image_shape=None) -> Layers:
+def iaf(
+    dim: int,
+    num_layers: int = 5,
+    hidden_sizes: Sizes = (64, 64),
+    normalization: str = "none",
+    permutation: str = "reverse",
+    context_dim: int | None = None,
+) -> list[nn.Module]:
     """Inverse autoregressive flow: one pass to sample, D passes to score data."""
-    return _autoregressive(cfg, dim, context_dim, inverted=False)
+    return _autoregressive(
+        dim, num_layers, hidden_sizes, normalization, permutation, context_dim, inv=False
+    )
 
 
-@FLOWS.register("nsf_coupling")
 def nsf_coupling(
-    cfg: FlowModelConfig, dim: int, context_dim: int | None, image_shape=None
-) -> Layers:
-    """Rational-quadratic spline coupling layers (neural spline flow, coupling)."""
-    if context_dim:
-        raise ValueError(
-            "model.flow=nsf_coupling has no conditional form in Pyro; use "
-            "nsf_autoregressive, maf or realnvp for model.conditional=true"
-        )
+    dim: int,
+    num_layers: int = 5,
+    hidden_sizes: Sizes = (64, 64),
+    count_bins: int = 8,
+    bound: float = 5.0,
+    normalization: str = "none",
+    permutation: str = "reverse",
+) -> list[nn.Module]:
+    """Rational-quadratic spline coupling layers (neural spline flow, coupling); no
+    conditional form in Pyro."""
 
-    def make(d, c):
+    def make():
         return T.spline_coupling(
-            d, hidden_dims=cfg.hidden_sizes, count_bins=cfg.count_bins, bound=cfg.bound
+            dim, hidden_dims=list(hidden_sizes), count_bins=count_bins, bound=bound
         )
 
-    return _stack(cfg, dim, context_dim, make, inverted=False)
+    return _stack(num_layers, dim, make, normalization, permutation)
 
 
-@FLOWS.register("nsf_autoregressive")
 def nsf_autoregressive(
-    cfg: FlowModelConfig, dim: int, context_dim: int | None, image_shape=None
-) -> Layers:
+    dim: int,
+    num_layers: int = 5,
+    hidden_sizes: Sizes = (64, 64),
+    count_bins: int = 8,
+    bound: float = 5.0,
+    normalization: str = "none",
+    permutation: str = "reverse",
+    context_dim: int | None = None,
+) -> list[nn.Module]:
     """Rational-quadratic spline autoregressive layers, MAF-oriented (one pass to score)."""
-    k = cfg.count_bins
+    k = count_bins
     param_dims = [k, k, k - 1, k]  # widths, heights, inner derivatives, linear-order lambdas
 
-    def make(d, c):
-        cls = T.ConditionalSplineAutoregressive if c else T.SplineAutoregressive
-        return cls(d, _made(cfg, d, c, param_dims), count_bins=k, bound=cfg.bound)
+    def make():
+        cls = T.ConditionalSplineAutoregressive if context_dim else T.SplineAutoregressive
+        net = _made(dim, context_dim, hidden_sizes, param_dims)
+        return Inverse(cls(dim, net, count_bins=k, bound=bound))
 
-    return _stack(cfg, dim, context_dim, make, inverted=True)
-
-
-def _no_context(name: str, context_dim: int | None) -> None:
-    if context_dim:
-        raise ValueError(f"model.flow={name} has no conditional form here; use maf or realnvp")
+    return _stack(num_layers, dim, make, normalization, permutation)
 
 
-@FLOWS.register("planar")
-def planar(cfg: FlowModelConfig, dim: int, context_dim: int | None, image_shape=None) -> Layers:
+def planar(dim: int, num_layers: int = 5) -> list[nn.Module]:
     """Planar flow layers (no inverse: scores only its own samples)."""
-    _no_context("planar", context_dim)
-    return [(T.Planar(dim), False) for _ in range(cfg.num_layers)]
+    return [T.Planar(dim) for _ in range(num_layers)]
 
 
-@FLOWS.register("radial")
-def radial(cfg: FlowModelConfig, dim: int, context_dim: int | None, image_shape=None) -> Layers:
+def radial(dim: int, num_layers: int = 5) -> list[nn.Module]:
     """Radial flow layers (no inverse: scores only its own samples)."""
-    _no_context("radial", context_dim)
-    return [(T.Radial(dim), False) for _ in range(cfg.num_layers)]
+    return [T.Radial(dim) for _ in range(num_layers)]
 
 
-NON_INVERTIBLE = ("planar", "radial")
+FLOWS.add("realnvp", realnvp)
+FLOWS.add("maf", maf)
+FLOWS.add("iaf", iaf)
+FLOWS.add("nsf_coupling", nsf_coupling)
+FLOWS.add("nsf_autoregressive", nsf_autoregressive)
+FLOWS.add("planar", planar)
+FLOWS.add("radial", radial)
+FLOWS.add("glow", glow, "single-scale Glow for images (squeeze, act-norm, 1x1 conv, coupling)")
+
+#: layer types without a closed-form inverse
+NOT_INVERTIBLE = (T.Planar, T.Radial, T.ConditionalPlanar, T.ConditionalRadial, T.Sylvester)
+
+
+class StandardNormal(nn.Module):
+    """p_z = N(0, I) over vectors of ``dim``, from buffers (it follows the module's device)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("loc", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+
+    def forward(self) -> dist.Distribution:
+        return dist.Normal(self.loc, self.scale).to_event(1)
 
 
 class Flow(nn.Module):
-    """p(x) (or p(x | y)) = the push-forward of N(0, I) through G; ``forward`` (alias
-    ``model``) is the Pyro model with the observed site ``x``.
+    """p(x) (or p(x | y)) = the push-forward of the base p_z through G.
+
+    Args:
+        transforms: the layers of G in the generative direction z → x: Pyro
+            ``TransformModule``s, :class:`~pyrogen.models.flow_layers.Inverse` of one (a layer
+            used backwards), parameter-free ``StaticLayer``s, or plain Pyro/torch
+            ``Transform``s (kept as they are).
+        dim: the dimension D of x (flows act on vectors: images are flattened).
+        base: an ``nn.Module`` whose ``forward()`` returns p_z (event shape ``(D,)``), or a
+            Pyro distribution; default N(0, I) from buffers.
+        num_classes: makes the flow p(x | y): layers with a ``condition`` method get the
+            one-hot label y.
+
+    ``forward`` (alias ``model``) is the Pyro model with the observed site ``x``.
 
     Example::
 
-        >>> from pyrogen.config import FlowModelConfig
-        >>> flow = Flow(FlowModelConfig(flow="realnvp", num_layers=2, hidden_sizes=[16]), (2,))
+        >>> flow = Flow(realnvp(dim=2, num_layers=2, hidden_sizes=[16]), dim=2)
         >>> flow.log_prob(torch.zeros(3, 2)).shape
         torch.Size([3])
     """
 
     def __init__(
         self,
-        cfg: FlowModelConfig,
-        event_shape: tuple[int, ...],
-        image_shape: tuple[int, int, int] | None = None,
+        transforms: Sequence[nn.Module | torch.distributions.Transform],
+        dim: int,
+        base: nn.Module | dist.Distribution | None = None,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        if len(event_shape) != 1:
-            raise ValueError(
-                f"flows act on vectors; got examples of shape {tuple(event_shape)}: "
-                "set data.flatten=true"
-            )
-        self.cfg = cfg
-        self.event_shape = tuple(event_shape)
-        self.image_shape = image_shape
-        self.dim = event_shape[0]
-        self.has_inverse = cfg.flow not in NON_INVERTIBLE
-        self.num_classes = cfg.num_classes if cfg.conditional else None
-        layers = FLOWS.get(cfg.flow)(cfg, self.dim, self.num_classes, image_shape=image_shape)
-        self.layers = nn.ModuleList(m for m, _ in layers)
-        self.inverted = [inv for _, inv in layers]
-        self.register_buffer("base_loc", torch.zeros(self.dim))
-        self.register_buffer("base_scale", torch.ones(self.dim))
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        if not transforms:
+            raise ValueError("a flow needs at least one transform")
+        self.dim = int(dim)
+        self.event_shape = (self.dim,)
+        self.layers = nn.ModuleList(
+            t if isinstance(t, nn.Module) else FixedTransform(t) for t in transforms
+        )
+        if base is None:
+            base = StandardNormal(self.dim)
+        self.base_module = base if isinstance(base, nn.Module) else None
+        self._base_distribution = None if isinstance(base, nn.Module) else base
+        self.num_classes = num_classes
+        self.has_inverse = not any(
+            isinstance(layer.layer if isinstance(layer, Inverse) else layer, NOT_INVERTIBLE)
+            for layer in self.layers
+        )
+
+    def _like(self) -> torch.Tensor:
+        """A tensor of the flow's device and dtype."""
+        for t in (*self.parameters(), *self.buffers()):
+            return t
+        return torch.zeros(())
 
     def base(self) -> dist.Distribution:
-        """p_z = N(0, I), from buffers (it follows the module to its device)."""
-        return dist.Normal(self.base_loc, self.base_scale).to_event(1)
+        """p_z."""
+        if self.base_module is not None:
+            return self.base_module()
+        return self._base_distribution
 
     def _transforms(self, y: torch.Tensor | None) -> list:
         if self.num_classes is not None:
             if y is None:
                 raise ValueError("a conditional flow needs the class labels y")
-            context = F.one_hot(y.long(), self.num_classes).to(self.base_loc.dtype)
+            context = F.one_hot(y.long(), self.num_classes).to(self._like().dtype)
         out = []
-        for layer, inverted in zip(self.layers, self.inverted, strict=True):
-            if hasattr(layer, "_cached_x_y"):
+        for layer in self.layers:
+            t = layer.transform() if isinstance(layer, StaticLayer | Inverse) else layer
+            inner = layer.layer if isinstance(layer, Inverse) else layer
+            if hasattr(inner, "_cached_x_y"):
                 # Pyro caches the last (x, y) pair of a transform: a pair from an earlier call
                 # would carry old parameters and a freed graph, so each distribution starts
                 # afresh (within one distribution, a sample and its log_prob still share it)
-                layer._cached_x_y = (None, None)
-            t = layer.transform() if isinstance(layer, StaticLayer) else layer
-            if self.num_classes is not None and hasattr(t, "condition"):
-                t = t.condition(context)
-            out.append(t.inv if inverted else t)
+                inner._cached_x_y = (None, None)
+            if self.num_classes is not None and hasattr(inner, "condition"):
+                inner_t = inner.condition(context)
+                t = inner_t.inv if isinstance(layer, Inverse) else inner_t
+            out.append(t)
         return out
 
     def dist(self, y: torch.Tensor | None = None) -> dist.TransformedDistribution:
@@ -261,9 +350,9 @@ class Flow(nn.Module):
 
     def _not_invertible(self) -> NotInvertibleError:
         return NotInvertibleError(
-            f"model.flow={self.cfg.flow} has no inverse: it gives the density of its own samples "
-            "only (d = flow.dist(); x = d.rsample(); d.log_prob(x)), not of data it did not "
-            "sample; use realnvp, maf, nsf_* or glow for density estimation"
+            "this flow has a layer without an inverse (planar, radial): it gives the density "
+            "of its own samples only (d = flow.dist(); x = d.rsample(); d.log_prob(x)), not of "
+            "data it did not sample; use realnvp, maf, nsf_* or glow for density estimation"
         )
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -282,11 +371,13 @@ class Flow(nn.Module):
         y: torch.Tensor | None = None,
         num_samples: int | None = None,
     ) -> torch.Tensor:
-        """The generative process: x ~ p(x) in ``pyro.plate("data")``, observed when given."""
+        """The generative process: x ~ p(x) in ``pyro.plate("data")``, observed when given.
+        The flow's parameters are param sites (:mod:`pyrogen.params`)."""
         if x is None and num_samples is None:
             raise ValueError("give the data x or a number of samples")
         if x is not None and not self.has_inverse:
             raise self._not_invertible()  # now, not as Pyro's KeyError when the ELBO scores x
+        declare_params(self, "")
         n = x.shape[0] if x is not None else num_samples
         with pyro.plate("data", n):
             return pyro.sample("x", self.dist(y), obs=x)
@@ -299,17 +390,40 @@ class Flow(nn.Module):
         ``y``)."""
         if self.num_classes is not None:
             if y is None:
-                y = torch.arange(n, device=self.base_loc.device) % self.num_classes
+                y = torch.arange(n, device=self._like().device) % self.num_classes
             return self.dist(y).sample()
         return self.dist().sample((n,))
 
     def extra_repr(self) -> str:
-        return f"flow={self.cfg.flow}, dim={self.dim}, layers={len(self.layers)}"
+        return f"dim={self.dim}, layers={len(self.layers)}, classes={self.num_classes}"
+
+
+def make_flow(name: str, dim: int, num_classes: int | None = None, **options: object) -> Flow:
+    """``Flow(<architecture name>(dim, **options), dim)``: a flow of a registered architecture
+    (``realnvp``, ``maf``, ...) with that function's options; ``num_classes`` makes it
+    class-conditional.
+
+    Example::
+
+        >>> make_flow("maf", 2, num_layers=3, hidden_sizes=[32]).log_prob(torch.zeros(1, 2)).shape
+        torch.Size([1])
+    """
+    build = FLOWS.get(name)
+    accepted = inspect.signature(build).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        allowed = ", ".join(k for k in accepted if k not in ("dim", "context_dim"))
+        raise TypeError(f"{name} takes no option {', '.join(unknown)} (options: {allowed})")
+    if num_classes is not None:
+        if "context_dim" not in accepted:
+            raise ValueError(f"{name} has no class-conditional form")
+        options["context_dim"] = num_classes
+    return Flow(build(dim=dim, **options), dim, num_classes=num_classes)
 
 
 def log_prob_brute_force(flow: Flow, x: torch.Tensor) -> torch.Tensor:
     """log p(x) by the change of variables with an autograd Jacobian of G⁻¹ (for tests):
-    log p(x) = log N(G⁻¹(x); 0, I) + log |det ∂G⁻¹/∂x|."""
+    log p(x) = log p_z(G⁻¹(x)) + log |det ∂G⁻¹/∂x|."""
     transforms = flow._transforms(None)
 
     def g_inv(v):
@@ -325,4 +439,19 @@ def log_prob_brute_force(flow: Flow, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-__all__ = ["ActNorm", "Flow", "NotInvertibleError", "log_prob_brute_force"]
+__all__ = [
+    "Flow",
+    "Inverse",
+    "NotInvertibleError",
+    "StandardNormal",
+    "glow",
+    "iaf",
+    "log_prob_brute_force",
+    "maf",
+    "make_flow",
+    "nsf_autoregressive",
+    "nsf_coupling",
+    "planar",
+    "radial",
+    "realnvp",
+]

@@ -2,8 +2,11 @@
 
 * :class:`ActNorm`: per-feature affine map with data-dependent initialisation (Kingma &
   Dhariwal, 2018), for vectors or for the channels of (C, H, W) images.
-* :class:`PermuteLayer` and :class:`ReshapeLayer`: parameter-free steps kept as modules, so
-  their index tensors are buffers that follow the flow to its device.
+* :class:`Inverse`: a transform module used in its inverse direction (a MAF is the inverse of
+  Pyro's IAF-shaped ``AffineAutoregressive``).
+* :class:`PermuteLayer`, :class:`ReshapeLayer` and :class:`FixedTransform`: parameter-free
+  steps kept as modules, so their index tensors are buffers that follow the flow to its
+  device.
 * ``glow``: squeeze to (4C, H/2, W/2), then steps of act-norm, invertible 1x1 convolution
   (Pyro's ``GeneralizedChannelPermute``) and affine coupling over channels (Pyro's
   ``AffineCoupling`` with ``dim=-3`` and a convolutional hyper-network). Single scale.
@@ -19,12 +22,18 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import nn
 from torch.distributions.transforms import ReshapeTransform
 
-from pyrogen.config import FlowModelConfig
-from pyrogen.registry import FLOWS
 
-# A flow is built as a list of (module, inverted) pairs in the generative direction z -> x;
-# ``inverted`` means the module's inverse is the generative step.
-Layers = list[tuple[nn.Module, bool]]
+class Inverse(nn.Module):
+    """The transform module ``layer`` used in its inverse direction: ``transform()`` is
+    ``layer.inv`` (parameters stay ``layer``'s). ``Flow([Inverse(T.AffineAutoregressive(...))])``
+    is a MAF step: one pass to score data, D passes to sample."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def transform(self) -> torch.distributions.Transform:
+        return self.layer.inv
 
 
 class ActNorm(TransformModule):
@@ -85,6 +94,21 @@ class StaticLayer(nn.Module):
         raise NotImplementedError
 
 
+class FixedTransform(StaticLayer):
+    """Any Pyro/torch ``Transform`` that is not a module, held as is (its tensors do not
+    follow ``.to(device)``: prefer :class:`PermuteLayer` & co. for index tensors)."""
+
+    def __init__(self, transform: torch.distributions.Transform) -> None:
+        super().__init__()
+        self._transform = transform
+
+    def transform(self) -> torch.distributions.Transform:
+        return self._transform
+
+    def extra_repr(self) -> str:
+        return type(self._transform).__name__
+
+
 class PermuteLayer(StaticLayer):
     """A fixed permutation of a vector's entries, kept as a buffer."""
 
@@ -143,43 +167,45 @@ class CouplingConvNet(nn.Module):
         return shift.reshape(*batch, -1), log_scale.reshape(*batch, -1)
 
 
-@FLOWS.register("glow")
 def glow(
-    cfg: FlowModelConfig,
     dim: int,
-    context_dim: int | None,
+    num_layers: int = 5,
+    hidden_sizes: list[int] | tuple[int, ...] = (64,),
     image_shape: tuple[int, int, int] | None = None,
-) -> Layers:
-    """Glow (single scale): squeeze, then [act-norm, invertible 1x1 conv, affine coupling]
-    × ``num_layers``; the coupling nets have ``hidden_sizes[0]`` channels."""
-    if context_dim:
-        raise ValueError("model.flow=glow has no conditional form here; use maf or realnvp")
+) -> list[nn.Module]:
+    """Glow (single scale) on flattened ``image_shape`` images: squeeze, then
+    [act-norm, invertible 1x1 conv, affine coupling] × ``num_layers``, listed in the generative
+    direction; the coupling nets have ``hidden_sizes[0]`` channels."""
     if image_shape is None:
-        raise ValueError("model.flow=glow needs image data (a data set with an image_shape)")
+        raise ValueError("glow needs image data (an image_shape (C, H, W))")
     c, h, w = image_shape
     if h % 2 or w % 2 or c * h * w != dim:
-        raise ValueError(f"model.flow=glow needs even height and width; got {image_shape}")
+        raise ValueError(
+            f"glow needs images of even height and width matching dim={dim}; got {image_shape}"
+        )
     channels, spatial = 4 * c, (h // 2, w // 2)
     squeezed = (channels, *spatial)
     split = channels // 2
-    layers: Layers = [(ReshapeLayer((dim,), squeezed), False)]
-    for _ in range(cfg.num_layers):
-        net = CouplingConvNet(split, channels - split, spatial, cfg.hidden_sizes[0])
+    layers: list[nn.Module] = [ReshapeLayer((dim,), squeezed)]
+    for _ in range(num_layers):
+        net = CouplingConvNet(split, channels - split, spatial, hidden_sizes[0])
         # generative order is the reverse of Glow's data -> z step (act-norm, 1x1, coupling)
-        layers.append((T.AffineCoupling(split, net, dim=-3), False))
-        layers.append((T.GeneralizedChannelPermute(channels), False))
-        layers.append((ActNorm(channels, event_dim=3), False))
-    layers.append((ReshapeLayer(squeezed, (dim,)), False))
-    layers.append((PermuteLayer(squeeze_permutation(image_shape)), False))
+        layers.append(T.AffineCoupling(split, net, dim=-3))
+        layers.append(T.GeneralizedChannelPermute(channels))
+        layers.append(ActNorm(channels, event_dim=3))
+    layers.append(ReshapeLayer(squeezed, (dim,)))
+    layers.append(PermuteLayer(squeeze_permutation(image_shape)))
     return layers
 
 
 __all__ = [
     "ActNorm",
     "CouplingConvNet",
-    "Layers",
+    "FixedTransform",
+    "Inverse",
     "PermuteLayer",
     "ReshapeLayer",
     "StaticLayer",
+    "glow",
     "squeeze_permutation",
 ]

@@ -5,23 +5,28 @@
 
 with a discriminator D(x) = σ(d(x)) = P(label 1 = data | x), returned as the logit d(x).
 
-Networks, sizes from :class:`~pyrogen.config.GANModelConfig`:
+A GAN is built from plain arguments: a generator and a discriminator (any ``nn.Module``s),
+the latent dimension, the shape of one example and the prior. The generator maps z of shape
+``(N, latent_dim)`` to N examples (any shape with N·D numbers, D = prod(event_shape)); its
+last layer decides the range of x (a sigmoid for data in [0, 1]). The discriminator maps a
+batch ``(N, *event_shape)`` to N logits (shape ``(N,)`` or ``(N, 1)``).
+:mod:`pyrogen.nets` has the MLP and DCGAN-style blocks the configs use.
 
-* ``architecture: mlp``: G is ``latent_dim -> hidden_sizes -> D`` with ReLU, D is
-  ``D -> discriminator_hidden_sizes -> 1`` with leaky ReLU and dropout. The GAN paper's MNIST
-  scale is G 100-1200-1200-784, D 784-240-240-1 (``configs/gan_mnist.yaml``).
-* ``architecture: conv`` (DCGAN-style, Radford et al. 2016): G is a linear layer to a
-  ``hidden_sizes[0] x H/4 x W/4`` map and two stride-2 transposed convolutions
-  (``hidden_sizes[0] -> hidden_sizes[1] -> C``, batch norm between); D is two stride-2
-  convolutions with ``discriminator_hidden_sizes`` channels and a linear head.
+Example::
 
-``spectral_norm`` normalises every layer of D (Miyato et al. 2018); ``output`` is G's last
-non-linearity: ``sigmoid`` for data in [0, 1], ``identity`` for 2-D toys.
+    >>> from torch import nn
+    >>> G = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 2))
+    >>> D = nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    >>> gan = GAN(G, D, latent_dim=2, event_shape=(2,))
+    >>> gan.sample(5).shape
+    torch.Size([5, 2])
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Literal
 
 import pyro
 import pyro.distributions as dist
@@ -29,76 +34,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from pyrogen.config import GANModelConfig
-from pyrogen.nets import MLP, ConvDecoder, ConvEncoder
-
-OUTPUTS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "identity": lambda h: h}
-
-
-def _conv_sizes(sizes: list[int], key: str, image_shape) -> tuple[int, int]:
-    """The channels of the two stride-2 stages of ``architecture: conv``, checked."""
-    if image_shape is None:
-        raise ValueError("model.architecture=conv needs image data")
-    if len(sizes) != 2:
-        raise ValueError(
-            f"model.architecture=conv uses {key} as the channels of its two stride-2 stages; "
-            f"give two sizes (e.g. [128, 64]), not {sizes}"
-        )
-    return int(sizes[0]), int(sizes[1])
-
-
-class Generator(nn.Module):
-    """G: z -> x as a flat ``(batch, D)`` tensor, ending in ``cfg.output``."""
-
-    def __init__(
-        self,
-        cfg: GANModelConfig,
-        num_dims: int,
-        image_shape: tuple[int, int, int] | None = None,
-    ) -> None:
-        super().__init__()
-        self.output = cfg.output
-        if cfg.architecture == "conv":
-            channels = _conv_sizes(cfg.hidden_sizes, "model.hidden_sizes", image_shape)
-            body = ConvDecoder(cfg.latent_dim, image_shape, channels=channels, batch_norm=True)
-            self.net: nn.Module = nn.Sequential(body, nn.Flatten())
-        else:
-            self.net = MLP(cfg.latent_dim, cfg.hidden_sizes, num_dims, "relu")
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        batch = z.shape[:-1]
-        h = self.net(z.reshape(-1, z.shape[-1]))
-        return OUTPUTS[self.output](h).reshape(*batch, -1)
-
-
-class Discriminator(nn.Module):
-    """d: x -> the logit of D(x) = P(data | x), shape ``(batch,)``."""
-
-    def __init__(
-        self,
-        cfg: GANModelConfig,
-        num_dims: int,
-        image_shape: tuple[int, int, int] | None = None,
-    ) -> None:
-        super().__init__()
-        if cfg.architecture == "conv":
-            key = "model.discriminator_hidden_sizes"
-            channels = _conv_sizes(cfg.discriminator_hidden_sizes, key, image_shape)
-            self.net: nn.Module = ConvEncoder(
-                image_shape, 1, channels=channels, spectral_norm=cfg.spectral_norm
-            )
-        else:
-            self.net = MLP(
-                num_dims,
-                cfg.discriminator_hidden_sizes,
-                1,
-                "leaky_relu",
-                dropout=cfg.discriminator_dropout,
-                spectral_norm=cfg.spectral_norm,
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.reshape(x.shape[0], -1)).squeeze(-1)
+from pyrogen.models.likelihoods import as_shape
+from pyrogen.params import declare_params
 
 
 class GAN(nn.Module):
@@ -113,10 +50,8 @@ class GAN(nn.Module):
     Example::
 
         >>> from pyro import poutine
-        >>> from pyrogen.config import GANModelConfig
-        >>> gan = GAN(GANModelConfig(latent_dim=2, hidden_sizes=[16], output="identity"), (2,))
-        >>> gan.sample(5).shape
-        torch.Size([5, 2])
+        >>> G, D = nn.Linear(2, 2), nn.Linear(2, 1)
+        >>> gan = GAN(G, D, latent_dim=2, event_shape=(2,))
         >>> trace = poutine.trace(gan.model).get_trace(num_samples=3)
         >>> trace.nodes["z"]["value"].shape, trace.nodes["x"]["value"].shape
         (torch.Size([3, 2]), torch.Size([3, 2]))
@@ -124,25 +59,31 @@ class GAN(nn.Module):
 
     def __init__(
         self,
-        cfg: GANModelConfig,
-        event_shape: tuple[int, ...],
-        image_shape: tuple[int, int, int] | None = None,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        latent_dim: int,
+        event_shape: int | Sequence[int],
+        prior: Literal["normal", "uniform"] = "normal",
     ) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.event_shape = tuple(event_shape)
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+        if prior not in ("normal", "uniform"):
+            raise ValueError(f"prior must be normal or uniform, got {prior!r}")
+        self.event_shape = as_shape(event_shape)
         self.num_dims = math.prod(self.event_shape)
-        self.latent_dim = cfg.latent_dim
-        self.generator = Generator(cfg, self.num_dims, image_shape)
-        self.discriminator = Discriminator(cfg, self.num_dims, image_shape)
+        self.latent_dim = int(latent_dim)
+        self.prior_name = prior
+        self.generator = generator
+        self.discriminator = discriminator
         self.ema_generator: AveragedModel | None = None
-        low = 0.0 if cfg.prior == "normal" else -1.0  # normal: (loc, scale); uniform: (low, high)
-        self.register_buffer("prior_a", torch.full((cfg.latent_dim,), low))
-        self.register_buffer("prior_b", torch.ones(cfg.latent_dim))
+        low = 0.0 if prior == "normal" else -1.0  # normal: (loc, scale); uniform: (low, high)
+        self.register_buffer("prior_a", torch.full((self.latent_dim,), low))
+        self.register_buffer("prior_b", torch.ones(self.latent_dim))
 
     def prior(self) -> dist.Distribution:
         """p_z, built from buffers so that it follows the module to its device."""
-        if self.cfg.prior == "normal":
+        if self.prior_name == "normal":
             return dist.Normal(self.prior_a, self.prior_b).to_event(1)
         return dist.Uniform(self.prior_a, self.prior_b).to_event(1)
 
@@ -180,20 +121,34 @@ class GAN(nn.Module):
         likelihood to condition on. ``y`` is accepted for a uniform signature and ignored."""
         if x is None and num_samples is None:
             raise ValueError("give x (for its batch size) or num_samples")
+        declare_params(self, "", exclude=("discriminator", "ema_generator"))
         n = num_samples if num_samples is not None else x.shape[0]
         with pyro.plate("data", n):
             z = pyro.sample("z", self.prior())
-            out = self.sampling_generator(z).reshape(*z.shape[:-1], *self.event_shape)
+            out = self.generate(z, self.sampling_generator)
             return pyro.deterministic("x", out, event_dim=len(self.event_shape))
 
     model = forward
 
+    def generate(self, z: torch.Tensor, generator: nn.Module | None = None) -> torch.Tensor:
+        """x = G(z) shaped ``(*z.shape[:-1], *event_shape)`` (``generator`` defaults to the
+        trained one; the process itself uses :attr:`sampling_generator`)."""
+        g = self.generator if generator is None else generator
+        batch = z.shape[:-1]
+        out = g(z.reshape(-1, self.latent_dim))
+        if out[0].numel() != self.num_dims:
+            raise ValueError(
+                f"the generator gives {out[0].numel()} numbers per example; event_shape "
+                f"{self.event_shape} needs {self.num_dims}"
+            )
+        return out.reshape(*batch, *self.event_shape)
+
     def discriminate(self, x: torch.Tensor) -> torch.Tensor:
         """The discriminator's logit d(x), shape ``(batch,)``; D(x) = sigmoid(d(x))."""
-        return self.discriminator(x)
+        logits = self.discriminator(x.reshape(x.shape[0], *self.event_shape))
+        return logits.reshape(x.shape[0])
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         """``n`` draws x = G(z), shape ``(n, *event_shape)`` (EMA weights when enabled)."""
-        z = self.prior().sample((n,))
-        return self.sampling_generator(z).reshape(n, *self.event_shape)
+        return self.generate(self.prior().sample((n,)), self.sampling_generator)

@@ -1,100 +1,115 @@
-"""The VAE's generative process (Kingma & Welling, 2014), as a plain Pyro model::
+"""The VAE's generative process (Kingma & Welling, 2014) and its amortised guide, in Pyro::
 
-    z ~ N(0, I)                                  (latent_dim)
-    x_i | z ~ Bernoulli(sigmoid(f_i(z)))          (binary data), or
-    x_i | z ~ N(μ_i(z), σ_i²(z))                  (real data; σ from the decoder, one learned
-                                                   global σ_i, or a fixed σ)
+    z ~ N(0, I)                                   (latent_dim)
+    x | z ~ p_θ(x | z) = likelihood(decoder(z))   (Bernoulli for binary data, or
+                                                   x_i ~ N(μ_i(z), σ_i²(z)) for real data)
+    q_φ(z | x) = guide(encoder(x))                (amortised variational posterior)
 
-with f, μ, σ the outputs of a decoder network (an MLP, or a small transposed-convolution
-net for 28×28 images). The model is ``VAE.forward``, so ``pyro.infer.SVI(vae.model, guide,
-...)``, ``Predictive(vae.model, ...)`` and ``poutine.trace(vae.model)`` work on it directly;
-its parameters live in the module (never in Pyro's global param store).
+A VAE is built from plain arguments: an encoder and a decoder (any ``nn.Module``s), the
+latent dimension, the shape of one example and a likelihood. The encoder becomes the guide
+(``vae.guide``; by default the diagonal Gaussian :class:`~pyrogen.inference.guides.
+DiagonalNormalGuide`, or pass any guide built on the encoder). ``vae.model`` and ``vae.guide``
+are Pyro programs whose parameters are announced as param sites (:mod:`pyrogen.params`), so
+Pyro's own tools work on them unchanged::
+
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
 
 Example::
 
-    >>> from pyrogen.config import VAEModelConfig
-    >>> vae = VAE(VAEModelConfig(latent_dim=2, hidden_sizes=[32]), event_shape=(64,))
-    >>> vae.sample(5).shape
-    torch.Size([5, 64])
+    >>> import torch
+    >>> from torch import nn
+    >>> enc = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 2 * 4))
+    >>> dec = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 64))
+    >>> vae = VAE(enc, dec, latent_dim=4, event_shape=(64,), likelihood="bernoulli")
+    >>> vae.sample(5).shape, vae.sample(5).unique().tolist()
+    (torch.Size([5, 64]), [0.0, 1.0])
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pyrogen.config import VAEModelConfig
-from pyrogen.nets import MLP, ConvDecoder
+from pyrogen.inference.guides import AmortisedGuide, DiagonalNormalGuide
+from pyrogen.models.likelihoods import Likelihood, as_shape, make_likelihood
+from pyrogen.params import declare_params
 
 
 class VAE(nn.Module):
-    """p_θ(x, z) = N(z; 0, I) p_θ(x | z). ``forward`` (alias ``model``) is the Pyro model."""
+    """p_θ(x, z) = N(z; 0, I) p_θ(x | z) and its guide q_φ(z | x).
+
+    Args:
+        encoder: x ``(N, *event_shape)`` -> ``(N, guide.encoder_outputs(latent_dim))``; a plain
+            module is wrapped in a :class:`DiagonalNormalGuide` (2 × latent_dim outputs: μ and
+            the raw σ). Pass ``guide=`` instead for another variational family.
+        decoder: z ``(N, latent_dim)`` -> ``(N, likelihood.outputs_per_dim × D)`` numbers
+            (any shape with N leading), D = prod(event_shape).
+        latent_dim: dimension of z.
+        event_shape: the shape of one example (``(D,)`` for vectors, ``(C, H, W)`` images).
+        likelihood: ``"bernoulli"``, ``"gaussian"`` (σ from the decoder) or a
+            :class:`~pyrogen.models.likelihoods.Likelihood`.
+        guide: an amortised guide (e.g. ``IAFGuide(encoder, latent_dim)``) instead of
+            ``encoder``.
+
+    ``forward`` (alias ``model``) is the Pyro model; ``guide`` the Pyro guide.
+    """
 
     def __init__(
         self,
-        cfg: VAEModelConfig,
-        event_shape: tuple[int, ...],
-        image_shape: tuple[int, int, int] | None = None,
+        encoder: nn.Module | None,
+        decoder: nn.Module,
+        latent_dim: int,
+        event_shape: int | Sequence[int],
+        likelihood: str | Likelihood = "bernoulli",
+        guide: AmortisedGuide | None = None,
     ) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.latent_dim = cfg.latent_dim
-        self.event_shape = tuple(event_shape)
-        self.image_shape = tuple(image_shape) if image_shape is not None else None
+        if (encoder is None) == (guide is None):
+            raise ValueError("give the VAE an encoder or a guide (built on an encoder), not both")
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+        self.latent_dim = int(latent_dim)
+        self.event_shape = as_shape(event_shape)
         self.num_dims = math.prod(self.event_shape)
-        self.likelihood = cfg.likelihood
-        per_pixel = 2 if cfg.likelihood == "gaussian" and cfg.scale == "decoder" else 1
-        self.outputs_per_pixel = per_pixel
-        if cfg.architecture == "conv":
-            if self.image_shape is None:
-                raise ValueError("model.architecture=conv needs image data (data.name of images)")
-            c = self.image_shape[0]
-            self.decoder: nn.Module = ConvDecoder(
-                cfg.latent_dim, self.image_shape, out_channels=c * per_pixel
+        self.decoder = decoder
+        if isinstance(likelihood, str):
+            likelihood = make_likelihood(likelihood, self.event_shape)
+        if tuple(likelihood.event_shape) != self.event_shape:
+            raise ValueError(
+                f"the likelihood's event_shape {likelihood.event_shape} is not the VAE's "
+                f"{self.event_shape}"
             )
-        else:
-            self.decoder = MLP(
-                cfg.latent_dim, cfg.hidden_sizes, self.num_dims * per_pixel, cfg.activation
+        self.likelihood = likelihood
+        self.guide = guide if guide is not None else DiagonalNormalGuide(encoder, self.latent_dim)
+        if self.guide.latent_dim != self.latent_dim:
+            raise ValueError(
+                f"the guide's latent_dim {self.guide.latent_dim} is not the VAE's {self.latent_dim}"
             )
-        self.register_buffer("prior_loc", torch.zeros(cfg.latent_dim))
-        self.register_buffer("prior_scale", torch.ones(cfg.latent_dim))
-        if cfg.likelihood == "gaussian" and cfg.scale == "learned":
-            self.log_scale = nn.Parameter(torch.zeros(self.num_dims))
-        if cfg.likelihood == "gaussian" and cfg.scale == "fixed":
-            self.register_buffer("fixed_scale", torch.full((self.num_dims,), cfg.fixed_scale))
+        self.register_buffer("prior_loc", torch.zeros(self.latent_dim))
+        self.register_buffer("prior_scale", torch.ones(self.latent_dim))
 
     # ------------------------------------------------------------------ p(z), p(x | z)
     def prior(self) -> dist.Distribution:
         """p(z) = N(0, I), built from buffers so it follows the module's device."""
         return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
 
-    def _decoder_outputs(self, z: torch.Tensor) -> torch.Tensor:
-        batch = z.shape[:-1]
-        h = self.decoder(z.reshape(-1, self.latent_dim))
-        return h.reshape(*batch, self.outputs_per_pixel, self.num_dims)
-
     def decode(self, z: torch.Tensor) -> dist.Distribution:
         """p_θ(x | z) with batch shape ``z.shape[:-1]`` and event shape ``event_shape``."""
-        h = self._decoder_outputs(z)
-        shape = (*z.shape[:-1], *self.event_shape)
-        event_dims = len(self.event_shape)
-        if self.likelihood == "bernoulli":
-            return dist.Bernoulli(logits=h[..., 0, :].reshape(shape)).to_event(event_dims)
-        loc = h[..., 0, :]
-        if self.image_shape is not None:
-            loc = torch.sigmoid(loc)  # image intensities live in [0, 1]
-        if self.cfg.scale == "decoder":
-            scale = F.softplus(h[..., 1, :]) + self.cfg.min_scale
-        elif self.cfg.scale == "learned":
-            scale = (F.softplus(self.log_scale) + self.cfg.min_scale).expand_as(loc)
-        else:
-            scale = self.fixed_scale.expand_as(loc)
-        return dist.Normal(loc.reshape(shape), scale.reshape(shape)).to_event(event_dims)
+        batch = z.shape[:-1]
+        h = self.decoder(z.reshape(-1, self.latent_dim))
+        expected = self.likelihood.outputs_per_dim * self.num_dims
+        if h[0].numel() != expected:
+            raise ValueError(
+                f"the decoder gives {h[0].numel()} numbers per example; the "
+                f"{type(self.likelihood).__name__} of event_shape {self.event_shape} needs "
+                f"{expected}"
+            )
+        return self.likelihood(h.reshape(*batch, expected))
 
     # ------------------------------------------------------------------ the Pyro model
     def forward(
@@ -106,9 +121,11 @@ class VAE(nn.Module):
         """The generative process: z ~ p(z), x ~ p_θ(x | z) in ``pyro.plate("data")``.
 
         With ``x`` given the site ``x`` is observed; otherwise ``num_samples`` are drawn.
-        """
+        The decoder's and likelihood's parameters are param sites (the guide's are the
+        guide's)."""
         if x is None and num_samples is None:
             raise ValueError("give the data x or a number of samples")
+        declare_params(self, "", exclude=("guide",))
         n = x.shape[0] if x is not None else num_samples
         with pyro.plate("data", n):
             z = pyro.sample("z", self.prior())
@@ -117,9 +134,29 @@ class VAE(nn.Module):
     model = forward
 
     @torch.no_grad()
-    def sample(self, n: int, mean: bool = True) -> torch.Tensor:
-        """``n`` draws of x: the mean of p(x | z) (probabilities for Bernoulli) with z from
-        the prior when ``mean``, else samples of x itself."""
-        z = self.prior().sample((n,))
-        px = self.decode(z)
-        return px.mean if mean else px.sample()
+    def sample(self, n: int) -> torch.Tensor:
+        """``n`` draws x ~ p_θ(x) = ∫ p(z) p_θ(x | z) dz (binary under a Bernoulli likelihood)."""
+        return self.decode(self.prior().sample((n,))).sample()
+
+    @torch.no_grad()
+    def sample_mean(self, n: int) -> torch.Tensor:
+        """E[x | z] for ``n`` draws z ~ p(z): the decoder's means (probabilities for a Bernoulli
+        likelihood), which are *not* samples of the model; figures of VAEs often show them."""
+        return self.decode(self.prior().sample((n,))).mean
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x | z] at z = the posterior mean of q(z | x) (a sample average for flow guides)."""
+        return self.decode(posterior_mean(self.guide, x)).mean
+
+
+def posterior_mean(guide: AmortisedGuide, x: torch.Tensor, num_samples: int = 64) -> torch.Tensor:
+    """E_q[z | x]: in closed form where q has one, else a Monte Carlo average."""
+    q = guide.posterior(x)
+    try:
+        return q.mean
+    except NotImplementedError:  # a flow posterior (IAF) has no closed-form mean
+        return q.sample((num_samples,)).mean(0)
+
+
+__all__ = ["VAE", "posterior_mean"]

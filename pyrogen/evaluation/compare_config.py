@@ -25,31 +25,25 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
+from pyrogen.build import validate
+from pyrogen.config import (
+    Config,
+    ConfigError,
+    EvaluationConfig,
+    build_section,
+    from_dict,
+    merge,
+    parse_overrides,
+    read_yaml_file,
+)
+from pyrogen.families import FAMILIES as FAMILY_TABLE
 
-from pyrogen.config import Config, ConfigError, _build_section, _merge, from_dict, parse_overrides
-
-FAMILIES = ("vae", "flow", "gan")
+FAMILIES = tuple(FAMILY_TABLE)
 SHARED = ("data", "train", "output")
 #: the data keys a family may set for itself (see the module docstring)
 FAMILY_DATA_KEYS = ("logit_lambda",)
-
-
-@dataclass
-class EvaluationConfig:
-    """What ``pyrogen compare`` and ``pyrogen evaluate`` compute."""
-
-    split: str = "test"
-    is_samples: int = 1000  # K of the importance-sampled log p(x) (VAE)
-    parzen_samples: int = 10_000  # generated samples in the Parzen window
-    parzen_valid: int = 1000  # validation examples that choose sigma
-    parzen_sigmas: list[float] | None = None  # default: 10 log-spaced values
-    quality_samples: int = 1000  # samples for MMD / Frechet distance
-    max_test: int | None = None  # evaluate on at most this many test examples
-    bounds: list[str] = field(default_factory=list)  # VAE: extra bounds, "NAME" or "NAME:K"
 
 
 @dataclass
@@ -65,11 +59,7 @@ def compare_from_dict(raw: dict[str, Any]) -> CompareConfig:
             close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown section '{key}'{hint} (valid: {', '.join(allowed)})")
-    evaluation = _build_section(EvaluationConfig, raw.get("evaluation"), "evaluation")
-    if evaluation.split not in ("train", "valid", "test"):
-        raise ConfigError(
-            f"bad value for 'evaluation.split': {evaluation.split!r}; expected train, valid, test"
-        )
+    evaluation = build_section(EvaluationConfig, raw.get("evaluation"), "evaluation")
     shared = {k: raw[k] for k in SHARED if k in raw}
     runs: dict[str, Config] = {}
     for family in FAMILIES:
@@ -91,14 +81,14 @@ def compare_from_dict(raw: dict[str, Any]) -> CompareConfig:
                 raise ConfigError(
                     f"'{family}.{key}' is shared by all families: set it at the top level"
                 )
-        merged = _merge(shared, section)
+        merged = merge(shared, section)
         model = dict(merged.get("model") or {})
         if model.get("family", family) != family:
             raise ConfigError(f"'{family}.model.family' must be {family!r}")
         model["family"] = family
         merged["model"] = model
         try:
-            runs[family] = from_dict(merged)
+            runs[family] = validate(from_dict(merged))
         except ConfigError as e:
             raise ConfigError(f"in section '{family}': {e}") from None
     if not runs:
@@ -111,15 +101,7 @@ def load_compare_config(
 ) -> CompareConfig:
     """Read and validate a compare YAML file with ``key=value`` overrides
     (``train.epochs=5``, ``flow.model.num_layers=4``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: a config must be a mapping of sections")
+    raw = read_yaml_file(path)
     if overrides:
-        raw = _merge(raw, parse_overrides(overrides))
+        raw = merge(raw, parse_overrides(overrides))
     return compare_from_dict(raw)

@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from pyrogen.compare_config import CompareConfig
+from pyrogen.evaluation.compare_config import CompareConfig
 from pyrogen.evaluation.report import evaluate_run
+from pyrogen.families import family_of
 from pyrogen.training import TrainedRun, load, read_metrics, train
 
 COLUMNS = [
@@ -97,7 +98,8 @@ def compare(
     samples = {}
     for family, run in runs.items():
         # extra bounds (evaluation.bounds) are a VAE's: the other families skip them
-        result = evaluate_run(run, ev if family == "vae" else replace(ev, bounds=[]))
+        has_bounds = family_of(run.cfg).has_bounds
+        result = evaluate_run(run, ev if has_bounds else replace(ev, bounds=[]))
         torch.manual_seed(0)
         fake = run.sample(real.shape[0])
         samples[family] = fake[:64] if ds.kind == "image" else fake
@@ -123,6 +125,8 @@ def _cell(value: Any) -> str:
     if value is None:
         return "—"
     if isinstance(value, dict):
+        if value.get("stderr") is None:
+            return f"{value['mean']:.2f}"
         return f"{value['mean']:.2f} ± {value['stderr']:.2f}"
     if isinstance(value, float):
         return f"{value:.4g}"

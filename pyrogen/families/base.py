@@ -1,0 +1,65 @@
+"""What every family tells the rest of pyrogen: how to build its model and learner from a
+config, what it evaluates and which figures it draws.
+
+The run loop, evaluation, ``compare`` and the CLI ask :data:`pyrogen.families.FAMILIES`
+(``FAMILIES[cfg.family]``) and never test a family's name themselves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pyrogen.config import Config, ConfigError
+from pyrogen.data import Dataset
+from pyrogen.inference.base import Learner
+
+
+class Family:
+    """One family of deep generative models (subclasses: VAE, flow, GAN)."""
+
+    #: ``model.family`` value
+    name: str = ""
+    #: what the family's ``log-likelihood`` columns mean, for tables
+    description: str = ""
+    #: whether ``evaluate`` computes extra bounds of Pyro's estimators (``evaluation.bounds``)
+    has_bounds: bool = False
+
+    # ------------------------------------------------------------------ config -> objects
+    def validate(self, cfg: Config) -> None:
+        """Checks that need the modelling code (registry names, compatible pairs), before
+        any data is read. Raises :class:`ConfigError` naming the keys."""
+
+    def check_data(self, cfg: Config, data: Dataset) -> None:
+        """Checks between the config and the data (shape vs architecture, binary data under
+        a Bernoulli likelihood). Raises :class:`ConfigError` naming the keys."""
+
+    def build_model(self, cfg: Config, data: Dataset) -> nn.Module:  # pragma: no cover
+        """The generative process for examples shaped like ``data``'s, from plain arguments."""
+        raise NotImplementedError
+
+    def build_learner(self, cfg: Config, model: nn.Module) -> Learner:  # pragma: no cover
+        """The family's learning method with its optimiser(s)."""
+        raise NotImplementedError
+
+    def uses_labels(self, cfg: Config) -> bool:
+        """Whether the model takes the class labels ``y`` (a class-conditional flow)."""
+        return False
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, run: Any, x: torch.Tensor, y: torch.Tensor | None, options: Any) -> dict:
+        """The family's own log-likelihood estimates of the stored examples ``x`` (a dict of
+        ``{name: {"mean", "stderr", "n", ...}}``); Parzen windows are common to all."""
+        return {}
+
+    def figures(self, run: Any, out_dir: Path) -> list[Path]:
+        """Figures beyond the common samples figure."""
+        return []
+
+
+def config_error(key_hint: str, error: Exception) -> ConfigError:
+    """A constructor's ``ValueError`` as a config error naming the keys involved."""
+    return ConfigError(f"{key_hint}: {error}")

@@ -1,0 +1,81 @@
+"""The GAN family: config -> generator and discriminator networks -> :class:`GAN`; the
+adversarial loop of Goodfellow et al.'s Algorithm 1; no likelihood of its own (Parzen only)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from pyrogen.config import Config, ConfigError
+from pyrogen.data import Dataset
+from pyrogen.families.base import Family
+from pyrogen.families.vae import conv_shape_problem
+from pyrogen.inference.adversarial import AdversarialLearner
+from pyrogen.models.gan import GAN
+from pyrogen.nets import conv_discriminator, conv_generator, mlp_discriminator, mlp_generator
+from pyrogen.registry import GAN_LOSSES, check_name
+
+
+class GANFamily(Family):
+    name = "gan"
+    description = "generative adversarial network: no likelihood (Parzen window only)"
+
+    def validate(self, cfg: Config) -> None:
+        check_name(GAN_LOSSES, cfg.adversarial.generator_loss, "adversarial.generator_loss")
+        m = cfg.model
+        if m.architecture == "conv":
+            for key in ("hidden_sizes", "discriminator_hidden_sizes"):
+                sizes = getattr(m, key)
+                if len(sizes) != 2:
+                    raise ConfigError(
+                        f"model.architecture=conv uses model.{key} as the channels of its two "
+                        f"stride-2 stages; give two sizes (e.g. [128, 64]), not {list(sizes)}"
+                    )
+
+    def check_data(self, cfg: Config, data: Dataset) -> None:
+        m = cfg.model
+        if m.architecture == "conv":
+            problem = conv_shape_problem(data.image_shape, "model.architecture")
+            if problem:
+                raise ConfigError(problem)
+        if m.output == "sigmoid" and data.kind == "points":
+            low, high = float(data.train.min()), float(data.train.max())
+            if low < 0 or high > 1:
+                raise ConfigError(
+                    f"model.output=sigmoid keeps samples in (0, 1), but the data lie in "
+                    f"[{low:.3g}, {high:.3g}]: use model.output=identity"
+                )
+
+    def build_model(self, cfg: Config, data: Dataset) -> GAN:
+        m = cfg.model
+        if m.architecture == "conv":
+            shape = data.image_shape
+            generator = conv_generator(m.latent_dim, shape, m.hidden_sizes, m.output)
+            discriminator = conv_discriminator(
+                shape, m.discriminator_hidden_sizes, spectral_norm=m.spectral_norm
+            )
+        else:
+            generator = mlp_generator(m.latent_dim, m.hidden_sizes, data.num_dims, m.output)
+            discriminator = mlp_discriminator(
+                data.num_dims,
+                m.discriminator_hidden_sizes,
+                dropout=m.discriminator_dropout,
+                spectral_norm=m.spectral_norm,
+            )
+        return GAN(generator, discriminator, m.latent_dim, data.event_shape, prior=m.prior)
+
+    def build_learner(self, cfg: Config, model: nn.Module) -> AdversarialLearner:
+        a, o = cfg.adversarial, cfg.optim
+        return AdversarialLearner(
+            model,
+            generator_loss=a.generator_loss,
+            discriminator_steps=a.discriminator_steps,
+            optim=o.name,
+            lr=o.lr,
+            lr_discriminator=o.lr_discriminator,
+            betas=o.betas,
+            weight_decay=o.weight_decay,
+            gradient_penalty=a.gradient_penalty,
+            r1_penalty=a.r1_penalty,
+            ema_decay=a.ema_decay,
+            clip_norm=o.clip_norm,
+        )

@@ -1,0 +1,158 @@
+"""The VAE family: config -> encoder, decoder, likelihood, guide -> :class:`VAE`; variational
+inference with one of Pyro's estimators; ELBO and importance-sampled log p(x)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pyrogen.config import Config, ConfigError
+from pyrogen.data import Dataset
+from pyrogen.evaluation.stats import mean_stderr
+from pyrogen.families.base import Family
+from pyrogen.inference.elbo import check_compatible, make_elbo
+from pyrogen.inference.guides import GUIDE_OPTIONS
+from pyrogen.inference.variational import VariationalLearner
+from pyrogen.models.likelihoods import make_likelihood
+from pyrogen.models.vae import VAE
+from pyrogen.nets import MLP, ConvDecoder, ConvEncoder
+from pyrogen.registry import ELBOS, GUIDES, check_name
+
+
+def conv_shape_problem(image_shape: tuple[int, ...] | None, key: str) -> str | None:
+    """Why ``architecture: conv`` cannot take these examples, or ``None``."""
+    if image_shape is None:
+        return f"{key}=conv needs image data; these data are points (use {key}=mlp)"
+    _, h, w = image_shape
+    if h % 4 or w % 4:
+        return (
+            f"{key}=conv halves the image twice, so height and width must be multiples of 4; "
+            f"these images are {h}x{w} (use {key}=mlp)"
+        )
+    return None
+
+
+class VAEFamily(Family):
+    name = "vae"
+    description = "variational autoencoder: ELBO and importance-sampled log p(x)"
+    has_bounds = True
+
+    def validate(self, cfg: Config) -> None:
+        g, e, m = cfg.guide, cfg.elbo, cfg.model
+        check_name(GUIDES, g.name, "guide.name")
+        check_name(ELBOS, e.name, "elbo.name")
+        problem = check_compatible(
+            g.name,
+            e.name,
+            num_particles=e.num_particles,
+            vectorize_particles=e.vectorize_particles,
+            alpha=e.alpha,
+            kl_warmup_steps=e.kl_warmup_steps,
+            baseline=g.baseline,
+        )
+        if problem:
+            raise ConfigError(problem)
+        if g.name == "iaf" and m.latent_dim < 2:
+            raise ConfigError(
+                f"guide.name=iaf needs model.latent_dim >= 2 (got {m.latent_dim}): an "
+                "autoregressive step on one variable is an affine map (use diagonal_normal)"
+            )
+
+    def check_data(self, cfg: Config, data: Dataset) -> None:
+        m = cfg.model
+        if m.architecture == "conv":
+            problem = conv_shape_problem(data.image_shape, "model.architecture")
+            if problem:
+                raise ConfigError(problem)
+        if m.likelihood == "bernoulli" and data.model_levels != 2:
+            if not data.is_binary():
+                raise ConfigError(
+                    f"model.likelihood=bernoulli needs binary data, but data.name={data.name} "
+                    f"has values other than 0 and 1 (data.binarize={cfg.data.binarize}): set "
+                    "data.binarize=dynamic or static, or model.likelihood=gaussian"
+                )
+        if cfg.data.dequantize and m.likelihood == "bernoulli":
+            raise ConfigError(
+                "data.dequantize=true makes the data continuous, which a Bernoulli likelihood "
+                "cannot score: use model.likelihood=gaussian"
+            )
+
+    def build_model(self, cfg: Config, data: Dataset) -> VAE:
+        m, g = cfg.model, cfg.guide
+        gaussian = {}
+        if m.likelihood == "gaussian":
+            gaussian = {
+                "scale": m.scale,
+                "mean": "sigmoid" if data.kind == "image" else "identity",
+                "fixed_scale": m.fixed_scale,
+                "min_scale": m.min_scale,
+            }
+        likelihood = make_likelihood(m.likelihood, data.event_shape, **gaussian)
+        guide_cls = GUIDES.get(g.name)
+        options = {key: getattr(g, key) for key in GUIDE_OPTIONS.get(g.name, ())}
+        outputs = guide_cls.encoder_outputs(m.latent_dim, **options)
+        per_dim = likelihood.outputs_per_dim
+        if m.architecture == "conv":
+            c = data.image_shape[0]
+            encoder: nn.Module = ConvEncoder(data.image_shape, outputs)
+            decoder: nn.Module = ConvDecoder(m.latent_dim, data.image_shape, c * per_dim)
+        else:
+            hidden = g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]
+            encoder = nn.Sequential(nn.Flatten(), MLP(data.num_dims, hidden, outputs, m.activation))
+            decoder = MLP(m.latent_dim, m.hidden_sizes, data.num_dims * per_dim, m.activation)
+        if g.name == "score_function" and g.baseline == "neural":
+            options["baseline_net"] = MLP(data.num_dims, [64], 1, "relu")
+        guide = guide_cls(encoder, m.latent_dim, **options)
+        return VAE(None, decoder, m.latent_dim, data.event_shape, likelihood, guide=guide)
+
+    def build_learner(self, cfg: Config, model: nn.Module) -> VariationalLearner:
+        e, o = cfg.elbo, cfg.optim
+        elbo = make_elbo(
+            e.name,
+            num_particles=e.num_particles,
+            vectorize_particles=e.vectorize_particles,
+            alpha=e.alpha,
+            tail_adaptive_beta=e.tail_adaptive_beta,
+        )
+        return VariationalLearner(
+            model,
+            elbo,
+            optim=o.name,
+            lr=o.lr,
+            betas=o.betas,
+            momentum=o.momentum,
+            weight_decay=o.weight_decay,
+            clip_norm=o.clip_norm,
+            kl_warmup_steps=e.kl_warmup_steps,
+        )
+
+    def evaluate(self, run: Any, x: torch.Tensor, y: torch.Tensor | None, options: Any) -> dict:
+        """ELBO and IS log p(x) with K = ``options.is_samples`` (nats, in the space the model
+        sees: binarised or dequantised data), and any extra bounds ``options.bounds``."""
+        from pyrogen.evaluation.loglik import elbo_and_importance_log_likelihood
+        from pyrogen.evaluation.report import estimator_bound
+
+        xp = run.dataset.process(x, torch.Generator().manual_seed(options.seed))
+        vae = run.model
+        elbo, logp = elbo_and_importance_log_likelihood(
+            vae.model, vae.guide, xp, num_samples=options.is_samples
+        )
+        out = {
+            "elbo": mean_stderr(elbo),
+            "importance_sampled": {**mean_stderr(logp), "K": options.is_samples},
+        }
+        for spec in options.bounds:
+            out.update(estimator_bound(run, xp, spec))
+        return out
+
+    def figures(self, run: Any, out_dir: Path) -> list[Path]:
+        if run.dataset.kind != "image":
+            return []
+        from pyrogen.evaluation.vae_figures import save_vae_figures
+
+        ds = run.dataset
+        x = ds.process(ds.test[:16], torch.Generator().manual_seed(0))
+        return save_vae_figures(run.model, x, ds.image_shape, out_dir)

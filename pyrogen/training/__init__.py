@@ -1,0 +1,25 @@
+"""Training: the run loop, checkpoints, metrics, and the trained run it returns.
+
+* :mod:`~pyrogen.training.loop`: ``train(cfg)`` (epochs, progress, evaluation cadence,
+  divergence, safe interruption, resume);
+* :mod:`~pyrogen.training.checkpoint`: checksummed atomic checkpoints, loaded weights-only;
+* :mod:`~pyrogen.training.metrics`: ``metrics.jsonl`` / ``metrics.csv``;
+* :mod:`~pyrogen.training.run`: :class:`TrainedRun` and ``load(run_dir)``.
+"""
+
+from pyrogen.training.checkpoint import CheckpointError
+from pyrogen.training.loop import TrainingDiverged, evaluate_split, train
+from pyrogen.training.metrics import read_metrics
+from pyrogen.training.run import CHECKPOINT, CONFIG, TrainedRun, load
+
+__all__ = [
+    "CHECKPOINT",
+    "CONFIG",
+    "CheckpointError",
+    "TrainedRun",
+    "TrainingDiverged",
+    "evaluate_split",
+    "load",
+    "read_metrics",
+    "train",
+]

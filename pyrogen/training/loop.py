@@ -1,0 +1,399 @@
+"""The run loop shared by the three families.
+
+``train(cfg)`` builds the data set, the model and its learner (:mod:`pyrogen.build`), and only
+then creates the run folder; it runs epochs of shuffled mini-batches (index slicing of
+in-memory tensors). A run folder receives:
+
+* ``config.yaml``: the resolved config; ``pyrogen train RUN_DIR/config.yaml`` reproduces it;
+* ``metrics.jsonl`` (or ``.csv``): training metrics every ``train.log_every`` steps and
+  validation metrics every ``train.eval_every`` epochs;
+* ``checkpoint.pt``: model, optimiser(s), every RNG state, epoch, step and the position in
+  the current epoch, and the config it belongs to; checksummed and written atomically;
+* ``samples.png`` (and the family's figures).
+
+Guarantees:
+
+* **Divergence is honest**: a non-finite loss (in training or validation) or non-finite
+  parameters stop the run with :class:`TrainingDiverged`, naming the step, the quantity and the
+  last checkpoint with finite parameters (or saying there is none yet); a checkpoint is never
+  written with non-finite parameters or optimiser state.
+* **Interrupting is safe**: SIGINT (Ctrl-C) and SIGTERM stop at the next step boundary, write
+  a checkpoint and raise :class:`KeyboardInterrupt`; ``train(cfg, resume=True)`` then ends with
+  exactly the parameters of an uninterrupted run on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from pyrogen.build import build, resolve_device
+from pyrogen.config import Config, ConfigError, save_config
+from pyrogen.data import Dataset
+from pyrogen.families import family_of
+from pyrogen.inference.base import Learner
+from pyrogen.training.checkpoint import (
+    all_finite,
+    check_checkpoint_fits,
+    fixed_differences,
+    load_checkpoint,
+    remove_orphans,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from pyrogen.training.metrics import MetricsWriter
+from pyrogen.training.run import CHECKPOINT, CONFIG, DATA, TrainedRun
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or parameter became NaN or infinite; the message names the step, the quantity
+    and the last good checkpoint."""
+
+
+@dataclass
+class LoopState:
+    """Where the run loop is: what a checkpoint must hold besides the learner."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    position: int = 0  # batches consumed in the current epoch
+    permutation: torch.Tensor | None = None  # the current epoch's order of examples
+
+
+def make_run_dir(cfg: Config, config_path: str | os.PathLike | None = None) -> Path:
+    """``output.dir/output.name``, or ``output.dir/<config stem>-<timestamp>`` (not created)."""
+    name = cfg.output.name
+    if name is None:
+        stem = Path(config_path).stem if config_path else cfg.model.family
+        name = f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return Path(cfg.output.dir) / name
+
+
+def create_run_dir(run_dir: Path) -> None:
+    """``mkdir -p`` with a one-line :class:`ConfigError` naming the path and the cause."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".pyrogen-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write the run folder {run_dir}: {e.strerror or e} (set output.dir)"
+        ) from None
+
+
+def evaluate_split(
+    learner: Learner,
+    dataset: Dataset,
+    split: str,
+    batch_size: int,
+    seed: int = 0,
+    labels: bool = False,
+) -> dict[str, float]:
+    """Per-example means of ``learner.evaluate`` over a whole split (fixed preprocessing
+    noise drawn from ``seed``, so repeated evaluations compare like with like; the model's
+    own random draws come from a forked generator, so evaluating never shifts training's
+    random stream)."""
+    x_all = dataset.split(split)
+    y_all = dataset.labels(split) if labels else None
+    gen = torch.Generator().manual_seed(seed)
+    totals: dict[str, float] = {}
+    n = x_all.shape[0]
+    devices = [dataset.device] if dataset.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for start in range(0, n, batch_size):
+            x = dataset.process(x_all[start : start + batch_size], gen)
+            y = None if y_all is None else y_all[start : start + batch_size]
+            for key, value in learner.evaluate(x, y).items():
+                totals[key] = totals.get(key, 0.0) + value * x.shape[0]
+    return {key: value / n for key, value in totals.items()}
+
+
+@contextmanager
+def stop_at_step_boundary() -> Iterator[Callable[[], int | None]]:
+    """While active, SIGINT and SIGTERM only set a flag, which the loop reads after each step
+    (a signal in the middle of an optimiser update would leave half-updated parameters). A
+    second signal interrupts at once. Yields a function returning the pending signal."""
+    pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        if pending:
+            raise KeyboardInterrupt
+        pending.append(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: pending[0] if pending else None
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _checkpoint_state(
+    cfg: Config, learner: Learner, loop: LoopState, data_gen: torch.Generator
+) -> dict[str, Any]:
+    return {
+        "family": cfg.model.family,
+        "config": cfg.to_dict(),
+        "learner": learner.state_dict(),
+        "loop": {
+            "epoch": loop.epoch,
+            "step": loop.step,
+            "position": loop.position,
+            "permutation": loop.permutation,
+        },
+        "rng": rng_state(data_gen),
+    }
+
+
+def in_notebook() -> bool:
+    """Whether we run inside a Jupyter kernel (where ``tqdm.auto`` draws a widget)."""
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None else None  # type: ignore[attr-defined]
+    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
+
+
+def record_resume(run_dir: Path, old: dict[str, Any], cfg: Config, step: int) -> None:
+    """Append what a resume changed to ``resumes.jsonl`` (config.yaml then holds the merged
+    config, so the folder still says how the run was made)."""
+    import json
+
+    new = cfg.to_dict()
+    changed = {}
+    for section, values in new.items():
+        for key, value in values.items():
+            before = old.get(section, {}).get(key)
+            if before != value:
+                changed[f"{section}.{key}"] = [before, value]
+    now = datetime.now().isoformat(timespec="seconds")
+    record = {"time": now, "step": step, "changed": changed}
+    with (run_dir / "resumes.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _save_user_data(data: Any, path: Path) -> None:
+    """The user's arrays as given (``{"data": x}`` or their dict of splits), as ``.npz``."""
+    import numpy as np
+
+    arrays = data if isinstance(data, dict) else {"data": data}
+    out = {}
+    for key, value in arrays.items():
+        if torch.is_tensor(value):
+            value = value.detach().cpu().numpy()
+        out[key] = np.asarray(value)
+    with path.open("wb") as f:
+        np.savez(f, **out)
+
+
+def train(
+    cfg: Config,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    config_path: str | os.PathLike | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    data: Any = None,
+) -> TrainedRun:
+    """Train the model that ``cfg`` describes and return it as a :class:`TrainedRun`.
+
+    ``data`` (a tensor, a numpy array, or a dict of ``train``/``valid``/``test`` arrays) trains
+    on the user's own data instead of ``data.name``; splits missing from it are made with
+    ``data.valid_fraction``/``data.test_fraction`` and ``train.seed``. The run folder keeps a
+    copy (``data.npz``) and its checksum, so :func:`pyrogen.load` works on the run.
+
+    Example::
+
+        >>> import pyrogen
+        >>> cfg = pyrogen.load_config("configs/vae_digits.yaml", ["train.epochs=1"])
+        >>> run = pyrogen.train(cfg, run_dir="runs/demo", quiet=True)  # doctest: +SKIP
+        >>> run.sample(16).shape  # doctest: +SKIP
+        torch.Size([16, 64])
+    """
+    if data is not None:
+        cfg = replace(cfg, data=replace(cfg.data, name="array", path=None, checksum=None))
+    run_dir = Path(run_dir) if run_dir is not None else make_run_dir(cfg, config_path)
+    device = resolve_device(cfg.train.device)
+    state = None
+    if resume:
+        state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
+        if state.get("family") != cfg.family or not isinstance(state.get("config"), dict):
+            check_checkpoint_fits(state, cfg, run_dir / CHECKPOINT)
+        changed = fixed_differences(state["config"], cfg.to_dict())
+        if changed:
+            raise ConfigError(
+                "a resumed run cannot change what defines its model and data: "
+                + "; ".join(changed[:4])
+                + " (start a new run for that)"
+            )
+    dataset, learner = build(cfg, device, data=data)
+    if dataset.checksum is not None and cfg.data.checksum is None:
+        path = str(Path(cfg.data.path).resolve()) if cfg.data.path else None
+        cfg = replace(cfg, data=replace(cfg.data, path=path, checksum=dataset.checksum))
+    data_gen = torch.Generator().manual_seed(cfg.train.seed)
+    loop = LoopState()
+    if state is not None:
+        learner.load_state_dict(state["learner"])
+        loop = LoopState(**state["loop"])
+        set_rng_state(state["rng"], data_gen)
+    t = cfg.train
+    n = dataset.train.shape[0]
+    fixed_batches = getattr(learner, "fixed_batch_size", False)
+    steps_per_epoch = n // t.batch_size if fixed_batches else math.ceil(n / t.batch_size)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} is larger than the {n} training examples, and "
+            "this guide's baseline needs full batches: lower train.batch_size"
+        )
+    total = t.epochs * steps_per_epoch
+    if t.max_steps is not None:
+        total = min(total, t.max_steps)
+    if state is not None and (loop.step >= total or loop.epoch >= t.epochs):
+        raise ConfigError(
+            f"{run_dir} has already reached its target (epoch {loop.epoch} of train.epochs="
+            f"{t.epochs}, step {loop.step} of {total}): nothing to resume; raise train.epochs "
+            "or train.max_steps to continue it"
+        )
+    # everything that can fail on the user's input has been checked: the run starts
+    create_run_dir(run_dir)
+    remove_orphans(run_dir, CHECKPOINT)
+    if data is not None:
+        _save_user_data(data, run_dir / DATA)
+        cfg = replace(cfg, data=replace(cfg.data, path=str((run_dir / DATA).resolve())))
+    if state is not None:
+        record_resume(run_dir, state["config"], cfg, loop.step)
+    save_config(cfg, run_dir / CONFIG)
+    metrics = MetricsWriter(run_dir, cfg.output.metrics_format)
+    uses_labels = family_of(cfg).uses_labels(cfg)
+    train_labels = dataset.labels("train") if uses_labels else None
+    show = not quiet and (sys.stderr.isatty() or in_notebook())
+    bar = tqdm(total=total, initial=loop.step, disable=not show, desc=run_dir.name, leave=True)
+    running: dict[str, float] = {}
+    running_count = 0
+    start_time = time.perf_counter()
+    checkpoint_path = run_dir / CHECKPOINT
+    last_good: list[int | None] = [None]
+
+    def last_checkpoint_text() -> str:
+        if last_good[0] is not None:
+            return (
+                f"the last checkpoint with finite parameters (step {last_good[0]}) is "
+                f"{checkpoint_path}"
+            )
+        if state is not None:
+            return f"the checkpoint this run resumed from is kept in {checkpoint_path}"
+        return "no checkpoint was written yet"
+
+    def diverged(what: str) -> TrainingDiverged:
+        return TrainingDiverged(f"{what}; training stopped: {last_checkpoint_text()}")
+
+    def checkpoint() -> None:
+        learner_state = learner.state_dict()
+        if not all_finite(learner_state):
+            raise diverged(
+                f"parameters or optimiser state became non-finite by step {loop.step} (epoch "
+                f"{loop.epoch + 1})"
+            )
+        save_checkpoint(_checkpoint_state(cfg, learner, loop, data_gen), checkpoint_path)
+        last_good[0] = loop.step
+
+    in_step = [False]
+    with stop_at_step_boundary() as pending_signal:
+        try:
+            while loop.epoch < t.epochs and loop.step < total:
+                if loop.permutation is None:
+                    loop.permutation = torch.randperm(n, generator=data_gen)
+                batches = loop.permutation.split(t.batch_size)
+                if fixed_batches and n % t.batch_size:
+                    batches = batches[:-1]  # the learner needs batches of one size
+                while loop.position < len(batches) and loop.step < total:
+                    in_step[0] = True
+                    idx = batches[loop.position].to(device)
+                    x = dataset.process(dataset.train[idx], data_gen)
+                    y = None if train_labels is None else train_labels[idx]
+                    try:
+                        out = learner.step(x, y)
+                    except ValueError as e:  # a distribution's arguments became NaN or inf
+                        if "invalid values" not in str(e) and "nan" not in str(e).lower():
+                            raise
+                        out = {"loss": float("nan")}
+                    if not math.isfinite(out["loss"]):
+                        raise diverged(
+                            f"the training loss is {out['loss']} at step {loop.step + 1} "
+                            f"(epoch {loop.epoch + 1})"
+                        )
+                    loop.step += 1
+                    loop.position += 1
+                    in_step[0] = False
+                    for key, value in out.items():
+                        running[key] = running.get(key, 0.0) + value
+                    running_count += 1
+                    if loop.step % t.log_every == 0:
+                        avg = {k: v / running_count for k, v in running.items()}
+                        metrics.write(loop.step, loop.epoch + 1, "train", avg)
+                        running.clear()
+                        running_count = 0
+                        bar.set_postfix(loss=f"{avg['loss']:.4g}")
+                    if on_step is not None:
+                        on_step(loop.step, out)
+                    bar.update(1)
+                    if pending_signal() is not None:
+                        raise KeyboardInterrupt
+                if loop.position >= len(batches):  # the epoch is complete
+                    loop.epoch += 1
+                    loop.position = 0
+                    loop.permutation = None
+                    if t.eval_every and loop.epoch % t.eval_every == 0:
+                        try:
+                            valid = evaluate_split(
+                                learner, dataset, "valid", t.eval_batch_size, labels=uses_labels
+                            )
+                        except ValueError as e:
+                            if "invalid values" not in str(e) and "nan" not in str(e).lower():
+                                raise
+                            valid = {"loss": float("nan")}
+                        bad = [k for k, v in valid.items() if not math.isfinite(v)]
+                        if bad:
+                            raise diverged(
+                                f"validation {bad[0]} is not finite after epoch {loop.epoch} "
+                                f"(step {loop.step})"
+                            )
+                        metrics.write(loop.step, loop.epoch, "valid", valid)
+                        if show:
+                            bar.write(
+                                f"epoch {loop.epoch}: "
+                                + ", ".join(f"valid {k} {v:.4g}" for k, v in valid.items())
+                            )
+                    if t.checkpoint_every and loop.epoch % t.checkpoint_every == 0:
+                        checkpoint()
+            checkpoint()
+        except KeyboardInterrupt:
+            if not in_step[0]:  # at a step boundary: the state is resumable
+                checkpoint()
+            bar.close()
+            raise
+        finally:
+            bar.close()
+    metrics.write(
+        loop.step, loop.epoch, "summary", {"train_seconds": time.perf_counter() - start_time}
+    )
+    run = TrainedRun(cfg, run_dir, dataset, learner)
+    run.save_figures()
+    return run

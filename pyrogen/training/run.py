@@ -1,0 +1,103 @@
+"""A trained model with its data and run folder: the common face of the three families."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from pyrogen.config import Config
+from pyrogen.data import Dataset
+from pyrogen.families import family_of
+from pyrogen.inference.base import Learner
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.yaml"
+DATA = "data.npz"  # the user's arrays, when a run was trained from Python
+
+
+class TrainedRun:
+    """A trained model with its data set and run folder. ``sample(n)`` draws from the model
+    (in the data set's stored space); ``model`` is its Pyro program."""
+
+    def __init__(self, cfg: Config, run_dir: Path, dataset: Dataset, learner: Learner) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.dataset = dataset
+        self.learner = learner
+
+    @property
+    def family(self) -> str:
+        return self.cfg.model.family
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The generative process: a Pyro model (``poutine.trace``, ``Predictive``, ``SVI``)."""
+        return self.learner.model
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """``n`` draws x ~ p(x) of the model, in the data set's stored space (e.g. images in
+        [0, 1]; binary images for a VAE with a Bernoulli likelihood)."""
+        self.learner.module.eval()
+        return self.dataset.to_data_space(self.model.sample(n))
+
+    @torch.no_grad()
+    def save_figures(self, num_samples: int | None = None) -> list[Path]:
+        """Samples (an image grid, or samples over the data in 2-D) and the family's figures."""
+        from pyrogen.evaluation import plots
+
+        ds = self.dataset
+        n = num_samples or self.cfg.output.num_samples
+        paths = []
+        if ds.kind == "image":
+            path = self.run_dir / "samples.png"
+            title = f"{n} samples x ~ p(x) of the {self.family}"
+            plots.save_image_grid(self.sample(n), ds.image_shape, path, title=title)
+            paths.append(path)
+        elif ds.num_dims == 2:
+            path = self.run_dir / "samples.png"
+            lim = float(ds.test.abs().max()) * 1.1
+            plots.save_points(
+                self.sample(max(n, 2000)),
+                path,
+                data=ds.test,
+                lim=lim,
+                title=f"samples of the {self.family} over test data",
+            )
+            paths.append(path)
+        return paths + family_of(self.cfg).figures(self, self.run_dir)
+
+
+def load(run_dir: str | os.PathLike, device: str | None = None, data: object = None) -> TrainedRun:
+    """Rebuild a trained run from its folder (config + checkpoint; no code executed).
+
+    A run trained on an array passed from Python reads it back from the run folder's
+    ``data.npz`` (or from ``data``, which must be the same array)."""
+    from pyrogen.build import build, resolve_device
+    from pyrogen.config import load_config
+    from pyrogen.training.checkpoint import check_checkpoint_fits, load_checkpoint
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / CONFIG)
+    cfg = with_run_data(cfg, run_dir)
+    dev = resolve_device(device or cfg.train.device, "--device" if device else "train.device")
+    state = load_checkpoint(run_dir / CHECKPOINT, map_location=dev)
+    check_checkpoint_fits(state, cfg, run_dir / CHECKPOINT)
+    dataset, learner = build(cfg, dev, data=data)
+    learner.load_state_dict(state["learner"])
+    return TrainedRun(cfg, run_dir, dataset, learner)
+
+
+def with_run_data(cfg: Config, run_dir: Path) -> Config:
+    """A config whose user array file has moved with its run folder points at the folder's
+    copy (``data.npz``); the recorded checksum still guards it."""
+    from dataclasses import replace
+
+    d = cfg.data
+    if d.name == "array" and d.path and not Path(d.path).exists():
+        local = run_dir / DATA
+        if local.exists():
+            return replace(cfg, data=replace(d, path=str(local)))
+    return cfg
