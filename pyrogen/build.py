@@ -67,6 +67,14 @@ def validate(cfg: Config, has_data: bool = False) -> Config:
             )
     family_of(cfg).validate(cfg)
     resolve_device(cfg.train.device)
+    if cfg.output.tensorboard:
+        from pyrogen.training.metrics import tensorboard_available
+
+        if not tensorboard_available():
+            raise ConfigError(
+                "output.tensorboard=true needs the tensorboard package: pip install tensorboard "
+                "(or set output.tensorboard=false)"
+            )
     return cfg
 
 
@@ -85,10 +93,33 @@ def load_config(
     return validate(schema.load_config(path, overrides))
 
 
-def build_model(cfg: Config, dataset: Dataset) -> torch.nn.Module:
+#: bytes per parameter while training: the value, its gradient and Adam's two moments
+BYTES_PER_PARAMETER = 16
+
+
+def check_size(cfg: Config, dataset: Dataset, device: torch.device) -> None:
+    """Refuse, before allocating anything, a model whose parameters (with their gradients and
+    optimiser state) would not fit in the memory available on ``device``."""
+    from pyrogen.runtime import available_memory
+
+    n = family_of(cfg).estimate_parameters(cfg, dataset)
+    need = n * BYTES_PER_PARAMETER
+    free = available_memory(device)
+    if free is not None and need > 0.8 * free:
+        raise ConfigError(
+            f"the model would have about {n:,} parameters ({need / 2**30:.1f} GiB with their "
+            f"gradients and optimiser state), more than the {free / 2**30:.1f} GiB free on "
+            f"{device.type}: reduce model.hidden_sizes (or model.latent_dim, model.num_layers)"
+        )
+
+
+def build_model(
+    cfg: Config, dataset: Dataset, device: torch.device | str = "cpu"
+) -> torch.nn.Module:
     """The generative process of ``cfg.model.family`` for data shaped like ``dataset``."""
     family = family_of(cfg)
     family.check_data(cfg, dataset)
+    check_size(cfg, dataset, torch.device(device))
     return family.build_model(cfg, dataset)
 
 
@@ -106,7 +137,7 @@ def build(
     device = resolve_device(cfg.train.device) if device is None else torch.device(device)
     pyro.set_rng_seed(cfg.train.seed)
     dataset = load_dataset(cfg.data, device, seed=cfg.train.seed, data=data)
-    model = build_model(cfg, dataset).to(device)
+    model = build_model(cfg, dataset, device).to(device)
     learner = build_learner(cfg, model)
     learner.module.to(device)
     return dataset, learner

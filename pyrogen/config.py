@@ -225,6 +225,8 @@ class TrainConfig:
     eval_batch_size: int = num(1000, ge=1, le=1 << 24)
     checkpoint_every: int = num(1, ge=0, le=MAX_STEPS)  # epochs between checkpoints (0: end)
     log_every: int = num(50, ge=1, le=MAX_STEPS)  # steps between metric lines
+    # torch CPU threads; auto: 1 for small models, else the free cores (pyrogen.runtime)
+    num_threads: int | Literal["auto"] = num("auto", ge=1, le=1024)
 
 
 @dataclass
@@ -235,6 +237,7 @@ class OutputConfig:
     name: str | None = None  # run folder name; default <config stem>-<timestamp>
     metrics_format: Literal["jsonl", "csv"] = "jsonl"
     num_samples: int = num(64, ge=1, le=10_000)  # samples in the PNG grid
+    tensorboard: bool | None = None  # TensorBoard event files; null: when it is installed
 
 
 @dataclass
@@ -252,6 +255,7 @@ class EvaluationConfig:
     max_test: int | None = num(None, ge=1, le=1 << 31)  # at most this many test examples
     bounds: list[str] = field(default_factory=list)  # VAE: extra bounds, "NAME" or "NAME:K"
     seed: int = num(0, ge=0, le=MAX_SEED)  # every metric draws from its own stream of this seed
+    num_threads: int | Literal["auto"] = num("auto", ge=1, le=1024)  # torch CPU threads
 
 
 @dataclass

@@ -134,6 +134,7 @@ def test_metrics_as_csv(tmp_path: Path) -> None:
     assert len(valid) == 1 and "elbo" in valid[0]
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
     """A parameter blows up to infinity at step 25 (mid-epoch 3): the real loss becomes
     non-finite, training stops naming the step, and the checkpoint of epoch 2 stays."""

@@ -15,6 +15,7 @@
 
 # %%
 import os
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pyro
@@ -25,6 +26,8 @@ import pyrogen
 from pyrogen.evaluation.plots import image_grid
 
 QUICK = os.environ.get("PYROGEN_QUICK", "0") == "1"
+# where runs and figures go (CI points this at a temporary folder)
+RUNS = Path(os.environ.get("PYROGEN_TUTORIAL_RUNS", "runs")) / "tutorial_01"
 pyro.set_rng_seed(0)
 
 # %% [markdown]
@@ -42,7 +45,7 @@ for family, config in [("GAN", "gan_digits"), ("VAE", "vae_digits"), ("Flow", "f
         [
             "train.device=cpu",
             "train.eval_every=0",
-            "output.dir=runs/tutorial_01",
+            f"output.dir={RUNS}",
             f"output.name={family}",
         ]
         + budget

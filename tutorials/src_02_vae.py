@@ -21,6 +21,7 @@
 
 # %%
 import os
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pyro
@@ -34,9 +35,10 @@ from pyrogen.build import build
 from pyrogen.evaluation.loglik import elbo_and_importance_log_likelihood
 
 QUICK = os.environ.get("PYROGEN_QUICK", "0") == "1"
+# where runs and figures go (CI points this at a temporary folder)
+RUNS = Path(os.environ.get("PYROGEN_TUTORIAL_RUNS", "runs")) / "tutorial_02"
 EPOCHS = 2 if QUICK else 60
 pyro.set_rng_seed(0)
-RUNS = "runs/tutorial_02"
 
 # %% [markdown]
 # ## The model and the guide are Pyro programs

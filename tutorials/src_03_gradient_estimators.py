@@ -22,6 +22,7 @@
 
 # %%
 import os
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pyro
@@ -42,6 +43,8 @@ from pyrogen.evaluation.gradients import (
 )
 
 QUICK = os.environ.get("PYROGEN_QUICK", "0") == "1"
+# where runs and figures go (CI points this at a temporary folder)
+RUNS = Path(os.environ.get("PYROGEN_TUTORIAL_RUNS", "runs")) / "tutorial_03"
 pyro.set_rng_seed(0)
 
 # %% [markdown]
@@ -124,10 +127,11 @@ rows = gradient_variance_table(
     warmup=10 if QUICK else 200,
 )
 display(Markdown(format_table(rows)))
-save_variance_plot(rows, "gradient_variance.png")
+RUNS.mkdir(parents=True, exist_ok=True)
+save_variance_plot(rows, RUNS / "gradient_variance.png")
 from IPython.display import Image  # noqa: E402
 
-display(Image("gradient_variance.png", width=450))
+display(Image(str(RUNS / "gradient_variance.png"), width=450))
 
 # %% [markdown]
 # ## Training curves with each estimator
@@ -153,7 +157,7 @@ for name, overrides in {
             f"train.epochs={EPOCHS}",
             "train.device=cpu",
             "train.eval_every=1",
-            "output.dir=runs/tutorial_03",
+            f"output.dir={RUNS}",
             f"output.name={len(curves)}",
             *overrides,
         ],

@@ -13,6 +13,7 @@
 # %%
 import os
 import time
+from pathlib import Path
 
 import pyro
 import torch
@@ -24,6 +25,8 @@ from pyrogen.evaluation.plots import density_grid
 from pyrogen.models.flow import Flow, log_prob_brute_force, maf, make_flow
 
 QUICK = os.environ.get("PYROGEN_QUICK", "0") == "1"
+# where runs and figures go (CI points this at a temporary folder)
+RUNS = Path(os.environ.get("PYROGEN_TUTORIAL_RUNS", "runs")) / "tutorial_04"
 EPOCHS = 3 if QUICK else 60
 pyro.set_rng_seed(0)
 
@@ -55,7 +58,7 @@ for name in ["realnvp", "maf", "nsf_autoregressive"]:
             f"train.epochs={EPOCHS}",
             "train.device=cpu",
             "train.eval_every=0",
-            "output.dir=runs/tutorial_04",
+            f"output.dir={RUNS}",
             f"output.name={name}",
         ]
         + (["data.num_train=2000"] if QUICK else []),
@@ -119,7 +122,7 @@ cfg = pyrogen.load_config(
     [
         f"train.epochs={EPOCHS}",
         "train.device=cpu",
-        "output.dir=runs/tutorial_04",
+        f"output.dir={RUNS}",
         "output.name=digits",
         "train.eval_every=0",
     ],

@@ -14,6 +14,7 @@
 # %%
 import math
 import os
+from pathlib import Path
 
 import pyro
 import torch
@@ -26,6 +27,8 @@ from pyrogen.evaluation.parzen import parzen_evaluate
 from pyrogen.registry import GAN_LOSSES
 
 QUICK = os.environ.get("PYROGEN_QUICK", "0") == "1"
+# where runs and figures go (CI points this at a temporary folder)
+RUNS = Path(os.environ.get("PYROGEN_TUTORIAL_RUNS", "runs")) / "tutorial_05"
 pyro.set_rng_seed(0)
 
 # %% [markdown]
@@ -79,7 +82,7 @@ assert abs(g_mm[0]) < 1e-3  # vanishes at l = -10
 # %%
 cfg = pyrogen.load_config(
     "../configs/gan_toy.yaml",
-    ["train.device=cpu", "output.dir=runs/tutorial_05", "output.name=toy", "train.eval_every=0"]
+    ["train.device=cpu", f"output.dir={RUNS}", "output.name=toy", "train.eval_every=0"]
     + (["train.epochs=5"] if QUICK else []),
 )
 run = pyrogen.train(cfg, quiet=True)
@@ -109,7 +112,7 @@ flow_cfg = pyrogen.load_config(
     [
         "data.name=eight_gaussians",
         "train.device=cpu",
-        "output.dir=runs/tutorial_05",
+        f"output.dir={RUNS}",
         "output.name=flow",
         "train.eval_every=0",
     ]

@@ -10,6 +10,7 @@
 # %%
 import math
 import os
+from pathlib import Path
 
 import pyro
 from IPython.display import Image, Markdown, display
@@ -18,6 +19,8 @@ from pyrogen.evaluation.compare import compare, format_markdown
 from pyrogen.evaluation.compare_config import load_compare_config
 
 QUICK = os.environ.get("PYROGEN_QUICK", "0") == "1"
+# where runs and figures go (CI points this at a temporary folder)
+RUNS = Path(os.environ.get("PYROGEN_TUTORIAL_RUNS", "runs")) / "tutorial_06"
 pyro.set_rng_seed(0)
 
 # %%
@@ -25,7 +28,7 @@ overrides = ["train.device=cpu"]
 if QUICK:
     overrides += ["train.epochs=2", "evaluation.parzen_samples=1000", "evaluation.is_samples=50"]
 cc = load_compare_config("../configs/compare_digits.yaml", overrides)
-rows = compare(cc, "runs/tutorial_06")
+rows = compare(cc, RUNS)
 display(Markdown(format_markdown(rows)))
 
 # %% [markdown]
@@ -46,4 +49,4 @@ display(Markdown(format_markdown(rows)))
 by_family = {r["family"]: r for r in rows}
 assert by_family["vae"]["elbo"]["mean"] <= by_family["vae"]["importance_sampled"]["mean"]
 assert all(math.isfinite(r["parzen"]["mean"]) and r["mmd2"] == r["mmd2"] for r in rows)
-display(Image("runs/tutorial_06/samples.png", width=800))
+display(Image(str(RUNS / "samples.png"), width=800))

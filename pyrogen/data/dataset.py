@@ -215,8 +215,8 @@ def load_dataset(
         raw.source, raw.checksum = "array passed from Python", array_checksum(data)
         if cfg.checksum is not None and cfg.checksum != raw.checksum:
             raise DataError(
-                f"the array passed: the data differ from those the run was trained on (data.checksum "
-                f"{cfg.checksum[:23]}..., this array {raw.checksum[:23]}...)"
+                "the array passed: the data differ from those the run was trained on "
+                f"(data.checksum {cfg.checksum[:23]}..., this array {raw.checksum[:23]}...)"
             )
     else:
         raw = DATASETS.get(cfg.name)(cfg, seed)

@@ -138,6 +138,8 @@ def find_local(root: str | Path, folder: str, name: str) -> Path | None:
             path = directory / candidate
             if path.is_file():
                 return path
+            if path.is_dir():
+                raise DataError(f"{path} is a folder; expected the data file {name} there")
     return None
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import zlib
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def read_idx(path: str | Path, ndim: int | None = None) -> np.ndarray:
         )
     dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=nd, offset=4))
     itemsize = np.dtype(dtype).itemsize
-    expected = int(np.prod(dims, dtype=np.int64)) * itemsize
+    expected = math.prod(dims) * itemsize  # Python integers: no overflow whatever the header
     body = len(data) - header
     if body != expected:
         what = _describe(dims, type_name)
@@ -156,6 +157,8 @@ def read_amat(path: str | Path, width: int = 784) -> np.ndarray:
         )
         raise DataError(f"{path}: line {i + 1}: expected {width} values 0/1, found {found}")
     rows = int(nonblank.sum())
+    if rows == 0:
+        raise DataError(f"{path}: no examples (only blank lines); expected lines of {width} 0/1")
     return (buf[is_token] - ord("0")).reshape(rows, width)
 
 

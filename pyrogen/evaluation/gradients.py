@@ -302,16 +302,23 @@ def gradient_variance_table(
     seed: int = 0,
     warmup: int = 200,
     max_plate_nesting: int | None = 1,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """One row per (estimator, particles, group) with mean_norm, variance and snr."""
+    """One row per (estimator, particles, group) with mean_norm, variance and snr.
+
+    The decaying-average baseline keeps its running value in a Pyro param store: each
+    estimator gets a fresh store of its own (the process-wide store is left untouched)."""
+    from pyrogen.progress import steps
+
     rows = []
-    for est in estimators:
-        for k in particles:
+    combos = [(est, k) for est in estimators for k in particles]
+    for est, k in steps(combos, "gradient draws", quiet=not progress):
+        with pyro.get_param_store().scope():
             draws = gradient_estimates(
                 model, guide, x, est, k, num_samples, groups, seed, warmup, max_plate_nesting
             )
-            for group, g in draws.items():
-                rows.append({"estimator": est, "particles": k, "group": group, **summarise(g)})
+        for group, g in draws.items():
+            rows.append({"estimator": est, "particles": k, "group": group, **summarise(g)})
     return rows
 
 
@@ -365,10 +372,11 @@ def run_gradient_diagnostic(
     groups: Groups | None = None,
     seed: int = 0,
     warmup: int = 200,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Compute the table; with ``out_dir`` also write ``gradient_variance.{md,csv,png}``."""
     rows = gradient_variance_table(
-        model, guide, x, estimators, particles, num_samples, groups, seed, warmup
+        model, guide, x, estimators, particles, num_samples, groups, seed, warmup, progress=progress
     )
     if out_dir is not None:
         out = Path(out_dir)

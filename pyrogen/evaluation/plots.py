@@ -33,6 +33,23 @@ def image_grid(
     return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
+def image_grid_figure(
+    images: torch.Tensor,
+    image_shape: Sequence[int],
+    nrow: int | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Images (values in [0, 1]) tiled into one figure with a title."""
+    grid = image_grid(images, image_shape, nrow)
+    fig = Figure(figsize=(max(5, grid.shape[1] / 40), max(5, grid.shape[0] / 40) + 0.3))
+    ax = fig.subplots()
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
 def save_image_grid(
     images: torch.Tensor,
     image_shape: Sequence[int],
@@ -41,14 +58,34 @@ def save_image_grid(
     title: str | None = None,
 ) -> None:
     """Save images (values in [0, 1]) as one PNG grid."""
-    grid = image_grid(images, image_shape, nrow)
-    fig = Figure(figsize=(max(5, grid.shape[1] / 40), max(5, grid.shape[0] / 40) + 0.3))
+    image_grid_figure(images, image_shape, nrow, title).savefig(path, dpi=100, bbox_inches="tight")
+
+
+def points_figure(
+    samples: torch.Tensor,
+    data: torch.Tensor | None = None,
+    title: str | None = None,
+    lim: float | None = None,
+) -> Figure:
+    """Scatter 2-D ``samples`` (orange) over ``data`` (blue), with axes and a legend placed
+    below the plot (a legend inside would cover part of the density)."""
+    fig = Figure(figsize=(4.5, 5))
     ax = fig.subplots()
-    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.axis("off")
+    if data is not None:
+        d = data.detach().cpu().numpy()
+        ax.scatter(d[:, 0], d[:, 1], s=2, alpha=0.3, label="data (test split)", color="tab:blue")
+    s = samples.detach().cpu().numpy()
+    ax.scatter(s[:, 0], s[:, 1], s=2, alpha=0.5, label="model samples", color="tab:orange")
+    if lim is not None:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, markerscale=5, frameon=False)
     if title:
         ax.set_title(title)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return fig
 
 
 def save_points(
@@ -58,22 +95,8 @@ def save_points(
     title: str | None = None,
     lim: float | None = None,
 ) -> None:
-    """Scatter 2-D ``samples`` (orange) over ``data`` (blue)."""
-    fig = Figure(figsize=(4, 4))
-    ax = fig.subplots()
-    if data is not None:
-        d = data.detach().cpu().numpy()
-        ax.scatter(d[:, 0], d[:, 1], s=2, alpha=0.3, label="data", color="tab:blue")
-    s = samples.detach().cpu().numpy()
-    ax.scatter(s[:, 0], s[:, 1], s=2, alpha=0.5, label="samples", color="tab:orange")
-    if lim is not None:
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-    ax.set_aspect("equal")
-    ax.legend(loc="upper right", markerscale=4)
-    if title:
-        ax.set_title(title)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    """:func:`points_figure` saved as a PNG."""
+    points_figure(samples, data, title, lim).savefig(path, dpi=100, bbox_inches="tight")
 
 
 def density_grid(
@@ -103,20 +126,60 @@ def save_density(
     title: str | None = None,
     device: torch.device | str = "cpu",
 ) -> None:
-    """A density heat-map of a 2-D model, beside a histogram of the data, as flow papers show."""
+    """A density heat-map of a 2-D model beside a histogram of the data (normalised to a
+    density, on the same colour scale), with axes and a colourbar, as flow papers show."""
     dens, axis, _ = density_grid(log_prob, lim, resolution, device)
     ncols = 2 if data is not None else 1
-    fig = Figure(figsize=(4 * ncols, 4))
+    fig = Figure(figsize=(4.6 * ncols, 4.2), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)
+    extent = (-lim, lim, -lim, lim)
+    vmax = float(dens.max())
     if data is not None:
         d = data.detach().cpu().numpy()
-        axes[0, 0].hist2d(d[:, 0], d[:, 1], bins=resolution // 2, range=[[-lim, lim], [-lim, lim]])
-        axes[0, 0].set_title("data")
+        hist, _, _ = np.histogram2d(
+            d[:, 0], d[:, 1], bins=resolution // 2, range=[[-lim, lim], [-lim, lim]], density=True
+        )
+        vmax = max(vmax, float(hist.max()))
+        axes[0, 0].imshow(hist.T, origin="lower", extent=extent, vmin=0, vmax=vmax)
+        axes[0, 0].set_title(f"data (histogram of {len(d):,} test points)")
     ax = axes[0, -1]
-    ax.imshow(dens, origin="lower", extent=(-lim, lim, -lim, lim))
-    ax.set_title(title or "model density")
+    image = ax.imshow(dens, origin="lower", extent=extent, vmin=0, vmax=vmax)
+    ax.set_title(title or "model density p(x)")
     for a in axes[0]:
         a.set_aspect("equal")
-        a.set_xticks([])
-        a.set_yticks([])
+        a.set_xlabel("$x_1$")
+        a.set_ylabel("$x_2$")
+    fig.colorbar(image, ax=list(axes[0]), label="density", shrink=0.85)
     fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def save_curves(records: list[dict], path: str | os.PathLike, title: str | None = None) -> bool:
+    """Training and validation metrics against the step, one panel per metric (the records of
+    a run's metrics file); returns False when there is nothing to draw."""
+    skip = {"step", "epoch", "split"}
+    names = []
+    for r in records:
+        if r["split"] in ("train", "valid"):
+            names += [k for k, v in r.items() if k not in skip and isinstance(v, int | float)]
+    names = list(dict.fromkeys(names))
+    if not names:
+        return False
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, name in zip(axes, names, strict=False):
+        for split, style in (("train", "-"), ("valid", "o-")):
+            pts = [(r["step"], r[name]) for r in records if r["split"] == split and name in r]
+            pts = [(s, v) for s, v in pts if v is not None and math.isfinite(v)]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, ms=3, label=split)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return True

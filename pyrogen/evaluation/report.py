@@ -29,6 +29,7 @@ import torch
 
 from pyrogen.config import ConfigError, EvaluationConfig
 from pyrogen.families import family_of
+from pyrogen.runtime import cpu_settings
 
 
 @contextmanager
@@ -66,10 +67,11 @@ def evaluate_run(run: Any, evaluation: EvaluationConfig | None = None) -> dict[s
     run.learner.module.eval()
     x, y = _split(run, ev)
     device = x.device
-    with own_stream(ev.seed, "family", device):
-        estimates = dict(family.evaluate(run, x, y, ev))
-    with own_stream(ev.seed, "parzen", device):
-        estimates["parzen"] = parzen(run, x, ev)
+    with cpu_settings(ev.num_threads, count_parameters(run.learner.module)):
+        with own_stream(ev.seed, "family", device):
+            estimates = dict(family.evaluate(run, x, y, ev))
+        with own_stream(ev.seed, "parzen", device):
+            estimates["parzen"] = parzen(run, x, ev)
     return {
         "family": family.name,
         "split": ev.split,

@@ -45,6 +45,11 @@ class Family:
         """The family's learning method with its optimiser(s)."""
         raise NotImplementedError
 
+    def estimate_parameters(self, cfg: Config, data: Dataset) -> int:
+        """About how many parameters :meth:`build_model` would allocate (the sum of the weight
+        matrices of its networks), computed from the config before allocating anything."""
+        return 0
+
     def uses_labels(self, cfg: Config) -> bool:
         """Whether the model takes the class labels ``y`` (a class-conditional flow)."""
         return False
@@ -58,6 +63,11 @@ class Family:
     def figures(self, run: Any, out_dir: Path) -> list[Path]:
         """Figures beyond the common samples figure."""
         return []
+
+
+def mlp_size(widths: list[int]) -> int:
+    """Weights and biases of an MLP through ``widths`` (input, hidden..., output)."""
+    return sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
 
 
 def config_error(key_hint: str, error: Exception) -> ConfigError:

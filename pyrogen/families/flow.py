@@ -13,7 +13,7 @@ from torch import nn
 
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
-from pyrogen.families.base import Family
+from pyrogen.families.base import Family, mlp_size
 from pyrogen.inference.variational import VariationalLearner
 from pyrogen.models.flow import Flow, make_flow
 from pyrogen.registry import FLOWS, check_name
@@ -77,6 +77,18 @@ class FlowFamily(Family):
                     f"model.num_classes={m.num_classes} but data.name={data.name} has "
                     f"{data.num_classes} classes"
                 )
+
+    def estimate_parameters(self, cfg: Config, data: Dataset) -> int:
+        m = cfg.model
+        d = data.num_dims
+        per_dim = 4 * m.count_bins if m.flow.startswith("nsf") else 2
+        context = m.num_classes if m.conditional else 0
+        one = mlp_size([d + context, *m.hidden_sizes, per_dim * d])
+        if m.flow == "glow":  # 3x3 convolutions over channels
+            c = 4 * (data.image_shape[0] if data.image_shape else 1)
+            w = m.hidden_sizes[0]
+            one = 9 * c * w + w * w + 9 * w * 2 * c
+        return m.num_layers * one
 
     def uses_labels(self, cfg: Config) -> bool:
         return bool(cfg.model.conditional)

@@ -7,7 +7,7 @@ from torch import nn
 
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
-from pyrogen.families.base import Family
+from pyrogen.families.base import Family, mlp_size
 from pyrogen.families.vae import conv_shape_problem
 from pyrogen.inference.adversarial import AdversarialLearner
 from pyrogen.models.gan import GAN
@@ -44,6 +44,18 @@ class GANFamily(Family):
                     f"model.output=sigmoid keeps samples in (0, 1), but the data lie in "
                     f"[{low:.3g}, {high:.3g}]: use model.output=identity"
                 )
+
+    def estimate_parameters(self, cfg: Config, data: Dataset) -> int:
+        m = cfg.model
+        d = data.num_dims
+        generator = mlp_size([m.latent_dim, *m.hidden_sizes, d])
+        discriminator = mlp_size([d, *m.discriminator_hidden_sizes, 1])
+        if m.architecture == "conv":  # the linear layers dominate; convolutions are 4x4
+            c0, c1 = m.hidden_sizes
+            d0, d1 = m.discriminator_hidden_sizes
+            generator = m.latent_dim * c0 * d // 16 + 16 * c0 * c1 + 16 * c1
+            discriminator = 16 * d0 + 16 * d0 * d1 + d1 * d // 16
+        return generator + discriminator
 
     def build_model(self, cfg: Config, data: Dataset) -> GAN:
         m = cfg.model

@@ -12,7 +12,7 @@ from torch import nn
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
 from pyrogen.evaluation.stats import mean_stderr
-from pyrogen.families.base import Family
+from pyrogen.families.base import Family, mlp_size
 from pyrogen.inference.elbo import check_compatible, make_elbo
 from pyrogen.inference.guides import GUIDE_OPTIONS
 from pyrogen.inference.variational import VariationalLearner
@@ -55,6 +55,11 @@ class VAEFamily(Family):
         )
         if problem:
             raise ConfigError(problem)
+        if g.baseline != "none" and g.name != "score_function":
+            raise ConfigError(
+                f"guide.baseline={g.baseline} applies to guide.name=score_function only (the "
+                f"{g.name} guide is reparameterised: it has no score-function term to reduce)"
+            )
         if g.name == "iaf" and m.latent_dim < 2:
             raise ConfigError(
                 f"guide.name=iaf needs model.latent_dim >= 2 (got {m.latent_dim}): an "
@@ -79,6 +84,16 @@ class VAEFamily(Family):
                 "data.dequantize=true makes the data continuous, which a Bernoulli likelihood "
                 "cannot score: use model.likelihood=gaussian"
             )
+
+    def estimate_parameters(self, cfg: Config, data: Dataset) -> int:
+        m, g = cfg.model, cfg.guide
+        d, z = data.num_dims, m.latent_dim
+        enc_hidden = g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]
+        outputs = z * (2 + g.rank) + z * z  # at least any guide's encoder output
+        total = mlp_size([z, *m.hidden_sizes, 2 * d]) + mlp_size([d, *enc_hidden, outputs])
+        if g.name == "iaf":
+            total += g.num_flows * mlp_size([z + max(2 * z, 16), *[max(4 * z, 32)] * 2, 2 * z])
+        return total
 
     def build_model(self, cfg: Config, data: Dataset) -> VAE:
         m, g = cfg.model, cfg.guide
@@ -151,8 +166,14 @@ class VAEFamily(Family):
     def figures(self, run: Any, out_dir: Path) -> list[Path]:
         if run.dataset.kind != "image":
             return []
+        from pyrogen.evaluation.plots import save_image_grid
         from pyrogen.evaluation.vae_figures import save_vae_figures
 
         ds = run.dataset
         x = ds.process(ds.test[:16], torch.Generator().manual_seed(0))
-        return save_vae_figures(run.model, x, ds.image_shape, out_dir)
+        n = run.cfg.output.num_samples
+        means = ds.to_data_space(run.model.sample_mean(n))
+        path = out_dir / "sample_means.png"
+        title = f"decoder means E[x | z] of {n} z ~ p(z) (not samples: samples.png has those)"
+        save_image_grid(means, ds.image_shape, path, title=title)
+        return [path, *save_vae_figures(run.model, x, ds.image_shape, out_dir)]

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,13 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from pyrogen.build import build, resolve_device
 from pyrogen.config import Config, ConfigError, save_config
 from pyrogen.data import Dataset
 from pyrogen.families import family_of
 from pyrogen.inference.base import Learner
+from pyrogen.progress import bar as progress_bar
+from pyrogen.progress import interactive
+from pyrogen.progress import line as progress_line
+from pyrogen.runtime import cpu_settings
 from pyrogen.training.checkpoint import (
     all_finite,
     check_checkpoint_fits,
@@ -55,7 +57,7 @@ from pyrogen.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pyrogen.training.metrics import MetricsWriter
+from pyrogen.training.metrics import MetricsWriter, TensorBoardLog, tensorboard_available
 from pyrogen.training.run import CHECKPOINT, CONFIG, DATA, TrainedRun
 
 
@@ -162,13 +164,6 @@ def _checkpoint_state(
         },
         "rng": rng_state(data_gen),
     }
-
-
-def in_notebook() -> bool:
-    """Whether we run inside a Jupyter kernel (where ``tqdm.auto`` draws a widget)."""
-    shell = sys.modules.get("IPython")
-    ip = shell.get_ipython() if shell is not None else None  # type: ignore[attr-defined]
-    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
 
 
 def record_resume(run_dir: Path, old: dict[str, Any], cfg: Config, step: int) -> None:
@@ -281,10 +276,16 @@ def train(
         record_resume(run_dir, state["config"], cfg, loop.step)
     save_config(cfg, run_dir / CONFIG)
     metrics = MetricsWriter(run_dir, cfg.output.metrics_format)
+    use_tensorboard = cfg.output.tensorboard
+    board = (
+        TensorBoardLog(run_dir)
+        if use_tensorboard or (use_tensorboard is None and tensorboard_available())
+        else None
+    )
     uses_labels = family_of(cfg).uses_labels(cfg)
     train_labels = dataset.labels("train") if uses_labels else None
-    show = not quiet and (sys.stderr.isatty() or in_notebook())
-    bar = tqdm(total=total, initial=loop.step, disable=not show, desc=run_dir.name, leave=True)
+    show = not quiet and interactive()
+    bar = progress_bar(total=total, initial=loop.step, quiet=quiet, desc=run_dir.name, leave=True)
     running: dict[str, float] = {}
     running_count = 0
     start_time = time.perf_counter()
@@ -311,11 +312,16 @@ def train(
                 f"parameters or optimiser state became non-finite by step {loop.step} (epoch "
                 f"{loop.epoch + 1})"
             )
-        save_checkpoint(_checkpoint_state(cfg, learner, loop, data_gen), checkpoint_path)
+        try:
+            save_checkpoint(_checkpoint_state(cfg, learner, loop, data_gen), checkpoint_path)
+        except OSError as e:
+            kept = "; " + last_checkpoint_text().replace("the last", "the previous", 1)
+            raise OSError(e.errno, f"{e.strerror or e}{kept}", str(checkpoint_path)) from None
         last_good[0] = loop.step
 
     in_step = [False]
-    with stop_at_step_boundary() as pending_signal:
+    num_parameters = sum(p.numel() for p in learner.module.parameters())
+    with stop_at_step_boundary() as pending_signal, cpu_settings(t.num_threads, num_parameters):
         try:
             while loop.epoch < t.epochs and loop.step < total:
                 if loop.permutation is None:
@@ -348,6 +354,8 @@ def train(
                     if loop.step % t.log_every == 0:
                         avg = {k: v / running_count for k, v in running.items()}
                         metrics.write(loop.step, loop.epoch + 1, "train", avg)
+                        if board is not None:
+                            board.write(loop.step, "train", avg)
                         running.clear()
                         running_count = 0
                         bar.set_postfix(loss=f"{avg['loss']:.4g}")
@@ -376,11 +384,17 @@ def train(
                                 f"(step {loop.step})"
                             )
                         metrics.write(loop.step, loop.epoch, "valid", valid)
+                        if board is not None:
+                            board.write(loop.step, "valid", valid)
+                            figure = TrainedRun(cfg, run_dir, dataset, learner).samples_figure()
+                            if figure is not None:
+                                board.figure("samples", figure, loop.step)
+                        text = f"epoch {loop.epoch}/{t.epochs} (step {loop.step}/{total}): " + (
+                            ", ".join(f"valid {k} {v:.4g}" for k, v in valid.items())
+                        )
                         if show:
-                            bar.write(
-                                f"epoch {loop.epoch}: "
-                                + ", ".join(f"valid {k} {v:.4g}" for k, v in valid.items())
-                            )
+                            bar.write(text)
+                        progress_line(text, quiet)
                     if t.checkpoint_every and loop.epoch % t.checkpoint_every == 0:
                         checkpoint()
             checkpoint()
@@ -391,9 +405,12 @@ def train(
             raise
         finally:
             bar.close()
+            if board is not None:
+                board.close()
     metrics.write(
         loop.step, loop.epoch, "summary", {"train_seconds": time.perf_counter() - start_time}
     )
     run = TrainedRun(cfg, run_dir, dataset, learner)
-    run.save_figures()
+    with cpu_settings(t.num_threads, num_parameters):
+        run.save_figures()
     return run

@@ -43,6 +43,42 @@ class MetricsWriter:
                     w.writerow([step, epoch, split, name, value])
 
 
+def tensorboard_available() -> bool:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class TensorBoardLog:
+    """TensorBoard event files in ``run_dir/tensorboard``: every metric line as scalars
+    (``train/loss``, ``valid/elbo``, ...) and the samples figure at each evaluation. Open with
+    ``tensorboard --logdir runs``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                self.writer.add_scalar(f"{split}/{name}", value, step)
+
+    def image(self, tag: str, image: Any, step: int) -> None:
+        """An ``(H, W)`` grey or ``(H, W, 3)`` colour array in [0, 1]."""
+        fmt = "HW" if image.ndim == 2 else "HWC"
+        self.writer.add_image(tag, image, step, dataformats=fmt)
+
+    def figure(self, tag: str, figure: Any, step: int) -> None:
+        self.writer.add_figure(tag, figure, step)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a run's ``metrics.jsonl`` (or ``metrics.csv``, regrouped)."""
     run_dir = Path(run_dir)

@@ -36,6 +36,23 @@ class TrainedRun:
         """The generative process: a Pyro model (``poutine.trace``, ``Predictive``, ``SVI``)."""
         return self.learner.model
 
+    def summary(self) -> dict[str, float]:
+        """The last validation metrics of the run (or, without validation, the last training
+        metrics), as written to its metrics file."""
+        from pyrogen.training.metrics import read_metrics
+
+        records = read_metrics(self.run_dir)
+        for split in ("valid", "train"):
+            rows = [r for r in records if r["split"] == split]
+            if rows:
+                last = rows[-1]
+                return {
+                    f"{split} {k}": v
+                    for k, v in last.items()
+                    if k not in ("step", "epoch", "split") and isinstance(v, int | float)
+                }
+        return {}
+
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         """``n`` draws x ~ p(x) of the model, in the data set's stored space (e.g. images in
@@ -44,29 +61,37 @@ class TrainedRun:
         return self.dataset.to_data_space(self.model.sample(n))
 
     @torch.no_grad()
-    def save_figures(self, num_samples: int | None = None) -> list[Path]:
-        """Samples (an image grid, or samples over the data in 2-D) and the family's figures."""
+    def samples_figure(self, num_samples: int | None = None):
+        """A figure of the model's samples: an image grid, or samples over the test data in
+        2-D (``None`` for other points)."""
         from pyrogen.evaluation import plots
 
         ds = self.dataset
         n = num_samples or self.cfg.output.num_samples
-        paths = []
         if ds.kind == "image":
-            path = self.run_dir / "samples.png"
             title = f"{n} samples x ~ p(x) of the {self.family}"
-            plots.save_image_grid(self.sample(n), ds.image_shape, path, title=title)
-            paths.append(path)
-        elif ds.num_dims == 2:
-            path = self.run_dir / "samples.png"
+            return plots.image_grid_figure(self.sample(n), ds.image_shape, title=title)
+        if ds.num_dims == 2:
             lim = float(ds.test.abs().max()) * 1.1
-            plots.save_points(
-                self.sample(max(n, 2000)),
-                path,
-                data=ds.test,
-                lim=lim,
-                title=f"samples of the {self.family} over test data",
-            )
-            paths.append(path)
+            title = f"{max(n, 2000)} samples of the {self.family}"
+            return plots.points_figure(self.sample(max(n, 2000)), ds.test, title, lim)
+        return None
+
+    @torch.no_grad()
+    def save_figures(self, num_samples: int | None = None) -> list[Path]:
+        """``samples.png`` (an image grid, or samples over the data in 2-D), ``curves.png``
+        (the metrics against the step) and the family's own figures."""
+        from pyrogen.evaluation import plots
+        from pyrogen.training.metrics import read_metrics
+
+        paths = []
+        figure = self.samples_figure(num_samples)
+        if figure is not None:
+            figure.savefig(self.run_dir / "samples.png", dpi=100, bbox_inches="tight")
+            paths.append(self.run_dir / "samples.png")
+        curves = self.run_dir / "curves.png"
+        if plots.save_curves(read_metrics(self.run_dir), curves, title=self.run_dir.name):
+            paths.append(curves)
         return paths + family_of(self.cfg).figures(self, self.run_dir)
 
 

@@ -1,0 +1,109 @@
+"""CPU execution settings: how many torch threads, and denormal numbers flushed to zero.
+
+**Threads.** torch's default is one thread per core. On a small model (the toy configs, the
+digits VAE) the work per operation is too small to split, and when anything else keeps a core
+busy two threads make each operation wait for the slower one: on 2 cores beside one busy
+process a RealNVP step took 130–640 ms with 2 threads and 5.8 ms with 1. ``auto`` therefore
+uses one thread for models under :data:`SMALL_MODEL` parameters, and otherwise the cores that
+are free now (cores minus the 1-minute load average, at least 1). ``bench/bench_cpu.py``
+measures this choice against every fixed setting, idle and under load.
+
+**Denormals.** Weights and activations that decay towards zero can become denormal floats,
+which many CPUs process 10–100 times slower (a trained flow checkpoint held 3,696 of them;
+flushing them took a step from 640 ms to 50 ms). Training and evaluation run with
+``torch.set_flush_denormal(True)`` (on CPUs that support it); the previous setting is restored
+afterwards, so a user's own code is unaffected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+#: below this many parameters ``auto`` uses one thread (measured: bench/bench_cpu.py)
+SMALL_MODEL = 1_000_000
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def free_cores() -> int:
+    """Cores not kept busy by other processes: cores − 1-minute load average, at least 1."""
+    cores = available_cores()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return max(1, min(cores, round(cores - load)))
+
+
+def auto_threads(num_parameters: int | None = None) -> int:
+    """The thread count ``auto`` picks (see the module docstring)."""
+    if num_parameters is not None and num_parameters < SMALL_MODEL:
+        return 1
+    return free_cores()
+
+
+def resolve_threads(setting: int | str, num_parameters: int | None = None) -> int:
+    """``setting`` as a number of threads (``"auto"`` -> :func:`auto_threads`)."""
+    if setting == "auto":
+        return auto_threads(num_parameters)
+    return int(setting)
+
+
+def configure_threads(setting: int | str, num_parameters: int | None = None) -> int:
+    """Set torch's intra-op threads from ``setting`` and return the number chosen."""
+    threads = resolve_threads(setting, num_parameters)
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
+
+
+@contextmanager
+def cpu_settings(setting: int | str, num_parameters: int | None = None) -> Iterator[int]:
+    """Run with the thread count of ``setting`` and denormals flushed; restore both after."""
+    previous = torch.get_num_threads()
+    threads = configure_threads(setting, num_parameters)
+    flushing = torch.set_flush_denormal(True)
+    try:
+        yield threads
+    finally:
+        if flushing:
+            torch.set_flush_denormal(False)
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (``None`` when unknown): free GPU memory,
+    or the CPU's ``MemAvailable`` within the process's cgroup limit."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    free = None
+    try:
+        with open("/proc/meminfo") as f:
+            for row in f:
+                if row.startswith("MemAvailable:"):
+                    free = int(row.split()[1]) * 1024
+    except OSError:
+        return None
+    try:
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        used = int(open("/sys/fs/cgroup/memory.current").read())
+        if limit != "max" and free is not None:
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
