@@ -210,6 +210,12 @@ class OptimConfig:
     momentum: float = num(0.0, ge=0.0, lt=1.0)
     weight_decay: float = num(0.0, ge=0.0, le=1e3)
     clip_norm: float | None = num(None, gt=0.0, le=1e12)  # gradient clipping by global norm
+    # learning-rate schedule over the run's steps: lr(t) = lr * f(t), t = step / total steps
+    # constant: f = 1; cosine: f = m + (1 - m)(1 + cos(pi t)) / 2; exponential: f = decay ** epoch
+    # (per epoch, smoothly), never below m = min_lr_ratio
+    schedule: Literal["constant", "cosine", "exponential"] = "constant"
+    decay: float = num(0.99, gt=0.0, le=1.0)  # exponential: factor per epoch
+    min_lr_ratio: float = num(0.0, ge=0.0, le=1.0)  # floor of f
 
 
 @dataclass

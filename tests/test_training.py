@@ -4,6 +4,7 @@ checkpoint kept, checkpoints are atomic and weights-only, the run folder is comp
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,29 @@ def test_max_steps_and_metrics_cadence(tmp_path: Path) -> None:
     assert steps == [2, 4, 6]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert all(isinstance(json.loads(line), dict) for line in lines)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "exponential"])
+def test_learning_rate_schedule_follows_the_formula_and_resumes(tmp_path: Path, schedule) -> None:
+    base = SMALL_VAE + [f"optim.schedule={schedule}", "optim.decay=0.5", "optim.min_lr_ratio=0.1"]
+    full = train(load_config(None, base + ["train.epochs=4"]), tmp_path / "full", quiet=True)
+    lr = full.learner.optimizer.param_groups[0]["lr"]
+    # 10 steps an epoch, 40 in all: the last step (39) set the lr
+    expected = {
+        "cosine": 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 39 / 40)),
+        "exponential": max(0.1, 0.5 ** (39 / 10)),
+    }[schedule]
+    assert lr == pytest.approx(1e-3 * expected)
+    # the schedule spans the run's target (4 epochs): interrupted at step 15 and resumed,
+    # the run follows the same learning rates
+    part = tmp_path / "part"
+
+    def interrupt(step: int, _out: dict) -> None:
+        if step == 15:
+            raise KeyboardInterrupt
+
+    cfg = load_config(None, base + ["train.epochs=4"])
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, part, quiet=True, on_step=interrupt)
+    resumed = train(cfg, part, resume=True, quiet=True)
+    assert_same(params(full), params(resumed))

@@ -205,6 +205,10 @@ class AdversarialLearner:
         self.num_g_steps = 0
         self._undo = _Undo()
 
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.opt_d, self.opt_g]
+
     # ---------------------------------------------------------------- the two players
     def _generate(self, n: int) -> torch.Tensor:
         """G(z) for n fresh z ~ p_z, shaped ``(n, *event_shape)``."""

@@ -7,6 +7,7 @@ methods below, so VAEs, flows and GANs share one loop, one checkpoint format and
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -35,6 +36,35 @@ class Learner(Protocol):
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimiser (for learning-rate schedules)."""
+        ...
+
+
+def lr_factor(
+    schedule: str, step: int, total_steps: int, steps_per_epoch: int, decay: float, floor: float
+) -> float:
+    """The factor f of ``optim.schedule`` at ``step`` (see :class:`~pyrogen.config.OptimConfig`):
+    a function of the step alone, so a resumed run follows the same schedule."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        t = min(1.0, step / max(1, total_steps))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule == "exponential":
+        return max(floor, decay ** (step / max(1, steps_per_epoch)))
+    raise ValueError(f"unknown schedule {schedule!r} (allowed: constant, cosine, exponential)")
+
+
+def set_lr_factor(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
+    """Set every parameter group's lr to ``factor`` times its initial lr (kept in the group
+    as ``initial_lr``, as torch's schedulers do)."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * factor
 
 
 def make_optimizer(

@@ -139,6 +139,10 @@ class VariationalLearner:
         self._compiled = not is_jit(self.elbo)
 
     @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    @property
     def kl_beta(self) -> float:
         if self.kl_warmup_steps <= 0:
             return 1.0

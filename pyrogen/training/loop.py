@@ -42,7 +42,7 @@ from pyrogen.build import build, resolve_device
 from pyrogen.config import Config, ConfigError, save_config
 from pyrogen.data import Dataset
 from pyrogen.families import family_of
-from pyrogen.inference.base import Learner
+from pyrogen.inference.base import Learner, lr_factor, set_lr_factor
 from pyrogen.progress import bar as progress_bar
 from pyrogen.progress import interactive
 from pyrogen.progress import line as progress_line
@@ -248,7 +248,7 @@ def train(
         learner.load_state_dict(state["learner"])
         loop = LoopState(**state["loop"])
         set_rng_state(state["rng"], data_gen)
-    t = cfg.train
+    t, o = cfg.train, cfg.optim
     n = dataset.train.shape[0]
     fixed_batches = getattr(learner, "fixed_batch_size", False)
     steps_per_epoch = n // t.batch_size if fixed_batches else math.ceil(n / t.batch_size)
@@ -331,6 +331,11 @@ def train(
                     batches = batches[:-1]  # the learner needs batches of one size
                 while loop.position < len(batches) and loop.step < total:
                     in_step[0] = True
+                    if o.schedule != "constant":
+                        factor = lr_factor(
+                            o.schedule, loop.step, total, steps_per_epoch, o.decay, o.min_lr_ratio
+                        )
+                        set_lr_factor(learner.optimizers, factor)
                     idx = batches[loop.position].to(device)
                     x = dataset.process(dataset.train[idx], data_gen)
                     y = None if train_labels is None else train_labels[idx]
