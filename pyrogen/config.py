@@ -261,6 +261,8 @@ class EvaluationConfig:
     max_test: int | None = num(None, ge=1, le=1 << 31)  # at most this many test examples
     bounds: list[str] = field(default_factory=list)  # VAE: extra bounds, "NAME" or "NAME:K"
     seed: int = num(0, ge=0, le=MAX_SEED)  # every metric draws from its own stream of this seed
+    # what compare's sample metrics score: draws x ~ p(x), or (VAE) the decoder's means E[x|z]
+    samples: Literal["draws", "means"] = "draws"
     num_threads: int | Literal["auto"] = num("auto", ge=1, le=1024)  # torch CPU threads
 
 
@@ -274,13 +276,26 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    #: the file it was read from (not part of the config itself: it names runs)
+    source: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def family(self) -> str:
         return self.model.family
 
+    @property
+    def name(self) -> str:
+        """A name for runs of this config: the file's stem (a run folder's config.yaml gives
+        the folder's name), else the family."""
+        if self.source is None:
+            return self.model.family
+        path = Path(self.source)
+        return path.parent.name if path.name == "config.yaml" and path.parent.name else path.stem
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -628,7 +643,9 @@ def load_config(
     raw = read_yaml_file(path) if path is not None else {}
     if overrides:
         raw = merge(raw, parse_overrides(overrides))
-    return from_dict(raw)
+    cfg = from_dict(raw)
+    cfg.source = None if path is None else str(path)
+    return cfg
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:

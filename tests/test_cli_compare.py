@@ -141,7 +141,24 @@ def test_compare_on_the_toy_config(tmp_path):
     assert abs(rows["flow"]["exact"]["mean"] - rows["flow"]["parzen"]["mean"]) < 0.5
     for name in ("compare.md", "compare.csv", "compare.json", "samples.png"):
         assert (tmp_path / name).stat().st_size > 0
-    assert (tmp_path / "compare.md").read_text().count("\n") == 5  # header, rule, 3 rows
+    table = (tmp_path / "compare.md").read_text()
+    assert table.count("\n|") == 4 and "score " in table  # 3 rows, and what columns score
+    saved = json.loads((tmp_path / "compare.json").read_text())  # strict JSON
+    assert saved["samples"] == "draws" and len(saved["rows"]) == 3
+    # the sample metrics score draws x ~ p(x); asking for the VAE's decoder means changes its
+    # row (means lie on the decoder's manifold, draws add the likelihood's noise), and only
+    # its row
+    runs = [f"{f}={tmp_path / f}" for f in ("vae", "flow", "gan")]
+    means = load_compare_config(
+        CONFIGS / "compare_toy.yaml",
+        ["evaluation.samples=means", "evaluation.parzen_samples=1000",
+         "evaluation.quality_samples=500", "evaluation.is_samples=50", "evaluation.max_test=500"],
+    )  # fmt: skip
+    run_dirs = dict(r.split("=") for r in runs)
+    again = {r["family"]: r for r in compare(means, tmp_path / "means", run_dirs=run_dirs)}
+    assert again["vae"]["mmd2"] != rows["vae"]["mmd2"]
+    assert again["gan"]["mmd2"] == rows["gan"]["mmd2"]
+    assert again["vae"]["elbo"] == rows["vae"]["elbo"]  # likelihoods do not depend on it
 
 
 SHARED_MNIST = CONFIGS.parents[1] / "shared" / "data"

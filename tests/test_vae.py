@@ -104,3 +104,19 @@ def test_gaussian_likelihood_scales_and_conv_architecture():
         if scale == "fixed":
             assert torch.allclose(px.base_dist.scale, torch.full_like(x, cfg.model.fixed_scale))
         assert math.isfinite(learner.step(x)["loss"])
+
+
+def test_samples_are_draws_binary_under_a_bernoulli_likelihood_and_means_are_asked_for():
+    cfg = load_config(None, TINY)
+    _, learner = build(cfg, "cpu")
+    vae = learner.model
+    draws = vae.sample(500)
+    assert set(draws.unique().tolist()) == {0.0, 1.0}  # samples x ~ p(x), not probabilities
+    means = vae.sample_mean(500)
+    assert ((means > 0) & (means < 1)).all() and len(means.unique()) > 100
+    # draws average to the means: E[x] = E_z[E[x | z]]
+    torch.manual_seed(0)
+    many = vae.sample(20_000).mean(0)
+    torch.manual_seed(0)
+    expected = vae.sample_mean(20_000).mean(0)
+    assert (many - expected).abs().max() < 0.03

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import time
 from dataclasses import replace
@@ -22,6 +23,7 @@ import torch
 from pyrogen.evaluation.compare_config import CompareConfig
 from pyrogen.evaluation.report import evaluate_run
 from pyrogen.families import family_of
+from pyrogen.progress import line, steps
 from pyrogen.training import TrainedRun, load, read_metrics, train
 
 COLUMNS = [
@@ -29,13 +31,13 @@ COLUMNS = [
     ("parameters", "parameters"),
     ("train_seconds", "train time (s)"),
     ("sample_seconds_per_1000", "1,000 samples (s)"),
-    ("exact", "exact log p(x)"),
+    ("exact", "exact log p(x), nats"),
     ("bits_per_dim", "bits/dim"),
-    ("importance_sampled", "IS log p(x)"),
-    ("elbo", "ELBO"),
-    ("parzen", "Parzen log p(x)"),
-    ("mmd2", "MMD²"),
-    ("frechet", "Fréchet"),
+    ("importance_sampled", "IS log p(x), nats"),
+    ("elbo", "ELBO, nats"),
+    ("parzen", "Parzen log p̂(x), nats"),
+    ("mmd2", "MMD² of samples"),
+    ("frechet", "Fréchet of samples"),
 ]
 
 
@@ -74,8 +76,10 @@ def compare(
     runs: dict[str, TrainedRun] = {}
     for family, cfg in cc.runs.items():
         if family in run_dirs:
+            line(f"compare: loading the {family} run {run_dirs[family]}", quiet)
             runs[family] = load(run_dirs[family])
         else:
+            line(f"compare: training the {family}", quiet)
             runs[family] = train(cfg, out / family, quiet=quiet)
     first = next(iter(runs.values()))
     ds = first.dataset
@@ -96,12 +100,13 @@ def compare(
         )
     rows = []
     samples = {}
-    for family, run in runs.items():
+    for family, run in steps(runs.items(), "compare: evaluating", quiet=quiet):
         # extra bounds (evaluation.bounds) are a VAE's: the other families skip them
         has_bounds = family_of(run.cfg).has_bounds
         result = evaluate_run(run, ev if has_bounds else replace(ev, bounds=[]))
         torch.manual_seed(0)
-        fake = run.sample(real.shape[0])
+        draw = run.sample_means if ev.samples == "means" else run.sample
+        fake = draw(real.shape[0])
         samples[family] = fake[:64] if ds.kind == "image" else fake
         quality = sample_quality(
             real.reshape(real.shape[0], -1), fake.reshape(fake.shape[0], -1), classifier
@@ -116,9 +121,20 @@ def compare(
         for name, est in result["estimates"].items():
             row[name] = est
         rows.append(row)
-    write_tables(rows, out)
-    save_side_by_side(samples, ds, out / "samples.png")
+    write_tables(rows, out, ev.samples)
+    save_side_by_side(samples, ds, out / "samples.png", ev.samples)
     return rows
+
+
+def _finite(value: Any) -> Any:
+    """Strict JSON: NaN and infinities as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _cell(value: Any) -> str:
@@ -144,9 +160,20 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
-    (out / "compare.md").write_text(format_markdown(rows) + "\n")
-    (out / "compare.json").write_text(json.dumps(rows, indent=2))
+LEGEND = (
+    "Likelihoods are in nats per example of the test split, in the data's stored space (for "
+    "images: dequantised intensities in [0, 1], a density); bits/dim from the same density. "
+    "Parzen, MMD² (lower is better) and Fréchet (lower is better) score {kind}, not the "
+    "likelihood."
+)
+
+
+def write_tables(rows: list[dict[str, Any]], out: Path, kind: str = "draws") -> None:
+    what = "draws x ~ p(x)" if kind == "draws" else "decoder means (VAE) or draws"
+    note = LEGEND.format(kind=f"{len(rows)} models' {what}")
+    (out / "compare.md").write_text(format_markdown(rows) + "\n\n" + note + "\n")
+    payload = {"samples": kind, "note": note, "rows": rows}
+    (out / "compare.json").write_text(json.dumps(_finite(payload), indent=2, allow_nan=False))
     with (out / "compare.csv").open("w", newline="") as f:
         w = csv.writer(f)
         header = []
@@ -167,14 +194,19 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
             w.writerow(line)
 
 
-def save_side_by_side(samples: dict[str, torch.Tensor], ds: Any, path: Path) -> None:
-    """One figure: each family's samples in a column (image grids or 2-D scatters)."""
+def save_side_by_side(
+    samples: dict[str, torch.Tensor], ds: Any, path: Path, kind: str = "draws"
+) -> None:
+    """One figure: each family's samples in a column (image grids, or 2-D scatters over the
+    test data on one shared scale, with one legend)."""
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     from pyrogen.evaluation.plots import image_grid
 
-    fig = Figure(figsize=(4 * len(samples), 4))
-    axes = fig.subplots(1, len(samples), squeeze=False)
+    what = "samples x ~ p(x)" if kind == "draws" else "samples (VAE: decoder means E[x | z])"
+    fig = Figure(figsize=(4 * len(samples), 4.6), layout="constrained")
+    axes = fig.subplots(1, len(samples), squeeze=False, sharex=True, sharey=True)
+    handles = []
     for ax, (family, x) in zip(axes[0], samples.items(), strict=True):
         if ds.kind == "image":
             grid = image_grid(x, ds.image_shape, nrow=8)
@@ -182,9 +214,21 @@ def save_side_by_side(samples: dict[str, torch.Tensor], ds: Any, path: Path) -> 
             ax.axis("off")
         else:
             d = ds.test[:2000].cpu()
-            ax.scatter(d[:, 0], d[:, 1], s=2, alpha=0.2, color="tab:blue")
+            real = ax.scatter(d[:, 0], d[:, 1], s=2, alpha=0.2, color="tab:blue")
             s = x.detach().cpu()
-            ax.scatter(s[:, 0], s[:, 1], s=4, color="tab:orange")
+            fake = ax.scatter(s[:, 0], s[:, 1], s=3, alpha=0.5, color="tab:orange")
+            handles = [real, fake]
+            lim = float(d.abs().max()) * 1.15
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
             ax.set_aspect("equal")
+            ax.set_xlabel("$x_1$")
         ax.set_title(family)
+    if handles:
+        axes[0][0].set_ylabel("$x_2$")
+        fig.legend(
+            handles, ["test data", "model samples"], loc="outside lower center", ncol=2,
+            markerscale=5, frameon=False,
+        )  # fmt: skip
+    fig.suptitle(f"{what}, same data and budget for every family")
     fig.savefig(path, dpi=100, bbox_inches="tight")

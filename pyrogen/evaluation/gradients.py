@@ -340,8 +340,9 @@ def save_variance_plot(rows: list[dict[str, Any]], path: str | os.PathLike) -> N
     """Variance (summed over groups) against the number of particles, log-log, one line per
     estimator, with the 1/K slope through each line's first point for reference."""
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    fig = Figure(figsize=(5, 4))
+    fig = Figure(figsize=(6.5, 5), layout="constrained")
     ax = fig.subplots()
     for est in dict.fromkeys(r["estimator"] for r in rows):
         ks = sorted({r["particles"] for r in rows if r["estimator"] == est})
@@ -354,10 +355,14 @@ def save_variance_plot(rows: list[dict[str, Any]], path: str | os.PathLike) -> N
         ax.plot(ks, [var[0] * ks[0] / k for k in ks], ls=":", lw=0.8, color=line.get_color())
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ks = sorted({r["particles"] for r in rows})
+    ax.set_xticks(ks)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("particles K")
-    ax.set_ylabel("gradient variance (mean over coordinates, summed over groups)")
-    ax.set_title("dotted: 1/K", fontsize=8)
-    ax.legend(fontsize=7)
+    ax.set_ylabel("gradient variance\n(mean over coordinates, summed over groups)")
+    ax.set_title("ELBO gradient variance against particles K (dotted: ∝ 1/K)", fontsize=10)
+    fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
 

@@ -72,6 +72,11 @@ def evaluate_run(run: Any, evaluation: EvaluationConfig | None = None) -> dict[s
             estimates = dict(family.evaluate(run, x, y, ev))
         with own_stream(ev.seed, "parzen", device):
             estimates["parzen"] = parzen(run, x, ev)
+    discrete = run.dataset.is_binary()
+    for name, est in estimates.items():
+        est.setdefault("unit", "bits/dim" if name == "bits_per_dim" else "nats")
+        probability = discrete and name not in ("parzen", "exact", "exact_model_space")
+        est.setdefault("kind", "discrete" if probability else "density")
     return {
         "family": family.name,
         "split": ev.split,
@@ -156,18 +161,32 @@ def _number(value: Any, width: int) -> str:
     return f"{'—':>{width}}" if value is None else f"{value:>{width}.4f}"
 
 
+KINDS = {
+    "discrete": "log-probability of the discrete (binary) data",
+    "density": "log-density of continuous values: compare only with densities in the same space",
+}
+
+
 def format_report(result: dict[str, Any]) -> str:
-    """A plain-text table of :func:`evaluate_run`'s result."""
+    """A plain-text table of :func:`evaluate_run`'s result, with units and, for each number,
+    whether it is a probability of discrete data or a density."""
     lines = [
         f"family: {result['family']}   split: {result['split']} "
         f"({result['num_examples']} examples)   parameters: {result['parameters']:,}",
-        f"{'estimator':<24}{'mean':>14}{'± s.e.':>12}  notes",
+        f"{'estimator':<22}{'mean':>13}{'± s.e.':>10}  {'unit':<9}{'kind':<9}  notes",
     ]
+    kinds = set()
     for name, est in result["estimates"].items():
         notes = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in est.items()
-            if k not in ("mean", "stderr", "n")
+            if k not in ("mean", "stderr", "n", "unit", "kind")
         )
-        lines.append(f"{name:<24}{_number(est['mean'], 14)}{_number(est['stderr'], 12)}  {notes}")
+        kind = est.get("kind", "")
+        kinds.add(kind)
+        lines.append(
+            f"{name:<22}{_number(est['mean'], 13)}{_number(est['stderr'], 10)}  "
+            f"{est.get('unit', ''):<9}{kind:<9}  {notes}"
+        )
+    lines += [f"  {k}: {KINDS[k]}" for k in ("discrete", "density") if k in kinds]
     return "\n".join(lines)

@@ -80,7 +80,7 @@ def make_run_dir(cfg: Config, config_path: str | os.PathLike | None = None) -> P
     """``output.dir/output.name``, or ``output.dir/<config stem>-<timestamp>`` (not created)."""
     name = cfg.output.name
     if name is None:
-        stem = Path(config_path).stem if config_path else cfg.model.family
+        stem = Path(config_path).stem if config_path else cfg.name
         name = f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     return Path(cfg.output.dir) / name
 

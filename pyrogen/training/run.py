@@ -61,6 +61,14 @@ class TrainedRun:
         return self.dataset.to_data_space(self.model.sample(n))
 
     @torch.no_grad()
+    def sample_means(self, n: int) -> torch.Tensor:
+        """For a VAE, ``n`` decoder means E[x | z], z ~ p(z) (not samples of the model: often
+        shown in figures); for the other families, samples."""
+        self.learner.module.eval()
+        means = getattr(self.model, "sample_mean", self.model.sample)
+        return self.dataset.to_data_space(means(n))
+
+    @torch.no_grad()
     def samples_figure(self, num_samples: int | None = None):
         """A figure of the model's samples: an image grid, or samples over the test data in
         2-D (``None`` for other points)."""
