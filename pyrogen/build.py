@@ -138,6 +138,9 @@ def build(
     pyro.set_rng_seed(cfg.train.seed)
     dataset = load_dataset(cfg.data, device, seed=cfg.train.seed, data=data)
     model = build_model(cfg, dataset, device).to(device)
+    if cfg.train.compile:
+        for net in family_of(cfg).networks(model):
+            net.compile()  # in place: parameter names, and so checkpoints, are unchanged
     learner = build_learner(cfg, model)
     learner.module.to(device)
     return dataset, learner

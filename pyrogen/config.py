@@ -233,6 +233,7 @@ class TrainConfig:
     log_every: int = num(50, ge=1, le=MAX_STEPS)  # steps between metric lines
     # torch CPU threads; auto: 1 for small models, else the free cores (pyrogen.runtime)
     num_threads: int | Literal["auto"] = num("auto", ge=1, le=1024)
+    compile: bool = False  # torch.compile the family's networks (measured: bench/bench_cpu.py)
 
 
 @dataclass

@@ -5,7 +5,7 @@ digits VAE) the work per operation is too small to split, and when anything else
 busy two threads make each operation wait for the slower one: on 2 cores beside one busy
 process a RealNVP step took 130–640 ms with 2 threads and 5.8 ms with 1. ``auto`` therefore
 uses one thread for models under :data:`SMALL_MODEL` parameters, and otherwise the cores that
-are free now (cores minus the 1-minute load average, at least 1). ``bench/bench_cpu.py``
+are free now (cores minus the CPU use of the last 0.2 s, at least 1). ``bench/bench_cpu.py``
 measures this choice against every fixed setting, idle and under load.
 
 **Denormals.** Weights and activations that decay towards zero can become denormal floats,
@@ -18,6 +18,7 @@ afterwards, so a user's own code is unaffected.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,14 +36,38 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def free_cores() -> int:
-    """Cores not kept busy by other processes: cores − 1-minute load average, at least 1."""
-    cores = available_cores()
+def _cpu_times() -> tuple[float, float] | None:
+    """(busy, total) jiffies of all CPUs from ``/proc/stat`` (Linux), or ``None``."""
     try:
-        load = os.getloadavg()[0]
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(interval: float = 0.2) -> float:
+    """How many cores other processes keep busy now: the machine's CPU use over ``interval``
+    seconds (``/proc/stat``), or the 1-minute load average where that is not available. (The
+    load average lags a new load by tens of seconds; the sample does not.)"""
+    first = _cpu_times()
+    if first is not None:
+        time.sleep(interval)
+        second = _cpu_times()
+        if second is not None and second[1] > first[1]:
+            share = (second[0] - first[0]) / (second[1] - first[1])
+            return share * (os.cpu_count() or 1)
+    try:
+        return os.getloadavg()[0]
     except (AttributeError, OSError):
-        load = 0.0
-    return max(1, min(cores, round(cores - load)))
+        return 0.0
+
+
+def free_cores() -> int:
+    """Cores of this process not kept busy by others: available − busy, at least 1."""
+    cores = available_cores()
+    return max(1, min(cores, round(cores - busy_cores())))
 
 
 def auto_threads(num_parameters: int | None = None) -> int:

@@ -50,6 +50,10 @@ class Family:
         matrices of its networks), computed from the config before allocating anything."""
         return 0
 
+    def networks(self, model: nn.Module) -> list[nn.Module]:
+        """The networks ``train.compile`` compiles (the rest is Pyro's own code)."""
+        return []
+
     def uses_labels(self, cfg: Config) -> bool:
         """Whether the model takes the class labels ``y`` (a class-conditional flow)."""
         return False

@@ -109,6 +109,17 @@ class FlowFamily(Family):
         options = {k: v for k, v in options.items() if k in accepted}
         return make_flow(m.flow, data.num_dims, num_classes=num_classes, **options)
 
+    def networks(self, model: nn.Module) -> list[nn.Module]:
+        """The hyper-networks of the layers (coupling and MADE networks)."""
+        out = []
+        for layer in model.layers:
+            inner = getattr(layer, "layer", layer)
+            for name in ("nn", "arn", "hypernet"):
+                net = getattr(inner, name, None)
+                if isinstance(net, nn.Module):
+                    out.append(net)
+        return out
+
     def build_learner(self, cfg: Config, model: nn.Module) -> VariationalLearner:
         o = cfg.optim
         return VariationalLearner(

@@ -75,6 +75,9 @@ class GANFamily(Family):
             )
         return GAN(generator, discriminator, m.latent_dim, data.event_shape, prior=m.prior)
 
+    def networks(self, model: nn.Module) -> list[nn.Module]:
+        return [model.generator, model.discriminator]
+
     def build_learner(self, cfg: Config, model: nn.Module) -> AdversarialLearner:
         a, o = cfg.adversarial, cfg.optim
         return AdversarialLearner(

@@ -123,6 +123,9 @@ class VAEFamily(Family):
         guide = guide_cls(encoder, m.latent_dim, **options)
         return VAE(None, decoder, m.latent_dim, data.event_shape, likelihood, guide=guide)
 
+    def networks(self, model: nn.Module) -> list[nn.Module]:
+        return [model.decoder, model.guide.encoder]
+
     def build_learner(self, cfg: Config, model: nn.Module) -> VariationalLearner:
         e, o = cfg.elbo, cfg.optim
         elbo = make_elbo(

@@ -321,7 +321,10 @@ def train(
 
     in_step = [False]
     num_parameters = sum(p.numel() for p in learner.module.parameters())
-    with stop_at_step_boundary() as pending_signal, cpu_settings(t.num_threads, num_parameters):
+    with (
+        stop_at_step_boundary() as pending_signal,
+        cpu_settings(t.num_threads, num_parameters) as threads,
+    ):
         try:
             while loop.epoch < t.epochs and loop.step < total:
                 if loop.permutation is None:
@@ -412,9 +415,8 @@ def train(
             bar.close()
             if board is not None:
                 board.close()
-    metrics.write(
-        loop.step, loop.epoch, "summary", {"train_seconds": time.perf_counter() - start_time}
-    )
+    summary = {"train_seconds": time.perf_counter() - start_time, "num_threads": threads}
+    metrics.write(loop.step, loop.epoch, "summary", summary)
     run = TrainedRun(cfg, run_dir, dataset, learner)
     with cpu_settings(t.num_threads, num_parameters):
         run.save_figures()
