@@ -71,12 +71,6 @@ class Registry:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"unknown {self.kind} {name!r}{hint} (allowed: {', '.join(self.names())})"
 
-    def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return self.get(name)(*args, **kwargs)
-
-    def describe(self) -> dict[str, str]:
-        return dict(sorted(self._docs.items()))
-
 
 def check_name(registry: Registry, name: str, key: str) -> None:
     """Raise a :class:`~pyrogen.config.ConfigError` naming the config ``key`` unless ``name``

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pyrogen.config import Config, ConfigError
+from pyrogen.config import Config
 from pyrogen.data import Dataset
 from pyrogen.inference.base import Learner
 
@@ -72,8 +72,3 @@ class Family:
 def mlp_size(widths: list[int]) -> int:
     """Weights and biases of an MLP through ``widths`` (input, hidden..., output)."""
     return sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
-
-
-def config_error(key_hint: str, error: Exception) -> ConfigError:
-    """A constructor's ``ValueError`` as a config error naming the keys involved."""
-    return ConfigError(f"{key_hint}: {error}")

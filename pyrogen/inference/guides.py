@@ -309,8 +309,3 @@ GUIDE_OPTIONS: dict[str, tuple[str, ...]] = {
     "iaf": ("num_flows",),
     "score_function": ("baseline", "baseline_beta"),
 }
-
-#: guides whose samples carry reparameterised gradients
-REPARAMETERISED = ("diagonal_normal", "low_rank_normal", "full_normal", "iaf")
-#: guides for which KL(q ‖ N(0, I)) has a closed form (torch's, or the one registered above)
-ANALYTIC_KL = ("diagonal_normal", "low_rank_normal", "full_normal")
