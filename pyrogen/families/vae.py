@@ -148,8 +148,10 @@ class VAEFamily(Family):
         )
 
     def evaluate(self, run: Any, x: torch.Tensor, y: torch.Tensor | None, options: Any) -> dict:
-        """ELBO and IS log p(x) with K = ``options.is_samples`` (nats, in the space the model
-        sees: binarised or dequantised data), and any extra bounds ``options.bounds``."""
+        """ELBO and IS log p(x) with K = ``options.is_samples`` (nats per example, in the data
+        set's stored space: the model's log-density plus the log-determinant of the
+        preprocessing, e.g. of ``data.standardize``; binarised or dequantised images as the
+        model sees them), and any extra bounds ``options.bounds`` (in the model's space)."""
         from pyrogen.evaluation.loglik import elbo_and_importance_log_likelihood
         from pyrogen.evaluation.report import estimator_bound
 
@@ -158,6 +160,8 @@ class VAEFamily(Family):
         elbo, logp = elbo_and_importance_log_likelihood(
             vae.model, vae.guide, xp, num_samples=options.is_samples
         )
+        log_det = run.dataset.log_det_jacobian(xp).to(elbo.dtype)
+        elbo, logp = elbo + log_det, logp + log_det
         out = {
             "elbo": mean_stderr(elbo),
             "importance_sampled": {**mean_stderr(logp), "K": options.is_samples},
