@@ -205,6 +205,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         bounds=list(args.bound or []),
         seed=args.seed,
         num_threads=args.num_threads,
+        quiet=args.quiet or args.json,
     )
     results = evaluate_run(run, ev)
     if args.json:
@@ -221,7 +222,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     paths, overrides = _split_args(args.args)
     if len(paths) != 1:
         raise UsageError("give one compare CONFIG file (and any key=value overrides)")
-    cc = load_compare_config(paths[0], overrides + [f"evaluation.num_threads={args.num_threads}"])
+    settings = [f"evaluation.num_threads={args.num_threads}", f"evaluation.quiet={args.quiet}"]
+    cc = load_compare_config(paths[0], overrides + settings)
     run_dirs = {}
     for item in args.runs or []:
         family, _, path = item.partition("=")
@@ -394,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=SEED, default=0, help="seed of every estimator's stream")
     p.add_argument("--json", action="store_true", help="print strict JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or lines")
     device(p)
     threads(p)
     p.set_defaults(func=_cmd_evaluate)

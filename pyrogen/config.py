@@ -262,6 +262,7 @@ class EvaluationConfig:
     max_test: int | None = num(None, ge=1, le=1 << 31)  # at most this many test examples
     bounds: list[str] = field(default_factory=list)  # VAE: extra bounds, "NAME" or "NAME:K"
     seed: int = num(0, ge=0, le=MAX_SEED)  # every metric draws from its own stream of this seed
+    quiet: bool = True  # no progress bars or lines
     # what compare's sample metrics score: draws x ~ p(x), or (VAE) the decoder's means E[x|z]
     samples: Literal["draws", "means"] = "draws"
     num_threads: int | Literal["auto"] = num("auto", ge=1, le=1024)  # torch CPU threads

@@ -48,11 +48,14 @@ def line(message: str, quiet: bool = False) -> None:
 def steps(
     iterable: Iterable[T], desc: str, quiet: bool = False, total: int | None = None
 ) -> Iterator[T]:
-    """Iterate with a bar on a terminal, or a line per item off a terminal."""
+    """Iterate with a bar on a terminal, or off a terminal a line at the start and at each
+    tenth of the way (at most 11 lines, whatever the length)."""
     items = list(iterable) if total is None else iterable
     n = len(items) if total is None else total  # type: ignore[arg-type]
+    marks = {0, *(round(n * k / 10) - 1 for k in range(1, 11))}
     with bar(total=n, desc=desc, quiet=quiet) as b:
         for i, item in enumerate(items):
-            line(f"{desc}: {i + 1}/{n}", quiet)
+            if i in marks:
+                line(f"{desc}: {i + 1}/{n}", quiet)
             yield item
             b.update(1)

@@ -50,6 +50,7 @@ def elbo_and_importance_log_likelihood(
     num_samples: int = 5000,
     batch_size: int = 100,
     max_elements: int = 20_000_000,
+    quiet: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example (ELBO estimate, importance-sampled log p(x)) in nats, each of shape (N,).
 
@@ -58,7 +59,10 @@ def elbo_and_importance_log_likelihood(
     """
     elbos, logps = [], []
     dims = max(1, math.prod(x.shape[1:]))
-    for start in range(0, x.shape[0], batch_size):
+    from pyrogen.progress import steps
+
+    starts = range(0, x.shape[0], batch_size)
+    for start in steps(starts, f"importance sampling (K={num_samples})", quiet=quiet):
         xb = x[start : start + batch_size]
         chunk = max(1, min(num_samples, max_elements // (xb.shape[0] * dims)))
         lse_parts, sums, done = [], torch.zeros(xb.shape[0], dtype=x.dtype, device=x.device), 0

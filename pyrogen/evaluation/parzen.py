@@ -92,14 +92,20 @@ def parzen_evaluate(
     num_samples: int = 10_000,
     sigmas: Sequence[float] | torch.Tensor | None = None,
     num_valid: int = 1000,
+    quiet: bool = True,
 ) -> dict[str, float]:
     """The paper's protocol for any sampler (``sampler(n)`` returns n samples): fit the
     window on ``num_samples`` samples, choose σ from ``sigmas`` (default
     ``torch.logspace(-1, 0, 10)``) on the first ``num_valid`` validation examples, and
     return the test ``mean`` ± ``stderr`` (nats per example) with ``n``, ``sigma`` and
     ``num_samples``."""
+    from pyrogen.progress import line
+
     sigmas = torch.logspace(-1, 0, 10) if sigmas is None else torch.as_tensor(sigmas)
+    line(f"Parzen window: drawing {num_samples:,} samples", quiet)
     samples = sampler(num_samples)
+    line(f"Parzen window: choosing sigma on {min(num_valid, len(valid)):,} examples", quiet)
     sigma = select_sigma(samples, valid[:num_valid], sigmas)
+    line(f"Parzen window: scoring {len(test):,} test examples", quiet)
     result = mean_stderr(parzen_log_likelihood(samples, test, sigma))
     return {**result, "sigma": sigma, "num_samples": num_samples}

@@ -104,6 +104,7 @@ def parzen(run: Any, x: torch.Tensor, ev: EvaluationConfig) -> dict[str, Any]:
         x.reshape(x.shape[0], -1),
         num_samples=ev.parzen_samples,
         sigmas=sigmas,
+        quiet=ev.quiet,
     )
 
 

@@ -158,7 +158,7 @@ class VAEFamily(Family):
         xp = run.dataset.process(x, torch.Generator().manual_seed(options.seed))
         vae = run.model
         elbo, logp = elbo_and_importance_log_likelihood(
-            vae.model, vae.guide, xp, num_samples=options.is_samples
+            vae.model, vae.guide, xp, num_samples=options.is_samples, quiet=options.quiet
         )
         log_det = run.dataset.log_det_jacobian(xp).to(elbo.dtype)
         elbo, logp = elbo + log_det, logp + log_det
