@@ -32,10 +32,10 @@ import time
 import pyro
 import torch
 
-from pyrogen.config import DataConfig, FlowModelConfig
+from pyrogen.config import DataConfig
 from pyrogen.data import load_dataset
-from pyrogen.inference.variational import EmptyGuide, VariationalLearner
-from pyrogen.models.flow import Flow
+from pyrogen.inference.variational import VariationalLearner
+from pyrogen.models.flow import make_flow
 
 try:
     import zuko
@@ -49,9 +49,9 @@ def mean_se(v: torch.Tensor) -> str:
 
 class PyrogenSide:
     def __init__(self, kind, dim, layers, hidden, lr, image_shape=None):
-        cfg = FlowModelConfig(flow=kind, num_layers=layers, hidden_sizes=list(hidden))
-        self.flow = Flow(cfg, (dim,), image_shape=image_shape)
-        self.learner = VariationalLearner(self.flow, EmptyGuide(), pyro.infer.Trace_ELBO(), lr=lr)
+        extra = {"image_shape": image_shape} if kind == "glow" else {}
+        self.flow = make_flow(kind, dim, num_layers=layers, hidden_sizes=list(hidden), **extra)
+        self.learner = VariationalLearner(self.flow, pyro.infer.Trace_ELBO(), lr=lr)
 
     def step(self, x):
         return self.learner.step(x)["loss"]
@@ -233,35 +233,6 @@ def glow_digits(ds, args, steps, layers, hidden):
     print(flush=True)
 
 
-def clip_study(args, steps=1500, seeds=(0, 1, 2)):
-    """Test log-likelihood with pyrogen's log-scale clamp [-6, 6] vs Pyro's default [-5, 3]
-    for affine autoregressive layers (5 of [64, 64], Adam lr 2e-3, batch 256)."""
-    print(f"affine autoregressive log-scale clamp, {steps} steps, last-iterate test log p(x):")
-    for data_name, kind in (
-        ("eight_gaussians", "maf"),
-        ("eight_gaussians", "iaf"),
-        ("moons", "maf"),
-        ("moons", "iaf"),
-    ):
-        ds = load_dataset(DataConfig(name=data_name))
-        for clip in ((-6.0, 6.0), (-5.0, 3.0)):
-            values = []
-            for seed in seeds:
-                pyro.set_rng_seed(seed)
-                m = PyrogenSide(kind, 2, 5, (64, 64), 2e-3)
-                for layer in m.flow.layers:
-                    if isinstance(layer, pyro.distributions.transforms.AffineAutoregressive):
-                        layer.log_scale_min_clip, layer.log_scale_max_clip = clip
-                g = torch.Generator().manual_seed(seed)
-                for _ in range(steps):
-                    m.step(ds.train[torch.randint(0, ds.train.shape[0], (256,), generator=g)])
-                values.append(f"{m.log_prob(ds.test).mean().item():.4g}")
-            print(
-                f"  {data_name:<16}{kind:<5}clamp {str(list(clip)):<12}" + "  ".join(values),
-                flush=True,
-            )
-
-
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -278,7 +249,6 @@ def main() -> None:
     p.add_argument("--block", type=int, default=25, help="steps per interleaved timing block")
     p.add_argument("--sample-reps", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clip-study", action="store_true", help="the log-scale clamp study")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: tiny networks)")
     p.add_argument("--skip", nargs="*", default=[], choices=["moons", "digits", "iaf", "glow"])
     args = p.parse_args()
@@ -301,8 +271,6 @@ def main() -> None:
         iaf_vs_maf(digits, args, args.layers, args.digits_hidden)
     if "glow" not in args.skip:
         glow_digits(digits, args, args.digits_steps, args.layers, args.digits_hidden)
-    if args.clip_study:
-        clip_study(args)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ def test_every_command_and_code_block_runs(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
     calls = [0]
     ran = 0
+    namespace = {"__name__": "readme"}  # the Python blocks continue one another
     for lang, text in BLOCKS:
         if lang == "bash":
             for line in text.splitlines():
@@ -55,7 +56,7 @@ def test_every_command_and_code_block_runs(workdir, monkeypatch, capsys):
                 assert code == 0, f"{line}: {capsys.readouterr().err}"
                 ran += 1
         elif lang == "python":
-            exec(compile(text, "README.md", "exec"), {"__name__": "readme"})  # noqa: S102
+            exec(compile(text, "README.md", "exec"), namespace)  # noqa: S102
             ran += 1
     assert ran >= 8
 
