@@ -162,15 +162,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     run = _load_run(args.run_dir, args.device)
     configure_threads(args.num_threads, count_parameters(run.learner.module))
     torch.manual_seed(args.seed)
-    x = run.sample(args.n)
+    x = run.sample_means(args.n) if args.means else run.sample(args.n)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix == ".pt":
             torch.save(x.cpu(), out)
         elif run.dataset.kind == "image":
-            plots.save_image_grid(
-                x, run.dataset.image_shape, out, title=f"{args.n} samples of {run.run_dir.name}"
-            )
+            what = "decoder means E[x | z]" if args.means else "samples x ~ p(x)"
+            title = f"{args.n} {what} of {run.run_dir.name}"
+            plots.save_image_grid(x, run.dataset.image_shape, out, title=title)
         else:
             plots.save_points(x, out, data=run.dataset.test, title=f"samples of {run.run_dir.name}")
     except OSError as e:
@@ -365,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_int_range(1, 100_000), default=64, help="number of samples")
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.png or FILE.pt")
     p.add_argument("--seed", type=SEED, default=0, help="random seed of the draws")
+    p.add_argument(
+        "--means",
+        action="store_true",
+        help="VAE: the decoder's means E[x | z], z ~ p(z), instead of draws x ~ p(x)",
+    )
     device(p)
     threads(p)
     p.set_defaults(func=_cmd_sample)
