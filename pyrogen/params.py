@@ -34,7 +34,9 @@ Example::
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from pyro.poutine.runtime import effectful
@@ -61,15 +63,33 @@ def named_params(module: nn.Module, prefix: str, exclude: Iterable[str] = ()) ->
     return out
 
 
+_STATEMENTS: ContextVar[bool] = ContextVar("pyrogen_param_statements", default=True)
+
+
+@contextmanager
+def param_statements(enabled: bool) -> Iterator[None]:
+    """Within this context :func:`declare_params` emits its statements only if ``enabled``.
+    pyrogen's own learner turns them off for its steps: it optimises the module's parameters
+    with a torch optimiser and has no handler that reads param sites, so the statements would
+    only cost time. (A context variable: other threads and code outside are unaffected.)"""
+    token = _STATEMENTS.set(enabled)
+    try:
+        yield
+    finally:
+        _STATEMENTS.reset(token)
+
+
 def declare_params(module: nn.Module, prefix: str, exclude: Iterable[str] = ()) -> None:
     """Emit one Pyro ``param`` statement per trainable parameter of ``module`` (see the module
     docstring). The site's value is a view of the parameter whose ``unconstrained()`` returns
     the parameter itself, as ``pyro.param`` values have, so ``SVI`` + ``pyro.optim`` update the
     module's own tensors."""
+    if not _STATEMENTS.get():
+        return
     for name, p in named_params(module, prefix, exclude):
         value = p.view_as(p)
         value.unconstrained = weakref.ref(p)
         _param_statement(name, value, name=name, constraint=constraints.real, event_dim=None)
 
 
-__all__ = ["declare_params", "named_params"]
+__all__ = ["declare_params", "named_params", "param_statements"]

@@ -30,6 +30,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from pyrogen.inference.base import make_optimizer
+from pyrogen.params import param_statements
 
 
 class EmptyGuide(nn.Module):
@@ -137,6 +138,10 @@ class VariationalLearner:
             {"params": {}, "constraints": {}} if needs_param_store(self.elbo, guide) else None
         )
         self._compiled = not is_jit(self.elbo)
+        # Pyro's loss_and_grads back-propagates only when the traces hold param sites, and the
+        # JIT looks parameters up by their sites' names: those need pyrogen's param statements;
+        # the ELBOModule path optimises the module's parameters directly and does not
+        self._needs_statements = is_jit(self.elbo) or self.loss_module is None
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
@@ -206,7 +211,7 @@ class VariationalLearner:
         args = (x,) if y is None else (x, y)
         self.optimizer.zero_grad(set_to_none=True)
         beta = self.kl_beta
-        with self.own_param_store():
+        with self.own_param_store(), param_statements(self._needs_statements):
             if not self._compiled:
                 self._compile(args)
             # Pyro's argument checks run on the first step, where a user's mistake shows (e.g.
@@ -239,7 +244,8 @@ class VariationalLearner:
         """The ELBO per example (for a flow: the exact log-likelihood)."""
         self.module.eval()
         args = (x,) if y is None else (x, y)
-        elbo = -self.eval_elbo.loss(self.model, self.guide, *args)
+        with param_statements(False):
+            elbo = -self.eval_elbo.loss(self.model, self.guide, *args)
         key = "log_prob" if isinstance(self.guide, EmptyGuide) else "elbo"
         return {key: elbo / x.shape[0]}
 
