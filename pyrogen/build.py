@@ -31,7 +31,15 @@ from pyrogen.registry import DATASETS, check_name, populate
 
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
-    """``auto`` is CUDA when available, else CPU; ``cuda``/``cuda:N`` must exist here."""
+    """``auto`` is CUDA when available, else CPU; ``cuda``/``cuda:N`` must exist here. Under
+    ``torchrun`` with several processes on a machine with GPUs, ``auto`` and ``cuda`` are the
+    local rank's GPU (``cuda:LOCAL_RANK``: one process per GPU)."""
+    if name in ("auto", "cuda"):
+        from pyrogen.training.distributed import local_cuda_device
+
+        local = local_cuda_device()
+        if local is not None:
+            return local
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -66,7 +74,12 @@ def validate(cfg: Config, has_data: bool = False) -> Config:
                 "pyrogen.train(cfg, data=x)"
             )
     family_of(cfg).validate(cfg)
-    resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
+    if cfg.train.precision == "16-mixed" and device.type != "cuda":
+        raise ConfigError(
+            "train.precision=16-mixed (float16 autocast with a gradient scaler) needs CUDA; on "
+            f"{device.type} use train.precision=bf16 (or 32)"
+        )
     if cfg.output.tensorboard:
         from pyrogen.training.metrics import tensorboard_available
 

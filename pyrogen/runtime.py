@@ -36,13 +36,19 @@ def available_cores() -> int:
 
 
 def free_cores() -> int:
-    """Cores not kept busy by other processes: cores − 1-minute load average, at least 1."""
+    """Cores not kept busy by other processes: cores − 1-minute load average, at least 1;
+    under ``torchrun`` divided among the machine's processes (``LOCAL_WORLD_SIZE``)."""
     cores = available_cores()
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         load = 0.0
-    return max(1, min(cores, round(cores - load)))
+    free = max(1, min(cores, round(cores - load)))
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, free // local)
 
 
 def auto_threads(num_parameters: int | None = None) -> int:

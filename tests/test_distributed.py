@@ -11,6 +11,7 @@ the real ``torchrun`` launcher."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -223,3 +224,150 @@ def test_one_step_on_two_ranks_is_one_process_step_on_the_union_batch(tmp_path):
         assert_same_update(ranks[0][name], single, name)
         for key, value in ranks[0][name].items():  # the ranks hold the same bits
             assert torch.equal(ranks[1][name][key], value), (name, key)
+
+
+# ----------------------------------------------------------------------------- whole runs
+RUN = ["train.device=cpu", "train.seed=3", "train.log_every=2", "train.epochs=3"]
+RUN += ["data.num_train=301", "train.batch_size=75"]  # 4 steps an epoch (38 + 37), 1 skipped
+RUN_CASES = {
+    "vae": RUN + ["data.binarize=dynamic", "model.latent_dim=3", "model.hidden_sizes=[16]"],
+    "flow": RUN
+    + ["model.family=flow", "model.flow=realnvp", "model.num_layers=2", "data.name=moons"]
+    + ["model.hidden_sizes=[16]", "model.normalization=batchnorm"],
+    "gan": RUN
+    + ["model.family=gan", "data.name=eight_gaussians", "model.latent_dim=2"]
+    + ["model.output=identity", "model.hidden_sizes=[16]", "model.discriminator_hidden_sizes=[16]"]
+    + ["adversarial.discriminator_steps=2", "adversarial.ema_decay=0.9"]
+    + ["adversarial.r1_penalty=0.1"],
+}
+STOP_AT = 6  # rank 1 alone receives SIGTERM after step 6 (mid-epoch 2)
+
+
+def _run_worker(rank: int, root: str) -> None:
+    import signal
+
+    import pyrogen.training.loop as loop
+    from pyrogen.training import TrainingDiverged, train
+    from pyrogen.training.checkpoint import load_checkpoint
+    from pyrogen.training.run import TrainedRun
+
+    root_path = Path(root)
+    cwd = root_path / f"cwd{rank}"
+    cwd.mkdir()
+    os.chdir(cwd)
+    results: dict[str, object] = {}
+    for family, overrides in RUN_CASES.items():
+        cfg = load_config(None, overrides)
+        # an uninterrupted run into a *relative* folder: each rank resolves it in its own
+        # working directory, so any file a rank wrote would show in its own cwd
+        full = train(cfg, Path("runs") / family, quiet=True)
+        real_figures = TrainedRun.save_figures
+        TrainedRun.save_figures = lambda self, *a, **k: []  # the rest need no figures
+
+        def signal_rank_1(step: int, _out: dict) -> None:
+            if rank == 1 and step == STOP_AT:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        part = root_path / "part" / family
+        try:
+            train(cfg, part, quiet=True, on_step=signal_rank_1)
+            stopped = False
+        except KeyboardInterrupt:
+            stopped = True
+        saved = load_checkpoint(part / "checkpoint.pt")
+        dist.barrier()  # both have read it before the resumed run overwrites it
+        resumed = train(cfg, part, resume=True, quiet=True)
+        TrainedRun.save_figures = real_figures
+        results[family] = {
+            "full": _state(full.learner),
+            "full_learner": full.learner.state_dict(),
+            "resumed": _state(resumed.learner),
+            "resumed_learner": resumed.learner.state_dict(),
+            "stopped": stopped,
+            "stopped_at": saved["loop"]["step"],
+            "world_size": saved["world_size"],
+            "ranks": len(saved["ranks"]),
+        }
+
+    # divergence on rank 1 alone: a parameter becomes infinite before its step 3
+    real_build = loop.build
+
+    def build_blowing_up(cfg, device, data=None):
+        dataset, learner = real_build(cfg, device, data=data)
+        real_step, calls = learner.step, {"n": 0}
+
+        def step(x, y=None):
+            calls["n"] += 1
+            if calls["n"] == 3 and rank == 1:
+                with torch.no_grad():
+                    next(learner.model.parameters()).fill_(float("inf"))
+            return real_step(x, y)
+
+        learner.step = step
+        return dataset, learner
+
+    loop.build = build_blowing_up
+    try:
+        train(load_config(None, RUN_CASES["vae"]), root_path / "diverged", quiet=True)
+        results["diverged"] = None
+    except TrainingDiverged as e:
+        results["diverged"] = str(e)
+    finally:
+        loop.build = real_build
+    results["files"] = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*"))
+    torch.save(results, root_path / f"rank{rank}.pt")
+
+
+def flat(state, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor and number in a nested state dict (optimiser states included)."""
+    out: dict[str, torch.Tensor] = {}
+    items = state.items() if isinstance(state, dict) else enumerate(state)
+    for k, v in items:
+        key = f"{prefix}/{k}"
+        if isinstance(v, dict | list | tuple):
+            out.update(flat(v, key))
+        elif isinstance(v, torch.Tensor):
+            out[key] = v
+        elif isinstance(v, int | float | bool):
+            out[key] = torch.tensor(v)
+    return out
+
+
+def assert_equal(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys(), what
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{what}: {k}"
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")
+def test_runs_on_two_ranks_agree_write_once_stop_together_and_resume_exactly(tmp_path):
+    launch(_run_worker, str(tmp_path))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    for family in RUN_CASES:
+        r0, r1 = ranks[0][family], ranks[1][family]
+        # every rank holds the same parameters and optimiser state
+        assert_equal(r0["full"], r1["full"], f"{family}: ranks")
+        assert_equal(flat(r0["full_learner"]), flat(r1["full_learner"]), f"{family}: ranks")
+        # a signal to one rank stops both at the same step boundary, one checkpoint for both
+        assert r0["stopped"] and r1["stopped"], family
+        assert r0["stopped_at"] == STOP_AT + 1, family  # seen by both after the next step
+        assert r0["world_size"] == 2 and r0["ranks"] == 2
+        # the 2-rank run resumed with 2 ranks is the uninterrupted 2-rank run
+        assert_equal(r0["resumed"], r0["full"], f"{family}: resumed")
+        assert_equal(flat(r0["resumed_learner"]), flat(r0["full_learner"]), f"{family}: resumed")
+    # non-finite loss on rank 1 alone stops both ranks, naming the step
+    for r in range(WORLD):
+        assert ranks[r]["diverged"] and "at step 3" in ranks[r]["diverged"], ranks[r]["diverged"]
+    # rank 0 alone wrote the run folders
+    assert ranks[1]["files"] == []
+    written = set(ranks[0]["files"])
+    for family in RUN_CASES:
+        assert {f"runs/{family}/config.yaml", f"runs/{family}/checkpoint.pt"} <= written
+        assert f"runs/{family}/metrics.jsonl" in written and f"runs/{family}/samples.png" in written
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "cwd0/runs/vae/metrics.jsonl").read_text().split("\n")
+        if line
+    ]
+    valid = [r for r in records if r["split"] == "valid"]
+    assert [r["epoch"] for r in valid] == [1, 2, 3] and all(math.isfinite(r["elbo"]) for r in valid)

@@ -434,6 +434,13 @@ class AdversarialLearner:
             state["scalers"].update({k: v.state_dict() for k, v in self._scalers.items()})
         return state
 
+    def rank_state(self) -> dict[str, Any]:
+        """What differs between ranks under DDP beyond their random states: nothing."""
+        return {}
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        pass
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["module"])
         self.opt_d.load_state_dict(state["opt_d"])

@@ -125,7 +125,8 @@ def session(device: torch.device | str) -> Iterator[bool]:
 
 
 def collective_device(device: torch.device) -> torch.device:
-    """Where the tensors of a collective live: the GPU for ``nccl``, the CPU for ``gloo``."""
+    """Where the tensors of a collective live: this rank's GPU for ``nccl``, the CPU for
+    ``gloo``."""
     if is_initialized() and dist.get_backend() == "nccl":
         if device.type == "cuda":
             return device
@@ -156,21 +157,21 @@ def rank_seed(seed: int, name: str) -> int:
 
 
 # ---------------------------------------------------------------------------- collectives
-def all_reduce_sum(values: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """The element-wise sum over ranks of a small tensor (float64 on the collective's device);
     returned on the CPU. Without a group: the values themselves."""
     if not is_distributed():
         return values.detach().to("cpu", torch.float64)
-    t = values.detach().to(collective_device(device or values.device), torch.float64)
+    t = values.detach().to(collective_device(values.device), torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.cpu()
 
 
-def all_agree(flag: bool, device: torch.device | None = None) -> bool:
+def all_agree(flag: bool) -> bool:
     """Whether ``flag`` holds on every rank."""
     if not is_distributed():
         return flag
-    total = all_reduce_sum(torch.tensor([1.0 if flag else 0.0]), device)
+    total = all_reduce_sum(torch.tensor([1.0 if flag else 0.0]))
     return bool(total.item() == world_size())
 
 
@@ -242,6 +243,47 @@ def on_main(fn: Callable[[], T]) -> T | None:
     if error is not None:
         raise error
     return result
+
+
+# ---------------------------------------------------------------------------- the run loop
+def check_batches(batch_size: int, fixed_batches: bool) -> None:
+    """Refuse a global batch that cannot give every rank a piece (or, for a learner that
+    needs batches of one size, pieces of one size)."""
+    from pyrogen.config import ConfigError
+
+    w = world_size()
+    if batch_size < w:
+        raise ConfigError(
+            f"train.batch_size={batch_size} is the global batch, split among the {w} processes: "
+            f"it must be at least {w}"
+        )
+    if fixed_batches and batch_size % w:
+        raise ConfigError(
+            f"guide.baseline=decaying_average keeps one running average per position in the "
+            f"batch, and each of the {w} processes keeps those of its piece: "
+            f"train.batch_size={batch_size} must be a multiple of {w}"
+        )
+
+
+def reduce_step(
+    out: dict[str, float], n_local: int, n_global: int, stop: bool
+) -> tuple[dict[str, float], bool]:
+    """A step's metrics as means over the global batch (each rank's per-example means
+    weighted by its piece), and whether any rank wants to stop: one all-reduce a step."""
+    keys = list(out)
+    values = [out[k] * n_local for k in keys] + [1.0 if stop else 0.0]
+    total = all_reduce_sum(torch.tensor(values, dtype=torch.float64))
+    reduced = {k: float(total[i]) / n_global for i, k in enumerate(keys)}
+    return reduced, bool(total[-1] > 0)
+
+
+def sum_dicts(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Key-wise sums of dicts of numbers (every rank's totals)."""
+    out: dict[str, float] = {}
+    for part in parts:
+        for k, v in part.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
 
 
 # ---------------------------------------------------------------------------- batch statistics
