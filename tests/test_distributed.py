@@ -15,6 +15,8 @@ import json
 import math
 import os
 import socket
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,6 +61,34 @@ def _entry(rank: int, world: int, port: int, fn, args: tuple) -> None:
 def launch(fn, *args) -> None:
     """Run ``fn(rank, *args)`` on WORLD processes joined in a gloo group."""
     mp.spawn(_entry, args=(WORLD, _free_port(), fn, args), nprocs=WORLD, join=True)
+
+
+def _worker(rank: int, root: str) -> None:
+    """Everything the 2 ranks do, in one launch (starting processes is the slow part):
+    the step cases, the whole runs, the evaluations; each rank saves what it saw."""
+    results = {
+        "steps": {name: _steps(name, True, rank) for name in STEP_CASES},
+        "evaluation": _evaluate_all(),
+    }
+    cwd = os.getcwd()
+    try:
+        results["runs"] = _runs(rank, Path(root))
+    finally:
+        os.chdir(cwd)
+    torch.save(results, Path(root) / f"rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """The results of :func:`_worker` on each of the 2 ranks."""
+    root = tmp_path_factory.mktemp("two-ranks")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        launch(_worker, str(root))
+    finally:
+        torch.set_num_threads(threads)
+    return root, [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
 # ----------------------------------------------------------------------------- common noise
@@ -135,6 +165,12 @@ STEP_CASES = {
     "vae rws": VAE + ["elbo.name=rws", "elbo.num_particles=2", "elbo.vectorize_particles=true"],
     "vae tail_adaptive": VAE
     + ["elbo.name=tail_adaptive", "elbo.num_particles=3", "elbo.vectorize_particles=true"],
+    "vae trace bf16": VAE + ["train.precision=bf16"],
+    "gan r1 bf16": SGD
+    + ["model.family=gan", "data.name=eight_gaussians", "data.num_train=64"]
+    + ["model.latent_dim=2", "model.output=identity", "model.hidden_sizes=[16]"]
+    + ["model.discriminator_hidden_sizes=[16]", "adversarial.r1_penalty=1.0"]
+    + ["train.precision=bf16"],
     "vae conv gaussian": SGD
     + ["data.flatten=false", "model.architecture=conv", "model.likelihood=gaussian"]
     + ["model.latent_dim=3"],
@@ -160,6 +196,7 @@ STEP_CASES = {
     + ["adversarial.discriminator_steps=2"],
 }
 BATCH = {"vae trace_graph decaying_average": 24}  # its baseline needs equal pieces
+TOLERANCE = {"vae trace bf16": 1e-2, "gan r1 bf16": 1e-2}  # bfloat16 sums of other sizes
 STEPS = 2
 
 
@@ -173,11 +210,13 @@ def _state(learner) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in learner.module.state_dict().items()}
 
 
-def _steps(name: str, distributed: bool, rank: int = 0) -> dict[str, torch.Tensor]:
+def _steps(
+    name: str, distributed: bool, rank: int = 0, device: str = "cpu"
+) -> dict[str, torch.Tensor]:
     """The learner's state after STEPS steps on the batch, one process or this rank's piece
     (``"initial/..."``: the state before them)."""
-    cfg = load_config(None, STEP_CASES[name])
-    dataset, learner = build(cfg, "cpu")
+    cfg = load_config(None, [o for o in STEP_CASES[name] if o != "train.device=cpu"])
+    dataset, learner = build(cfg, device)
     initial = _state(learner)
     x = _batch(name, dataset)
     offset = 0
@@ -193,11 +232,6 @@ def _steps(name: str, distributed: bool, rank: int = 0) -> dict[str, torch.Tenso
             out = learner.step(x)
             assert math.isfinite(out["loss"]), (name, out)
     return {**_state(learner), **{f"initial/{k}": v for k, v in initial.items()}}
-
-
-def _step_worker(rank: int, out_dir: str) -> None:
-    results = {name: _steps(name, True, rank) for name in STEP_CASES}
-    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
 
 
 def assert_same_update(got: dict, single: dict, what: str, rel: float = 1e-4) -> None:
@@ -216,19 +250,22 @@ def assert_same_update(got: dict, single: dict, what: str, rel: float = 1e-4) ->
         assert err <= rel * size + 1e-7, f"{what}: {key} differs by {err:.3g} (update {size:.3g})"
 
 
-def test_one_step_on_two_ranks_is_one_process_step_on_the_union_batch(tmp_path):
-    launch(_step_worker, str(tmp_path))
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+def test_one_step_on_two_ranks_is_one_process_step_on_the_union_batch(two_ranks):
+    _, ranks = two_ranks
     for name in STEP_CASES:
         single = _steps(name, False)
-        assert_same_update(ranks[0][name], single, name)
-        for key, value in ranks[0][name].items():  # the ranks hold the same bits
-            assert torch.equal(ranks[1][name][key], value), (name, key)
+        assert_same_update(ranks[0]["steps"][name], single, name, TOLERANCE.get(name, 1e-4))
+        for key, value in ranks[0]["steps"][name].items():  # the ranks hold the same bits
+            assert torch.equal(ranks[1]["steps"][name][key], value), (name, key)
 
 
 # ----------------------------------------------------------------------------- whole runs
 RUN = ["train.device=cpu", "train.seed=3", "train.log_every=2", "train.epochs=3"]
-RUN += ["data.num_train=301", "train.batch_size=75"]  # 4 steps an epoch (38 + 37), 1 skipped
+RUN += [
+    "data.num_train=301",
+    "data.num_valid=100",
+    "train.batch_size=75",
+]  # 4 steps an epoch (38 + 37), 1 skipped
 RUN_CASES = {
     "vae": RUN + ["data.binarize=dynamic", "model.latent_dim=3", "model.hidden_sizes=[16]"],
     "flow": RUN
@@ -243,7 +280,8 @@ RUN_CASES = {
 STOP_AT = 6  # rank 1 alone receives SIGTERM after step 6 (mid-epoch 2)
 
 
-def _run_worker(rank: int, root: str) -> None:
+def _runs(rank: int, root_path: Path) -> dict[str, object]:
+    """Whole runs on this rank (see the test below for what each shows)."""
     import signal
 
     import pyrogen.training.loop as loop
@@ -251,7 +289,6 @@ def _run_worker(rank: int, root: str) -> None:
     from pyrogen.training.checkpoint import load_checkpoint
     from pyrogen.training.run import TrainedRun
 
-    root_path = Path(root)
     cwd = root_path / f"cwd{rank}"
     cwd.mkdir()
     os.chdir(cwd)
@@ -315,7 +352,7 @@ def _run_worker(rank: int, root: str) -> None:
     finally:
         loop.build = real_build
     results["files"] = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*"))
-    torch.save(results, root_path / f"rank{rank}.pt")
+    return results
 
 
 def flat(state, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -340,9 +377,9 @@ def assert_equal(a: dict, b: dict, what: str) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")
-def test_runs_on_two_ranks_agree_write_once_stop_together_and_resume_exactly(tmp_path):
-    launch(_run_worker, str(tmp_path))
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+def test_runs_on_two_ranks_agree_write_once_stop_together_and_resume_exactly(two_ranks):
+    root, results = two_ranks
+    ranks = [r["runs"] for r in results]
     for family in RUN_CASES:
         r0, r1 = ranks[0][family], ranks[1][family]
         # every rank holds the same parameters and optimiser state
@@ -366,8 +403,210 @@ def test_runs_on_two_ranks_agree_write_once_stop_together_and_resume_exactly(tmp
         assert f"runs/{family}/metrics.jsonl" in written and f"runs/{family}/samples.png" in written
     records = [
         json.loads(line)
-        for line in (tmp_path / "cwd0/runs/vae/metrics.jsonl").read_text().split("\n")
+        for line in (root / "cwd0/runs/vae/metrics.jsonl").read_text().split("\n")
         if line
     ]
     valid = [r for r in records if r["split"] == "valid"]
     assert [r["epoch"] for r in valid] == [1, 2, 3] and all(math.isfinite(r["elbo"]) for r in valid)
+
+
+# ----------------------------------------------------------------------------- evaluation
+EVAL_RUNS = {
+    "vae": ["data.binarize=dynamic", "model.latent_dim=3", "model.hidden_sizes=[16]"],
+    "flow": ["model.family=flow", "model.num_layers=2", "model.hidden_sizes=[16]"]
+    + ["data.dequantize=true", "data.logit_lambda=1e-6"],
+    "gan": ["model.family=gan", "data.name=eight_gaussians", "model.latent_dim=2"]
+    + ["model.output=identity", "model.hidden_sizes=[16]", "model.discriminator_hidden_sizes=[16]"],
+}
+
+
+def _evaluate_all() -> dict[str, dict]:
+    """``pyrogen.evaluate`` of an (untrained) run of each family: one process's numbers, or,
+    in a process group, those of the ranks together."""
+    from pyrogen.config import EvaluationConfig
+    from pyrogen.evaluation.report import evaluate_run
+    from pyrogen.training.run import TrainedRun
+
+    results = {}
+    for family, overrides in EVAL_RUNS.items():
+        cfg = load_config(None, overrides + ["train.device=cpu"])
+        dataset, learner = build(cfg, "cpu")
+        bounds = ["renyi:4"] if family == "vae" else []
+        ev = EvaluationConfig(is_samples=8, parzen_samples=300, max_test=250, seed=4, bounds=bounds)
+        results[family] = evaluate_run(TrainedRun(cfg, Path("."), dataset, learner), ev)
+    return results
+
+
+def test_distributed_evaluation_gives_the_numbers_of_one_process(two_ranks):
+    _, ranks = two_ranks
+    single = _evaluate_all()
+    for r in range(WORLD):
+        got = ranks[r]["evaluation"]
+        assert got == single, (r, got, single)  # every number, to the last bit
+    assert {"elbo", "importance_sampled", "renyi:4"} <= set(single["vae"]["estimates"])
+    assert {"exact", "bits_per_dim"} <= set(single["flow"]["estimates"])
+    assert single["gan"]["num_examples"] == 250
+
+
+# ----------------------------------------------------------------------------- torchrun
+def _torchrun(*argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("PYROGEN_QUICK", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return subprocess.run(
+        [*cmd, "-m", "pyrogen", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_torchrun_trains_and_one_process_may_not_resume_its_run(tmp_path, capsys, monkeypatch):
+    from pyrogen.cli import main
+    from pyrogen.training.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    small = ["model.hidden_sizes=[16]", "model.discriminator_hidden_sizes=[16]"]
+    args = ["configs/gan_toy.yaml", "train.device=cpu", "train.max_steps=3", *small]
+    done = _torchrun("train", *args, "--run-dir", str(run), "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run folder:") == 1  # rank 0 alone prints
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["world_size"] == 2 and len(state["ranks"]) == 2 and state["loop"]["step"] == 3
+    assert state["ranks"][0]["rng"]["noise"].ne(state["ranks"][1]["rng"]["noise"]).any()
+
+    # one process may not resume a 2-process run: one line, exit 2
+    assert main(["train", "--resume", str(run), "train.max_steps=5", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "2 process(es)" in err and "not 1" in err
+
+    # under torchrun, commands other than train and evaluate are refused (rank 0 says why)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["sample", str(run), "-n", "4", "--out", str(tmp_path / "s.png")]) == 2
+    assert "runs in one process" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- refusals
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.batch_size=1", "data.binarize=static"], "must be at least 2"),
+        (
+            ["guide.name=score_function", "guide.baseline=decaying_average"]
+            + ["elbo.name=trace_graph", "train.batch_size=25", "data.binarize=static"],
+            "must be a multiple of 2",
+        ),
+    ],
+)
+def test_batches_that_cannot_be_shared_are_refused(monkeypatch, overrides, message):
+    from pyrogen.config import ConfigError
+    from pyrogen.training import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    cfg = load_config(None, overrides)
+    _, learner = build(cfg, "cpu")
+    with pytest.raises(ConfigError, match=message):
+        distributed.check_batches(cfg.train.batch_size, learner.fixed_batch_size)
+
+
+# ----------------------------------------------------------------------------- precision
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_bf16_runs_train_and_resume_exactly(tmp_path, family, monkeypatch):
+    """bfloat16 autocast on the CPU: finite losses, and a resumed run is the run."""
+    from pyrogen.training import read_metrics, train
+    from pyrogen.training.run import TrainedRun
+
+    monkeypatch.setattr(TrainedRun, "save_figures", lambda self, *a, **k: [])
+    base = RUN_CASES[family] + ["train.precision=bf16", "train.epochs=2", "train.eval_every=0"]
+    full = train(load_config(None, base), tmp_path / "full", quiet=True)
+    assert all(math.isfinite(r["loss"]) for r in read_metrics(tmp_path / "full") if "loss" in r)
+    train(load_config(None, base + ["train.max_steps=5"]), tmp_path / "part", quiet=True)
+    resumed = train(load_config(None, base), tmp_path / "part", resume=True, quiet=True)
+    assert_equal(_state(full.learner), _state(resumed.learner), family)
+
+
+def test_float16_with_a_gradient_scaler_checkpoints_the_scaler():
+    """The 16-mixed path (CUDA only from a config) through the learners on the CPU: the
+    scalers' state is part of the learner's state, and a restored learner continues it."""
+    from pyrogen.inference.adversarial import AdversarialLearner
+    from pyrogen.inference.variational import VariationalLearner
+
+    cfg = load_config(None, VAE)
+    dataset, built = build(cfg, "cpu")
+    x = dataset.process(dataset.train[:64], torch.Generator().manual_seed(0))
+    vae = VariationalLearner(built.model, built.elbo, precision="16-mixed")
+    for _ in range(3):
+        assert math.isfinite(vae.step(x)["loss"])
+    state = vae.state_dict()
+    assert state["scaler"]["scale"] < 65536.0  # overflowing steps were skipped, scale lowered
+    again = VariationalLearner(built.model, built.elbo, precision="16-mixed")
+    again.load_state_dict(state)
+    again.step(x)  # continues from the saved scale (halved if this step overflows too)
+    assert again._scaler.get_scale() in (state["scaler"]["scale"], state["scaler"]["scale"] / 2)
+
+    cfg = load_config(None, RUN_CASES["gan"][:-1])  # no R1 penalty
+    dataset, built = build(cfg, "cpu")
+    gan = AdversarialLearner(built.model, precision="16-mixed")
+    for _ in range(3):
+        assert math.isfinite(gan.step(dataset.train[:64])["loss"])
+    assert set(gan.state_dict()["scalers"]) == {"d", "g"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.family=flow", "train.precision=bf16"], "flows train in float32"),
+        (["train.precision=16-mixed", "train.device=cpu"], "needs CUDA"),
+        (["model.family=gan", "adversarial.r1_penalty=1", "train.precision=16-mixed"], "bf16"),
+    ],
+)
+def test_precisions_a_family_cannot_use_are_refused(overrides, message):
+    from pyrogen.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+# ----------------------------------------------------------------------------- GPUs
+def _cuda_worker(rank: int, root: str) -> None:
+    torch.cuda.set_device(rank)
+    names = ["vae trace", "flow realnvp batchnorm", "gan conv batchnorm k2", "gan r1 ema"]
+    results = {name: _steps(name, True, rank, device=f"cuda:{rank}") for name in names}
+    torch.save(results, Path(root) / f"cuda{rank}.pt")
+
+
+def _nccl_entry(rank: int, world: int, port: int, root: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl", rank=rank, world_size=world, device_id=torch.device(rank))
+    try:
+        _cuda_worker(rank, root)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_nccl_step_on_two_gpus_is_one_gpu_step_on_the_union_batch(tmp_path):
+    """On 2 GPUs with nccl (torch's SyncBatchNorm in the conv GAN's generator)."""
+    mp.spawn(_nccl_entry, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    got = torch.load(tmp_path / "cuda0.pt")
+    for name, state in got.items():
+        single = {k: v.cpu() for k, v in _steps(name, False, device="cuda:0").items()}
+        assert_same_update({k: v.cpu() for k, v in state.items()}, single, name, rel=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_float16_mixed_precision_trains_on_cuda(tmp_path, family):
+    from pyrogen.training import train
+
+    overrides = [o for o in RUN_CASES[family] if o not in ("train.device=cpu",)]
+    overrides = [o for o in overrides if not o.startswith("adversarial.r1")]
+    cfg = load_config(None, overrides + ["train.device=cuda", "train.precision=16-mixed"])
+    run = train(cfg, tmp_path / "run", quiet=True)
+    state = run.learner.state_dict()
+    assert "scaler" in state or "scalers" in state
+    assert all(torch.isfinite(v).all() for v in _state(run.learner).values())
