@@ -38,6 +38,11 @@ class Learner(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    # Data parallelism (pyrogen's learners; the run loop calls them under torchrun):
+    # ``data_parallel()`` wraps what the learner differentiates in DDP, ``rank_state()`` /
+    # ``load_rank_state(state)`` hold what differs between ranks beyond the random states,
+    # and ``global_batch_size`` is set to the examples of each step over all ranks.
+
 
 def make_optimizer(
     params: Any,
