@@ -48,6 +48,12 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
         raise ConfigError(
             f"bad value for '{key}': {name!r}; expected auto, cpu, cuda or cuda:N"
         ) from None
+    if device.type == "cuda" and device.index is not None and _local_processes() > 1:
+        raise ConfigError(
+            f"{key}={name} under torchrun with {_local_processes()} processes on this machine "
+            f"would put every process on the same GPU: use {key}=auto or cuda (one GPU per "
+            "process, cuda:LOCAL_RANK)"
+        )
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"{key}={name} but CUDA is not available here (use auto or cpu)")
@@ -58,6 +64,14 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     elif device.type != "cpu":
         raise ConfigError(f"bad value for '{key}': {name!r}; expected auto, cpu, cuda or cuda:N")
     return device
+
+
+def _local_processes() -> int:
+    """torchrun's ``LOCAL_WORLD_SIZE``: the processes of this run on this machine."""
+    try:
+        return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
 
 
 def validate(cfg: Config, has_data: bool = False) -> Config:

@@ -282,7 +282,8 @@ RUN_CASES = {
     + ["adversarial.discriminator_steps=2", "adversarial.ema_decay=0.9"]
     + ["adversarial.r1_penalty=0.1"],
 }
-STOP_AT = 6  # rank 1 alone receives SIGTERM after step 6 (mid-epoch 2)
+STOP_AT = 6  # rank 1 alone receives SIGTERM after step 6 (mid-epoch 2), twice (as torchrun
+# forwards a Ctrl-C that the workers also received from the terminal)
 
 
 def _runs(rank: int, root_path: Path) -> dict[str, object]:
@@ -308,6 +309,7 @@ def _runs(rank: int, root_path: Path) -> dict[str, object]:
 
         def signal_rank_1(step: int, _out: dict) -> None:
             if rank == 1 and step == STOP_AT:
+                os.kill(os.getpid(), signal.SIGTERM)
                 os.kill(os.getpid(), signal.SIGTERM)
 
         part = root_path / "part" / family

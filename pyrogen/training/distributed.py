@@ -25,6 +25,7 @@ communicates by other means than ``torch.distributed``'s own collectives.
 
 from __future__ import annotations
 
+import inspect
 import os
 import zlib
 from collections.abc import Callable, Iterator
@@ -113,8 +114,11 @@ def session(device: torch.device | str) -> Iterator[bool]:
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs: dict[str, Any] = {"backend": backend, "timeout": TIMEOUT}
-        if device.type == "cuda":
-            kwargs["device_id"] = device
+        if (
+            device.type == "cuda"
+            and "device_id" in inspect.signature(dist.init_process_group).parameters
+        ):
+            kwargs["device_id"] = device  # binds the rank to its GPU (torch >= 2.3)
         dist.init_process_group(**kwargs)
         made = True
     try:

@@ -145,17 +145,21 @@ def evaluate_split(
 
 
 @contextmanager
-def stop_at_step_boundary() -> Iterator[Callable[[], int | None]]:
+def stop_at_step_boundary(second_interrupts: bool = True) -> Iterator[Callable[[], int | None]]:
     """While active, SIGINT and SIGTERM only set a flag, which the loop reads after each step
     (a signal in the middle of an optimiser update would leave half-updated parameters). A
-    second signal interrupts at once. Yields a function returning the pending signal."""
+    second signal interrupts at once, unless ``second_interrupts`` is false: under torchrun
+    a Ctrl-C reaches each worker twice (from the terminal, then forwarded by torchrun, which
+    kills workers that have not exited 30 s later), and a rank interrupted on its own would
+    leave the others waiting in a collective. Yields a function returning the pending
+    signal."""
     pending: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield lambda: None
         return
 
     def handler(signum, frame):  # noqa: ARG001
-        if pending:
+        if pending and second_interrupts:
             raise KeyboardInterrupt
         pending.append(signum)
 
@@ -399,7 +403,10 @@ def _train(
 
     in_step = [False]
     num_parameters = sum(p.numel() for p in learner.module.parameters())
-    with stop_at_step_boundary() as pending_signal, cpu_settings(t.num_threads, num_parameters):
+    with (
+        stop_at_step_boundary(second_interrupts=world == 1) as pending_signal,
+        cpu_settings(t.num_threads, num_parameters),
+    ):
         try:
             while loop.epoch < t.epochs and loop.step < total:
                 if loop.permutation is None:
