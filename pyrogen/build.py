@@ -31,7 +31,15 @@ from pyrogen.registry import DATASETS, check_name, populate
 
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
-    """``auto`` is CUDA when available, else CPU; ``cuda``/``cuda:N`` must exist here."""
+    """``auto`` is CUDA when available, else CPU; ``cuda``/``cuda:N`` must exist here. Under
+    ``torchrun`` with several processes on a machine with GPUs, ``auto`` and ``cuda`` are the
+    local rank's GPU (``cuda:LOCAL_RANK``: one process per GPU)."""
+    if name in ("auto", "cuda"):
+        from pyrogen.training.distributed import local_cuda_device
+
+        local = local_cuda_device()
+        if local is not None:
+            return local
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -40,6 +48,12 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
         raise ConfigError(
             f"bad value for '{key}': {name!r}; expected auto, cpu, cuda or cuda:N"
         ) from None
+    if device.type == "cuda" and device.index is not None and _local_processes() > 1:
+        raise ConfigError(
+            f"{key}={name} under torchrun with {_local_processes()} processes on this machine "
+            f"would put every process on the same GPU: use {key}=auto or cuda (one GPU per "
+            "process, cuda:LOCAL_RANK)"
+        )
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"{key}={name} but CUDA is not available here (use auto or cpu)")
@@ -50,6 +64,14 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     elif device.type != "cpu":
         raise ConfigError(f"bad value for '{key}': {name!r}; expected auto, cpu, cuda or cuda:N")
     return device
+
+
+def _local_processes() -> int:
+    """torchrun's ``LOCAL_WORLD_SIZE``: the processes of this run on this machine."""
+    try:
+        return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
 
 
 def validate(cfg: Config, has_data: bool = False) -> Config:
@@ -66,7 +88,12 @@ def validate(cfg: Config, has_data: bool = False) -> Config:
                 "pyrogen.train(cfg, data=x)"
             )
     family_of(cfg).validate(cfg)
-    resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
+    if cfg.train.precision == "16-mixed" and device.type != "cuda":
+        raise ConfigError(
+            "train.precision=16-mixed (float16 autocast with a gradient scaler) needs CUDA; on "
+            f"{device.type} use train.precision=bf16 (or 32)"
+        )
     if cfg.output.tensorboard:
         from pyrogen.training.metrics import tensorboard_available
 

@@ -11,6 +11,9 @@ models from the shell.
 unknown key, a bad value, an option out of range) is reported in one line on stderr with exit
 code 2 (argparse's own errors add the usage line), never with a traceback; nothing is written
 for a refused command.
+
+``train`` and ``evaluate`` also run data-parallel under ``torchrun`` (``torchrun
+--nproc_per_node=N -m pyrogen train CONFIG``): rank 0 alone prints and writes.
 """
 
 from __future__ import annotations
@@ -69,6 +72,23 @@ def _threads(text: str) -> int | str:
     return _int_range(1, 1024, "a thread count or auto")(text)
 
 
+#: the commands that run data-parallel under torchrun (WORLD_SIZE > 1)
+DISTRIBUTED_COMMANDS = ("train", "evaluate")
+
+
+def _is_main() -> bool:
+    """Rank 0 of a torchrun launch (or a plain process): the one that prints."""
+    from pyrogen.training.distributed import is_main
+
+    return is_main()
+
+
+def _say(*args: Any, **kwargs: Any) -> None:
+    """``print`` on rank 0 only."""
+    if _is_main():
+        print(*args, **kwargs)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from pyrogen.config import ConfigError
     from pyrogen.data import DataError
@@ -111,15 +131,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cfg, run_dir, resume=bool(args.resume), quiet=args.quiet, config_path=config_path
         )
     except TrainingDiverged as e:
-        print(f"pyrogen train: {e}", file=sys.stderr)
+        _say(f"pyrogen train: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print(
+        _say(
             "pyrogen train: interrupted; the state after the last finished step is saved: "
             "continue with pyrogen train --resume RUN_DIR",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    if not _is_main():
+        return 0
     summary = run.summary()
     if summary:
         print("final: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()))
@@ -209,9 +231,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     results = evaluate_run(run, ev)
     if args.json:
-        print(json.dumps(_strict_json(results), indent=2, allow_nan=False))
+        _say(json.dumps(_strict_json(results), indent=2, allow_nan=False))
     else:
-        print(format_report(results))
+        _say(format_report(results))
     return 0
 
 
@@ -485,12 +507,19 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help, --version, or a usage error (printed)
         return int(e.code or 0)
     try:
+        from pyrogen.training.distributed import env_world_size
+
+        if env_world_size() > 1 and args.command not in DISTRIBUTED_COMMANDS:
+            raise UsageError(
+                f"{args.command} runs in one process; run it without torchrun (only "
+                f"{' and '.join(DISTRIBUTED_COMMANDS)} run data-parallel)"
+            )
         return args.func(args)
-    except _user_errors() as e:
-        print(f"pyrogen {args.command}: error: {_one_line(e)}", file=sys.stderr)
+    except _user_errors() as e:  # the same on every rank: rank 0 says it
+        _say(f"pyrogen {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"pyrogen {args.command}: interrupted", file=sys.stderr)
+        _say(f"pyrogen {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (MemoryError, RuntimeError) as e:
         if not isinstance(e, MemoryError) and not _is_out_of_memory(e):

@@ -224,6 +224,7 @@ class TrainConfig:
 
     epochs: int = num(10, ge=0, le=MAX_STEPS)
     max_steps: int | None = num(None, ge=1, le=MAX_STEPS)  # stop after this many steps
+    # the global batch: under torchrun each of the N processes steps on 1/N of it
     batch_size: int = num(128, ge=1, le=1 << 24)
     seed: int = num(0, ge=0, le=MAX_SEED)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -234,6 +235,9 @@ class TrainConfig:
     # torch CPU threads; auto: 1 for small models, else the free cores (pyrogen.runtime)
     num_threads: int | Literal["auto"] = num("auto", ge=1, le=1024)
     compile: bool = False  # torch.compile the family's networks (measured: bench/bench_cpu.py)
+    # float32, or the forward pass under torch.autocast in bfloat16 / float16 (with a gradient
+    # scaler; CUDA only); flows train in float32 only
+    precision: Literal[32, "bf16", "16-mixed"] = 32
 
 
 @dataclass

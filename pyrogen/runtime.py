@@ -65,9 +65,15 @@ def busy_cores(interval: float = 0.2) -> float:
 
 
 def free_cores() -> int:
-    """Cores of this process not kept busy by others: available − busy, at least 1."""
+    """Cores of this process not kept busy by others: available − busy, at least 1; under
+    ``torchrun`` divided among the machine's processes (``LOCAL_WORLD_SIZE``)."""
     cores = available_cores()
-    return max(1, min(cores, round(cores - busy_cores())))
+    free = max(1, min(cores, round(cores - busy_cores())))
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, free // local)
 
 
 def auto_threads(num_parameters: int | None = None) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from pyrogen.evaluation.stats import mean_stderr
+from pyrogen.evaluation.streams import CHUNK, per_example
 
 
 @torch.no_grad()
@@ -25,20 +26,22 @@ def flow_log_likelihood(
     dataset: Any,
     y: torch.Tensor | None = None,
     seed: int = 0,
-    batch_size: int = 1000,
+    batch_size: int = CHUNK,
 ) -> dict[str, dict[str, float]]:
     """Per-example exact log-likelihoods of the stored split ``x`` (mean ± standard error):
     ``exact_model_space``; ``exact`` (in the data set's stored space: the [0, 1] cube for
-    images); and ``bits_per_dim`` for images."""
-    gen = torch.Generator().manual_seed(seed)
-    model_lp, data_lp = [], []
-    for start in range(0, x.shape[0], batch_size):
-        z = dataset.process(x[start : start + batch_size], gen)
-        yb = None if y is None or flow.num_classes is None else y[start : start + batch_size]
+    images); and ``bits_per_dim`` for images. Each batch of ``batch_size`` examples draws its
+    preprocessing noise from its own stream (the first from ``seed``); under ``torchrun`` the
+    batches are shared among the processes, with the same result."""
+
+    def chunk(start: int, stop: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        z = dataset.process(x[start:stop], gen)
+        yb = None if y is None or flow.num_classes is None else y[start:stop]
         lp = flow.log_prob(z, yb)
-        model_lp.append(lp)
-        data_lp.append(lp + dataset.log_det_jacobian(z))
-    model_lp, data_lp = torch.cat(model_lp), torch.cat(data_lp)
+        return {"model": lp, "data": lp + dataset.log_det_jacobian(z)}
+
+    values = per_example(x.shape[0], chunk, seed, "flow", x.device, chunk=batch_size)
+    model_lp, data_lp = values["model"], values["data"]
     out = {"exact": mean_stderr(data_lp)}
     if dataset.logit_lambda is not None:  # the model's space differs from the data's
         out["exact_model_space"] = mean_stderr(model_lp)

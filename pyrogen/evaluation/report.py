@@ -15,31 +15,28 @@ windows score any sampler. Each value is a mean over the split's examples with i
 error, in nats per example. Each estimator draws from its own random stream (seeded from
 ``evaluation.seed`` and the estimator's name), so asking for one more estimator never changes
 another's number.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) the examples are shared among the processes in chunks
+that draw from their own streams (:mod:`pyrogen.evaluation.streams`); the per-example values
+are gathered, so the numbers are those of one process.
 """
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 import torch
 
 from pyrogen.config import ConfigError, EvaluationConfig
+from pyrogen.evaluation.stats import mean_stderr
+from pyrogen.evaluation.streams import own_stream, per_example
 from pyrogen.families import family_of
+from pyrogen.progress import line
 from pyrogen.runtime import cpu_settings
+from pyrogen.training import distributed
 
-
-@contextmanager
-def own_stream(seed: int, name: str, device: torch.device) -> Iterator[None]:
-    """Run with torch's global generator(s) set from ``seed`` and ``name`` and restored
-    afterwards: an estimator's random numbers do not depend on what ran before it."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-        yield
+__all__ = ["evaluate_run", "format_report", "own_stream", "parse_bound", "parzen"]
 
 
 def _split(run: Any, ev: EvaluationConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -67,11 +64,12 @@ def evaluate_run(run: Any, evaluation: EvaluationConfig | None = None) -> dict[s
     run.learner.module.eval()
     x, y = _split(run, ev)
     device = x.device
-    with cpu_settings(ev.num_threads, count_parameters(run.learner.module)):
-        with own_stream(ev.seed, "family", device):
-            estimates = dict(family.evaluate(run, x, y, ev))
-        with own_stream(ev.seed, "parzen", device):
-            estimates["parzen"] = parzen(run, x, ev)
+    with (
+        distributed.session(device),
+        cpu_settings(ev.num_threads, count_parameters(run.learner.module)),
+    ):
+        estimates = dict(family.evaluate(run, x, y, ev))
+        estimates["parzen"] = parzen(run, x, ev)
     discrete = run.dataset.is_binary()
     for name, est in estimates.items():
         est.setdefault("unit", "bits/dim" if name == "bits_per_dim" else "nats")
@@ -88,8 +86,10 @@ def evaluate_run(run: Any, evaluation: EvaluationConfig | None = None) -> dict[s
 
 def parzen(run: Any, x: torch.Tensor, ev: EvaluationConfig) -> dict[str, Any]:
     """The GAN paper's Parzen-window protocol on the run's samples (σ chosen on the first
-    ``parzen_valid`` validation examples), in the stored data space."""
-    from pyrogen.evaluation.parzen import parzen_evaluate
+    ``parzen_valid`` validation examples), in the stored data space: what
+    :func:`~pyrogen.evaluation.parzen.parzen_evaluate` computes, with the test examples shared
+    among the processes of a data-parallel run (every process draws the same samples)."""
+    from pyrogen.evaluation.parzen import parzen_log_likelihood, select_sigma
 
     valid = run.dataset.split("valid")[: ev.parzen_valid]
     if ev.parzen_sigmas is not None:
@@ -98,14 +98,21 @@ def parzen(run: Any, x: torch.Tensor, ev: EvaluationConfig) -> dict[str, Any]:
         sigmas = torch.logspace(-2, 0, 13)
     else:  # the GAN paper's grid for images in [0, 1]
         sigmas = torch.logspace(-1, 0, 10)
-    return parzen_evaluate(
-        run.sample,
-        valid.reshape(valid.shape[0], -1),
-        x.reshape(x.shape[0], -1),
-        num_samples=ev.parzen_samples,
-        sigmas=sigmas,
+    line(f"Parzen window: drawing {ev.parzen_samples:,} samples", ev.quiet)
+    with own_stream(ev.seed, "parzen", x.device):
+        samples = run.sample(ev.parzen_samples)
+    line(f"Parzen window: choosing sigma on {len(valid):,} examples", ev.quiet)
+    sigma = select_sigma(samples, valid.reshape(valid.shape[0], -1), sigmas)
+    flat = x.reshape(x.shape[0], -1)
+    values = per_example(
+        x.shape[0],
+        lambda start, stop, _: {"ll": parzen_log_likelihood(samples, flat[start:stop], sigma)},
+        ev.seed,
+        "parzen",
+        x.device,
         quiet=ev.quiet,
     )
+    return {**mean_stderr(values["ll"]), "sigma": sigma, "num_samples": ev.parzen_samples}
 
 
 def parse_bound(spec: str) -> tuple[str, int]:
@@ -122,9 +129,12 @@ def parse_bound(spec: str) -> tuple[str, int]:
     return name, particles
 
 
-def estimator_bound(run: Any, x: torch.Tensor, spec: str) -> dict[str, dict[str, Any]]:
-    """The mean bound of one of Pyro's estimators (``elbo.name`` values) on ``x``, with K
-    vectorised particles: ``renyi:K`` is the IWAE bound, ``rws:K`` its wake-θ value."""
+def estimator_bound(
+    run: Any, x: torch.Tensor, spec: str, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """The mean bound of one of Pyro's estimators (``elbo.name`` values) on the stored
+    examples ``x`` (preprocessed chunk by chunk), with K vectorised particles: ``renyi:K`` is
+    the IWAE bound, ``rws:K`` its wake-θ value."""
     from pyrogen.evaluation.loglik import evaluate_elbo
     from pyrogen.inference.elbo import check_compatible, make_elbo
     from pyrogen.registry import ELBOS
@@ -148,7 +158,14 @@ def estimator_bound(run: Any, x: torch.Tensor, spec: str) -> dict[str, dict[str,
     elbo = make_elbo(name, num_particles=k, vectorize_particles=k > 1, alpha=e.alpha)
     batch = max(1, 20_000 // k)  # examples per call: K particles of each in one trace
     vae = run.model
-    value = evaluate_elbo(vae.model, vae.guide, x, elbo, batch_size=batch)
+
+    def chunk(start: int, stop: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        xp = run.dataset.process(x[start:stop], gen)
+        mean = evaluate_elbo(vae.model, vae.guide, xp, elbo, batch_size=batch)
+        return {"sum": torch.tensor([mean * (stop - start)], dtype=torch.float64)}
+
+    total = per_example(x.shape[0], chunk, seed, f"bound {spec}", x.device)["sum"].sum()
+    value = float(total) / x.shape[0]
     return {spec: {"mean": value, "stderr": None, "n": int(x.shape[0]), "K": k}}
 
 

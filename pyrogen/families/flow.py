@@ -38,6 +38,14 @@ class FlowFamily(Family):
                 f"model.flow={m.flow} has no inverse, so it cannot score (or be fitted to) data "
                 "it did not sample; use realnvp, maf, nsf_coupling, nsf_autoregressive or glow"
             )
+        if cfg.train.precision != 32:
+            raise ConfigError(
+                f"train.precision={cfg.train.precision}: a flow is trained on its exact "
+                "log-likelihood, a sum of log-determinants over every layer and dimension, "
+                "which bfloat16/float16 round to 2-3 significant digits (a MAF on digits "
+                "scored examples 0.06 nats off on average in bf16, more in higher dimension): "
+                "flows train in float32 (train.precision=32)"
+            )
         if m.conditional and m.flow not in CONDITIONAL:
             raise ConfigError(
                 f"model.conditional=true: model.flow={m.flow} has no class-conditional form "
@@ -130,6 +138,7 @@ class FlowFamily(Family):
             momentum=o.momentum,
             weight_decay=o.weight_decay,
             clip_norm=o.clip_norm,
+            precision=cfg.train.precision,
         )
 
     def evaluate(self, run: Any, x: torch.Tensor, y: torch.Tensor | None, options: Any) -> dict:

@@ -21,6 +21,17 @@ class GANFamily(Family):
 
     def validate(self, cfg: Config) -> None:
         check_name(GAN_LOSSES, cfg.adversarial.generator_loss, "adversarial.generator_loss")
+        a = cfg.adversarial
+        penalty = "adversarial.r1_penalty" if a.r1_penalty else None
+        if GAN_LOSSES.get(a.generator_loss).gradient_penalty and a.gradient_penalty:
+            penalty = "adversarial.gradient_penalty"
+        if cfg.train.precision == "16-mixed" and penalty:
+            raise ConfigError(
+                f"train.precision=16-mixed with {penalty}: the penalty differentiates D's "
+                "output w.r.t. its input inside the loss, where the gradient scaler's scale "
+                "does not reach, so small float16 gradients would flush to zero: use "
+                "train.precision=bf16 (or 32)"
+            )
         m = cfg.model
         if m.architecture == "conv":
             for key in ("hidden_sizes", "discriminator_hidden_sizes"):
@@ -93,4 +104,5 @@ class GANFamily(Family):
             r1_penalty=a.r1_penalty,
             ema_decay=a.ema_decay,
             clip_norm=o.clip_norm,
+            precision=cfg.train.precision,
         )

@@ -145,29 +145,37 @@ class VAEFamily(Family):
             weight_decay=o.weight_decay,
             clip_norm=o.clip_norm,
             kl_warmup_steps=e.kl_warmup_steps,
+            precision=cfg.train.precision,
         )
 
     def evaluate(self, run: Any, x: torch.Tensor, y: torch.Tensor | None, options: Any) -> dict:
         """ELBO and IS log p(x) with K = ``options.is_samples`` (nats per example, in the data
         set's stored space: the model's log-density plus the log-determinant of the
         preprocessing, e.g. of ``data.standardize``; binarised or dequantised images as the
-        model sees them), and any extra bounds ``options.bounds`` (in the model's space)."""
+        model sees them; each chunk of examples with its own noise), and any extra bounds
+        ``options.bounds`` (in the model's space)."""
         from pyrogen.evaluation.loglik import elbo_and_importance_log_likelihood
         from pyrogen.evaluation.report import estimator_bound
+        from pyrogen.evaluation.streams import CHUNK, per_example
 
-        xp = run.dataset.process(x, torch.Generator().manual_seed(options.seed))
         vae = run.model
-        elbo, logp = elbo_and_importance_log_likelihood(
-            vae.model, vae.guide, xp, num_samples=options.is_samples, quiet=options.quiet
-        )
-        log_det = run.dataset.log_det_jacobian(xp).to(elbo.dtype)
-        elbo, logp = elbo + log_det, logp + log_det
+
+        def chunk(start: int, stop: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+            xp = run.dataset.process(x[start:stop], gen)
+            elbo, logp = elbo_and_importance_log_likelihood(
+                vae.model, vae.guide, xp, num_samples=options.is_samples, batch_size=CHUNK,
+                quiet=True,
+            )  # fmt: skip
+            log_det = run.dataset.log_det_jacobian(xp).to(elbo.dtype)
+            return {"elbo": elbo + log_det, "logp": logp + log_det}
+
+        values = per_example(x.shape[0], chunk, options.seed, "vae", x.device, quiet=options.quiet)
         out = {
-            "elbo": mean_stderr(elbo),
-            "importance_sampled": {**mean_stderr(logp), "K": options.is_samples},
+            "elbo": mean_stderr(values["elbo"]),
+            "importance_sampled": {**mean_stderr(values["logp"]), "K": options.is_samples},
         }
         for spec in options.bounds:
-            out.update(estimator_bound(run, xp, spec))
+            out.update(estimator_bound(run, x, spec, options.seed))
         return out
 
     def figures(self, run: Any, out_dir: Path) -> list[Path]:

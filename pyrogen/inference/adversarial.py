@@ -35,7 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyrogen.inference.base import make_optimizer
+from pyrogen.inference.base import (
+    autocast,
+    data_parallel,
+    device_of,
+    grad_scaler,
+    make_optimizer,
+    poisoned,
+    precision_dtype,
+)
 from pyrogen.models.gan import GAN
 from pyrogen.registry import GAN_LOSSES
 
@@ -150,6 +158,14 @@ class AdversarialLearner:
     update is undone if G's step fails after it, buffers (batch-norm statistics, spectral-norm
     vectors) are put back, no counter moves, and ``loss`` is NaN so the run loop stops.
 
+    **Data parallelism** (:meth:`data_parallel`): D and G are wrapped by two DDP modules, one
+    per player, so each phase's backward pass all-reduces exactly the parameters it updates.
+    D's module computes its whole loss in its forward pass (one pass over cat([real, fake]),
+    and the gradient and R1 penalties by double backward w.r.t. the inputs only); G's computes
+    G's loss through D. Batch norm uses the global batch (SyncBatchNorm), spectral-norm and
+    batch-norm buffers are broadcast from rank 0 at each forward, and every rank updates the
+    same EMA generator from the same averaged weights.
+
     ``step`` returns ``loss`` (= ``d_loss``, the D loss with penalties), ``d_loss``,
     ``g_loss`` (G's loss at its update; on calls without one, G's loss on the D step's
     samples), ``d_real`` = mean D(x) on the batch and ``d_fake`` = mean D(G(z)) on the
@@ -181,6 +197,7 @@ class AdversarialLearner:
         r1_penalty: float = 0.0,
         ema_decay: float | None = None,
         clip_norm: float | None = None,
+        precision: int | str = 32,
     ) -> None:
         if discriminator_steps < 1:
             raise ValueError(f"discriminator_steps must be >= 1, got {discriminator_steps}")
@@ -204,6 +221,17 @@ class AdversarialLearner:
         self.num_steps = 0  # discriminator updates (calls of step that succeeded)
         self.num_g_steps = 0
         self._undo = _Undo()
+        # mixed precision (float16: one gradient scaler per player) and data parallelism
+        self.precision = precision
+        self._dtype = precision_dtype(precision)
+        self._scalers: dict[str, torch.amp.GradScaler] = {}
+        self._scaler_states: dict[str, Any] = {}
+        self._ddp_d: nn.Module | None = None
+        self._ddp_g: nn.Module | None = None
+        self.world_size = 1
+        #: under DDP: the examples of the current step over all ranks (set by the run loop;
+        #: ``None``: every rank's piece has the same size)
+        self.global_batch_size: int | None = None
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
@@ -235,24 +263,90 @@ class AdversarialLearner:
             loss = loss + 0.5 * self.r1_weight * r1_penalty(d, real)
         return loss, l_real, l_fake
 
-    def _backward(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> torch.Tensor:
+    def _backward(
+        self,
+        loss: torch.Tensor,
+        opt: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> torch.Tensor:
         """Gradients of ``loss`` for ``opt``'s parameters only; returns their global norm."""
         params = [p for group in opt.param_groups for p in group["params"]]
         opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=params)
+        if scaler is None:
+            loss.backward(inputs=params)
+        else:
+            scaler.scale(loss).backward(inputs=params)
+            scaler.unscale_(opt)
         return nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
 
-    def _apply(self, opt: torch.optim.Optimizer, grad_norm: torch.Tensor) -> None:
+    def _apply(
+        self,
+        opt: torch.optim.Optimizer,
+        grad_norm: torch.Tensor,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> None:
         if self.clip_norm is not None:
             params = [p for group in opt.param_groups for p in group["params"]]
             nn.utils.clip_grads_with_norm_(params, self.clip_norm, grad_norm)
-        opt.step()
+        if scaler is None:
+            opt.step()
+        else:  # skips the update when the gradients overflowed
+            scaler.step(opt)
+            scaler.update()
 
     def _cancel(self, out: dict[str, float]) -> dict[str, float]:
         self.opt_d.zero_grad(set_to_none=True)
         self.opt_g.zero_grad(set_to_none=True)
         self._undo.restore()
         return {**out, "loss": float("nan")}
+
+    # ---------------------------------------------------------------- DDP, mixed precision
+    def data_parallel(self) -> None:
+        """Train data-parallel over the default process group (the run loop calls this under
+        ``torchrun``; see the class docstring). Constructing the two DDP modules broadcasts
+        rank 0's parameters and buffers."""
+        from pyrogen.training import distributed, sync_layers
+
+        device = device_of(self.model)
+        sync_layers.convert(self.model.generator, device)
+        sync_layers.convert(self.model.discriminator, device)
+        self.world_size = distributed.world_size()
+        self._ddp_d = data_parallel(_DiscriminatorObjective(self))
+        self._ddp_g = data_parallel(_GeneratorObjective(self))
+
+    def _discriminator_objective(
+        self, real: torch.Tensor, fake: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`discriminator_loss` in the configured precision (float32 results)."""
+        if self._dtype is None:
+            return self.discriminator_loss(real, fake)
+        with autocast(self._dtype, real.device):
+            loss, l_real, l_fake = self.discriminator_loss(real, fake)
+        return loss.float(), l_real.float(), l_fake.float()
+
+    def _generator_objective(self, n: int) -> torch.Tensor:
+        """G's loss on n fresh samples, through D."""
+        with autocast(self._dtype, device_of(self.model)):
+            return self.loss.g_loss(self.model.discriminate(self._generate(n))).float()
+
+    def _for_backward(self, loss: torch.Tensor, n: int) -> torch.Tensor:
+        """Under DDP, this rank's batch mean times n W / B: DDP's average over the W ranks is
+        then the gradient of the mean over the B examples of the union batch. A rank whose loss
+        is not finite poisons every rank's averaged gradient (all then cancel the step)."""
+        if self.world_size == 1:
+            return loss
+        total = self.global_batch_size
+        share = 1.0 if total is None else n * self.world_size / total
+        return poisoned(loss, loss) * share
+
+    def _scaler(self, player: str) -> torch.amp.GradScaler | None:
+        if self._dtype != torch.float16:
+            return None
+        if player not in self._scalers:
+            self._scalers[player] = grad_scaler(device_of(self.model))
+            if player in self._scaler_states:
+                self._scalers[player].load_state_dict(self._scaler_states[player])
+        return self._scalers[player]
 
     def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
         """One D step on ``x``; every k-th call also one G step (see the class docstring)."""
@@ -267,10 +361,12 @@ class AdversarialLearner:
             self._undo.save(buffers)
 
         # D ascends V: data labelled 1, fresh samples labelled 0
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self._dtype, x.device):
             fake = self._generate(n)
-        d_loss, l_real, l_fake = self.discriminator_loss(x.reshape(fake.shape), fake)
-        d_norm = self._backward(d_loss, self.opt_d)
+        d_objective = self._ddp_d if self._ddp_d is not None else self._discriminator_objective
+        d_loss, l_real, l_fake = d_objective(x.reshape(fake.shape), fake)
+        scaler_d = self._scaler("d")
+        d_norm = self._backward(self._for_backward(d_loss, n), self.opt_d, scaler_d)
         stats = torch.stack(
             [
                 d_loss.detach(),
@@ -282,18 +378,25 @@ class AdversarialLearner:
         ).tolist()  # the one host sync of the D step
         out = {"loss": stats[0], "d_loss": stats[0], "g_loss": stats[4]}
         out.update(d_real=stats[2], d_fake=stats[3])
-        if not all(map(math.isfinite, stats[:2])):
+        # with a gradient scaler, overflowing gradients are the scaler's business (it skips)
+        if not all(map(math.isfinite, stats[: 1 if scaler_d else 2])):
             return self._cancel(out)
-        self._apply(self.opt_d, d_norm)
+        self._apply(self.opt_d, d_norm, scaler_d)
 
         if g_step:  # G descends its loss on fresh z against the updated D
-            g_loss = self.loss.g_loss(gan.discriminate(self._generate(n)))
-            g_norm = self._backward(g_loss, self.opt_g)
+            if self._ddp_g is not None:
+                g_loss = self._ddp_g(n)
+            elif self._dtype is not None:
+                g_loss = self._generator_objective(n)
+            else:
+                g_loss = self.loss.g_loss(gan.discriminate(self._generate(n)))
+            scaler_g = self._scaler("g")
+            g_norm = self._backward(self._for_backward(g_loss, n), self.opt_g, scaler_g)
             g_value, g_norm_value = torch.stack([g_loss.detach(), g_norm]).tolist()
             out["g_loss"] = g_value
-            if not (math.isfinite(g_value) and math.isfinite(g_norm_value)):
+            if not (math.isfinite(g_value) and (scaler_g or math.isfinite(g_norm_value))):
                 return self._cancel(out)
-            self._apply(self.opt_g, g_norm)
+            self._apply(self.opt_g, g_norm, scaler_g)
             gan.update_ema()
             self.num_g_steps += 1
         self.num_steps += 1
@@ -321,7 +424,7 @@ class AdversarialLearner:
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Both players (and the EMA generator), both optimisers and the counters."""
-        return {
+        state = {
             "module": self.model.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "opt_g": self.opt_g.state_dict(),
@@ -330,6 +433,17 @@ class AdversarialLearner:
             "generator_loss": self.generator_loss,
             "discriminator_steps": self.k,
         }
+        if self._dtype == torch.float16:  # the gradient scalers' scales and growth trackers
+            state["scalers"] = {**self._scaler_states}
+            state["scalers"].update({k: v.state_dict() for k, v in self._scalers.items()})
+        return state
+
+    def rank_state(self) -> dict[str, Any]:
+        """What differs between ranks under DDP beyond their random states: nothing."""
+        return {}
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        pass
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["module"])
@@ -337,3 +451,35 @@ class AdversarialLearner:
         self.opt_g.load_state_dict(state["opt_g"])
         self.num_steps = int(state["num_steps"])
         self.num_g_steps = int(state["num_g_steps"])
+        for player, scaler_state in state.get("scalers", {}).items():
+            self._scaler_states[player] = scaler_state
+            if player in self._scalers:
+                self._scalers[player].load_state_dict(scaler_state)
+
+
+class _DiscriminatorObjective(nn.Module):
+    """What D's DDP wraps: the discriminator, with D's whole loss (penalties included) as
+    ``forward(real, fake)``."""
+
+    def __init__(self, learner: AdversarialLearner) -> None:
+        super().__init__()
+        self.discriminator = learner.model.discriminator
+        self.learner = learner  # not a module: not part of the tree
+
+    def forward(
+        self, real: torch.Tensor, fake: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.learner._discriminator_objective(real, fake)
+
+
+class _GeneratorObjective(nn.Module):
+    """What G's DDP wraps: the generator, with G's loss on ``n`` fresh samples (through D,
+    whose parameters receive no gradient in G's phase) as ``forward(n)``."""
+
+    def __init__(self, learner: AdversarialLearner) -> None:
+        super().__init__()
+        self.generator = learner.model.generator
+        self.learner = learner
+
+    def forward(self, n: int) -> torch.Tensor:
+        return self.learner._generator_objective(n)

@@ -8,6 +8,8 @@ methods below, so VAEs, flows and GANs share one loop, one checkpoint format and
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -41,6 +43,11 @@ class Learner(Protocol):
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """Every optimiser (for learning-rate schedules)."""
         ...
+
+    # Data parallelism (pyrogen's learners; the run loop calls them under torchrun):
+    # ``data_parallel()`` wraps what the learner differentiates in DDP, ``rank_state()`` /
+    # ``load_rank_state(state)`` hold what differs between ranks beyond the random states,
+    # and ``global_batch_size`` is set to the examples of each step over all ranks.
 
 
 def lr_factor(
@@ -86,3 +93,81 @@ def make_optimizer(
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"unknown optimiser {name!r} (allowed: adam, adamw, sgd, rmsprop)")
+
+
+# ---------------------------------------------------------------------- precision and DDP
+#: ``train.precision`` values and the autocast dtype of each (``None``: float32, no autocast)
+PRECISIONS: dict[int | str, torch.dtype | None] = {
+    32: None,
+    "32": None,
+    "bf16": torch.bfloat16,
+    "16-mixed": torch.float16,
+}
+
+
+def precision_dtype(precision: int | str) -> torch.dtype | None:
+    """The ``torch.autocast`` dtype of a ``train.precision`` value (``None`` for 32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 32, bf16 or 16-mixed, got {precision!r}")
+    return PRECISIONS[precision]
+
+
+@contextmanager
+def autocast(dtype: torch.dtype | None, device: torch.device) -> Iterator[None]:
+    """``torch.autocast`` in ``dtype`` on ``device``'s type; a no-op for float32."""
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device.type, dtype=dtype):
+        yield
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """The gradient scaler of float16 training (losses scaled up so that small float16
+    gradients do not flush to zero; steps with overflowing gradients are skipped)."""
+    return torch.amp.GradScaler(device.type)
+
+
+def device_of(module: nn.Module) -> torch.device:
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def poisoned(loss: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``loss`` whose gradient is NaN everywhere when ``value`` is not finite. Under DDP a rank
+    whose loss is not finite must still join the gradient all-reduce (or the others would
+    wait for it forever); its NaN gradients then reach every rank, so every rank sees
+    non-finite averaged gradients and all skip the update together."""
+    ok = torch.isfinite(value.detach()).to(loss.device)
+    return loss * torch.where(ok, 1.0, float("nan")).to(loss.dtype)
+
+
+def data_parallel(wrapper: nn.Module, broadcast_buffers: bool = True) -> nn.Module:
+    """``DistributedDataParallel(wrapper)`` over the default process group, on the device of
+    ``wrapper``'s parameters (``device_ids`` for a GPU). Constructing it broadcasts rank 0's
+    parameters and buffers, so every rank starts from the same state."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = device_of(wrapper)
+    # torch >= 2.13 renamed broadcast_buffers (which also skipped the initial sync when off)
+    options = inspect.signature(DistributedDataParallel).parameters
+    key = "forward_sync_buffers" if "forward_sync_buffers" in options else "broadcast_buffers"
+    return DistributedDataParallel(
+        wrapper, device_ids=[device] if device.type == "cuda" else None, **{key: broadcast_buffers}
+    )
+
+
+class ZeroValue(torch.autograd.Function):
+    """0 in the forward pass, the identity in the backward pass: carries the gradient of a
+    surrogate whose value is meaningless (Pyro's tail-adaptive loss is +inf by design)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return torch.zeros_like(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return grad

@@ -4,7 +4,10 @@
   divergence, safe interruption, resume);
 * :mod:`~pyrogen.training.checkpoint`: checksummed atomic checkpoints, loaded weights-only;
 * :mod:`~pyrogen.training.metrics`: ``metrics.jsonl`` / ``metrics.csv``;
-* :mod:`~pyrogen.training.run`: :class:`TrainedRun` and ``load(run_dir)``.
+* :mod:`~pyrogen.training.run`: :class:`TrainedRun` and ``load(run_dir)``;
+* :mod:`~pyrogen.training.distributed`: data-parallel runs under ``torchrun`` (process group,
+  sharding, reductions), with :mod:`~pyrogen.training.sync_layers` (batch statistics of the
+  global batch).
 """
 
 from pyrogen.training.checkpoint import CheckpointError

@@ -186,8 +186,11 @@ def check_checkpoint_fits(state: dict[str, Any], cfg: Any, path: Path) -> None:
         )
 
 
-def rng_state(data_generator: torch.Generator) -> dict[str, Any]:
-    """Every random number generator a run draws from, as weights-only-loadable values."""
+def rng_state(
+    data_generator: torch.Generator, noise_generator: torch.Generator | None = None
+) -> dict[str, Any]:
+    """Every random number generator a run draws from, as weights-only-loadable values
+    (``noise``: a data-parallel rank's own generator of preprocessing noise)."""
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -195,18 +198,37 @@ def rng_state(data_generator: torch.Generator) -> dict[str, Any]:
         "python": random.getstate(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
     }
+    if noise_generator is not None and noise_generator is not data_generator:
+        state["noise"] = noise_generator.get_state()
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        if _one_device_per_process():  # a data-parallel rank: its own GPU only
+            state["cuda_current"] = torch.cuda.get_rng_state()
+        else:
+            state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict[str, Any], data_generator: torch.Generator) -> None:
+def set_rng_state(
+    state: dict[str, Any],
+    data_generator: torch.Generator,
+    noise_generator: torch.Generator | None = None,
+) -> None:
     """Restore what :func:`rng_state` captured."""
     torch.set_rng_state(state["torch"])
     data_generator.set_state(state["data"])
+    if noise_generator is not None and "noise" in state:
+        noise_generator.set_state(state["noise"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda_current" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_current"])
+
+
+def _one_device_per_process() -> bool:
+    from pyrogen.training.distributed import is_distributed
+
+    return is_distributed()

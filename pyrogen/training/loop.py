@@ -20,6 +20,14 @@ Guarantees:
 * **Interrupting is safe**: SIGINT (Ctrl-C) and SIGTERM stop at the next step boundary, write
   a checkpoint and raise :class:`KeyboardInterrupt`; ``train(cfg, resume=True)`` then ends with
   exactly the parameters of an uninterrupted run on the CPU.
+
+**Data parallelism.** Launched by ``torchrun`` with ``WORLD_SIZE > 1``, the same loop runs on
+every rank (:mod:`pyrogen.training.distributed`): ``train.batch_size`` is the global batch,
+each rank steps on its piece of it, with its own preprocessing and model noise, through the
+learner's DDP modules; the step's metrics and the pending-signal flag are all-reduced after
+every step, so every rank logs the same means, stops at the same step boundary and diverges
+together. Rank 0 alone writes the run folder; checkpoints hold every rank's random states
+and can be resumed with the same number of processes.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pyro
 import torch
 
 from pyrogen.build import build, resolve_device
@@ -47,7 +56,9 @@ from pyrogen.progress import bar as progress_bar
 from pyrogen.progress import interactive
 from pyrogen.progress import line as progress_line
 from pyrogen.runtime import cpu_settings
+from pyrogen.training import distributed
 from pyrogen.training.checkpoint import (
+    CheckpointError,
     all_finite,
     check_checkpoint_fits,
     fixed_differences,
@@ -112,32 +123,43 @@ def evaluate_split(
     random stream)."""
     x_all = dataset.split(split)
     y_all = dataset.labels(split) if labels else None
+    n = x_all.shape[0]
+    if distributed.is_distributed():  # each rank its shard, with its own draws
+        start, stop = distributed.shard_range(n)
+        x_all = x_all[start:stop]
+        y_all = None if y_all is None else y_all[start:stop]
+        seed = distributed.rank_seed(seed, "validation") % (1 << 63)
     gen = torch.Generator().manual_seed(seed)
     totals: dict[str, float] = {}
-    n = x_all.shape[0]
     devices = [dataset.device] if dataset.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for start in range(0, n, batch_size):
+        for start in range(0, x_all.shape[0], batch_size):
             x = dataset.process(x_all[start : start + batch_size], gen)
             y = None if y_all is None else y_all[start : start + batch_size]
             for key, value in learner.evaluate(x, y).items():
                 totals[key] = totals.get(key, 0.0) + value * x.shape[0]
+    if distributed.is_distributed():
+        totals = distributed.sum_dicts(distributed.all_gather_object(totals))
     return {key: value / n for key, value in totals.items()}
 
 
 @contextmanager
-def stop_at_step_boundary() -> Iterator[Callable[[], int | None]]:
+def stop_at_step_boundary(second_interrupts: bool = True) -> Iterator[Callable[[], int | None]]:
     """While active, SIGINT and SIGTERM only set a flag, which the loop reads after each step
     (a signal in the middle of an optimiser update would leave half-updated parameters). A
-    second signal interrupts at once. Yields a function returning the pending signal."""
+    second signal interrupts at once, unless ``second_interrupts`` is false: under torchrun
+    a Ctrl-C reaches each worker twice (from the terminal, then forwarded by torchrun, which
+    kills workers that have not exited 30 s later), and a rank interrupted on its own would
+    leave the others waiting in a collective. Yields a function returning the pending
+    signal."""
     pending: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield lambda: None
         return
 
     def handler(signum, frame):  # noqa: ARG001
-        if pending:
+        if pending and second_interrupts:
             raise KeyboardInterrupt
         pending.append(signum)
 
@@ -150,7 +172,11 @@ def stop_at_step_boundary() -> Iterator[Callable[[], int | None]]:
 
 
 def _checkpoint_state(
-    cfg: Config, learner: Learner, loop: LoopState, data_gen: torch.Generator
+    cfg: Config,
+    learner: Learner,
+    loop: LoopState,
+    data_gen: torch.Generator,
+    noise_gen: torch.Generator | None = None,
 ) -> dict[str, Any]:
     return {
         "family": cfg.model.family,
@@ -162,7 +188,7 @@ def _checkpoint_state(
             "position": loop.position,
             "permutation": loop.permutation,
         },
-        "rng": rng_state(data_gen),
+        "rng": rng_state(data_gen, noise_gen),
     }
 
 
@@ -224,11 +250,38 @@ def train(
     """
     if data is not None:
         cfg = replace(cfg, data=replace(cfg.data, name="array", path=None, checksum=None))
-    run_dir = Path(run_dir) if run_dir is not None else make_run_dir(cfg, config_path)
     device = resolve_device(cfg.train.device)
+    with distributed.session(device):  # torchrun with WORLD_SIZE > 1: data-parallel
+        return _train(cfg, run_dir, resume, quiet, config_path, on_step, data, device)
+
+
+def _train(
+    cfg: Config,
+    run_dir: str | os.PathLike | None,
+    resume: bool,
+    quiet: bool,
+    config_path: str | os.PathLike | None,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+    data: Any,
+    device: torch.device,
+) -> TrainedRun:
+    world = distributed.world_size()
+    main = distributed.is_main()
+    quiet = quiet or not main  # rank 0 alone shows progress
+    run_dir = Path(run_dir) if run_dir is not None else make_run_dir(cfg, config_path)
+    if world > 1:  # rank 0's name (it holds a timestamp)
+        run_dir = Path(distributed.broadcast_object(str(run_dir)))
     state = None
     if resume:
         state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != world:
+            raise CheckpointError(
+                f"{run_dir / CHECKPOINT} was written by a run on {saved_world} process(es); "
+                f"resume it on {saved_world} (torchrun --nproc_per_node=...), not {world}: the "
+                "order of the data and every rank's random streams depend on the number of "
+                "processes"
+            )
         if state.get("family") != cfg.family or not isinstance(state.get("config"), dict):
             check_checkpoint_fits(state, cfg, run_dir / CHECKPOINT)
         changed = fixed_differences(state["config"], cfg.to_dict())
@@ -238,20 +291,35 @@ def train(
                 + "; ".join(changed[:4])
                 + " (start a new run for that)"
             )
-    dataset, learner = build(cfg, device, data=data)
+    # rank 0 first: it downloads missing files, and its errors reach every rank
+    dataset, learner = distributed.main_first(lambda: build(cfg, device, data=data))
     if dataset.checksum is not None and cfg.data.checksum is None:
         path = str(Path(cfg.data.path).resolve()) if cfg.data.path else None
         cfg = replace(cfg, data=replace(cfg.data, path=path, checksum=dataset.checksum))
-    data_gen = torch.Generator().manual_seed(cfg.train.seed)
+    data_gen = torch.Generator().manual_seed(cfg.train.seed)  # the order of the examples
+    noise_gen = data_gen  # the preprocessing's noise (binarisation, dequantisation)
+    if world > 1:  # the same order on every rank; each rank its own noise and model draws
+        noise_gen = torch.Generator().manual_seed(distributed.rank_seed(cfg.train.seed, "data"))
+        pyro.set_rng_seed(distributed.rank_seed(cfg.train.seed, "model") % (1 << 32))
     loop = LoopState()
     if state is not None:
         learner.load_state_dict(state["learner"])
         loop = LoopState(**state["loop"])
-        set_rng_state(state["rng"], data_gen)
+        if world > 1:
+            own = state["ranks"][distributed.rank()]
+            set_rng_state(own["rng"], data_gen, noise_gen)
+            learner.load_rank_state(own["learner"])
+        else:
+            set_rng_state(state["rng"], data_gen)
     t, o = cfg.train, cfg.optim
     n = dataset.train.shape[0]
     fixed_batches = getattr(learner, "fixed_batch_size", False)
+    if world > 1:
+        distributed.check_batches(t.batch_size, fixed_batches)
+        learner.data_parallel()
     steps_per_epoch = n // t.batch_size if fixed_batches else math.ceil(n / t.batch_size)
+    if not fixed_batches and 0 < n % t.batch_size < world:
+        steps_per_epoch -= 1  # a last batch with fewer examples than processes is skipped
     if steps_per_epoch == 0:
         raise ConfigError(
             f"train.batch_size={t.batch_size} is larger than the {n} training examples, and "
@@ -267,19 +335,25 @@ def train(
             "or train.max_steps to continue it"
         )
     # everything that can fail on the user's input has been checked: the run starts
-    create_run_dir(run_dir)
-    remove_orphans(run_dir, CHECKPOINT)
+    distributed.barrier()  # every rank has read the run folder before rank 0 writes it
     if data is not None:
-        _save_user_data(data, run_dir / DATA)
         cfg = replace(cfg, data=replace(cfg.data, path=str((run_dir / DATA).resolve())))
-    if state is not None:
-        record_resume(run_dir, state["config"], cfg, loop.step)
-    save_config(cfg, run_dir / CONFIG)
-    metrics = MetricsWriter(run_dir, cfg.output.metrics_format)
+
+    def start_run_folder() -> None:  # rank 0 alone writes the run folder
+        create_run_dir(run_dir)
+        remove_orphans(run_dir, CHECKPOINT)
+        if data is not None:
+            _save_user_data(data, run_dir / DATA)
+        if state is not None:
+            record_resume(run_dir, state["config"], cfg, loop.step)
+        save_config(cfg, run_dir / CONFIG)
+
+    distributed.on_main(start_run_folder)
+    metrics = MetricsWriter(run_dir, cfg.output.metrics_format) if main else _NoMetrics()
     use_tensorboard = cfg.output.tensorboard
     board = (
         TensorBoardLog(run_dir)
-        if use_tensorboard or (use_tensorboard is None and tensorboard_available())
+        if main and (use_tensorboard or (use_tensorboard is None and tensorboard_available()))
         else None
     )
     uses_labels = family_of(cfg).uses_labels(cfg)
@@ -307,13 +381,21 @@ def train(
 
     def checkpoint() -> None:
         learner_state = learner.state_dict()
-        if not all_finite(learner_state):
+        finite = all_finite(learner_state)
+        if world > 1:  # every rank's random states and own learner state; all decide together
+            own = {"rng": rng_state(data_gen, noise_gen), "learner": learner.rank_state()}
+            finite = distributed.all_agree(finite and all_finite(own["learner"]))
+        if not finite:
             raise diverged(
                 f"parameters or optimiser state became non-finite by step {loop.step} (epoch "
                 f"{loop.epoch + 1})"
             )
+        record = _checkpoint_state(cfg, learner, loop, data_gen, noise_gen)
+        if world > 1:
+            record["world_size"] = world
+            record["ranks"] = distributed.all_gather_object(own)
         try:
-            save_checkpoint(_checkpoint_state(cfg, learner, loop, data_gen), checkpoint_path)
+            distributed.on_main(lambda: save_checkpoint(record, checkpoint_path))
         except OSError as e:
             kept = "; " + last_checkpoint_text().replace("the last", "the previous", 1)
             raise OSError(e.errno, f"{e.strerror or e}{kept}", str(checkpoint_path)) from None
@@ -322,7 +404,7 @@ def train(
     in_step = [False]
     num_parameters = sum(p.numel() for p in learner.module.parameters())
     with (
-        stop_at_step_boundary() as pending_signal,
+        stop_at_step_boundary(second_interrupts=world == 1) as pending_signal,
         cpu_settings(t.num_threads, num_parameters) as threads,
     ):
         try:
@@ -332,6 +414,8 @@ def train(
                 batches = loop.permutation.split(t.batch_size)
                 if fixed_batches and n % t.batch_size:
                     batches = batches[:-1]  # the learner needs batches of one size
+                if world > 1 and n % t.batch_size and len(batches[-1]) < world:
+                    batches = batches[:-1]  # a piece for every rank, or no step
                 while loop.position < len(batches) and loop.step < total:
                     in_step[0] = True
                     if o.schedule != "constant":
@@ -340,14 +424,23 @@ def train(
                         )
                         set_lr_factor(learner.optimizers, factor)
                     idx = batches[loop.position].to(device)
-                    x = dataset.process(dataset.train[idx], data_gen)
+                    if world > 1:  # this rank's piece of the global batch
+                        learner.global_batch_size = len(idx)
+                        idx = distributed.shard(idx)
+                    x = dataset.process(dataset.train[idx], noise_gen)
                     y = None if train_labels is None else train_labels[idx]
                     try:
                         out = learner.step(x, y)
                     except ValueError as e:  # a distribution's arguments became NaN or inf
-                        if "invalid values" not in str(e) and "nan" not in str(e).lower():
+                        bad = "invalid values" in str(e) or "nan" in str(e).lower()
+                        if not bad or world > 1:  # a rank cannot leave the others' collectives
                             raise
                         out = {"loss": float("nan")}
+                    stop = False
+                    if world > 1:  # global means; any rank's signal stops every rank
+                        out, stop = distributed.reduce_step(
+                            out, len(x), learner.global_batch_size, pending_signal() is not None
+                        )
                     if not math.isfinite(out["loss"]):
                         raise diverged(
                             f"the training loss is {out['loss']} at step {loop.step + 1} "
@@ -370,7 +463,7 @@ def train(
                     if on_step is not None:
                         on_step(loop.step, out)
                     bar.update(1)
-                    if pending_signal() is not None:
+                    if stop or (world == 1 and pending_signal() is not None):
                         raise KeyboardInterrupt
                 if loop.position >= len(batches):  # the epoch is complete
                     loop.epoch += 1
@@ -418,6 +511,17 @@ def train(
     summary = {"train_seconds": time.perf_counter() - start_time, "num_threads": threads}
     metrics.write(loop.step, loop.epoch, "summary", summary)
     run = TrainedRun(cfg, run_dir, dataset, learner)
-    with cpu_settings(t.num_threads, num_parameters):
-        run.save_figures()
+
+    def figures() -> None:
+        with cpu_settings(t.num_threads, num_parameters):
+            run.save_figures()
+
+    distributed.on_main(figures)
     return run
+
+
+class _NoMetrics:
+    """The metrics writer of ranks other than 0: rank 0 alone writes the run folder."""
+
+    def write(self, *args: Any, **kwargs: Any) -> None:
+        pass
