@@ -126,6 +126,11 @@ def parse_bound(spec: str) -> tuple[str, int]:
         raise ConfigError(
             f"a bound is NAME or NAME:K with K an integer in [1, {1 << 20}], got {spec!r}"
         )
+    from pyrogen.registry import ELBOS, populate
+
+    populate()
+    if name not in ELBOS:
+        raise ConfigError(f"unknown bound {name!r} (allowed: {', '.join(ELBOS.names())})")
     return name, particles
 
 
@@ -137,11 +142,8 @@ def estimator_bound(
     the IWAE bound, ``rws:K`` its wake-θ value."""
     from pyrogen.evaluation.loglik import evaluate_elbo
     from pyrogen.inference.elbo import check_compatible, make_elbo
-    from pyrogen.registry import ELBOS
 
     name, k = parse_bound(spec)
-    if name not in ELBOS:
-        raise ConfigError(f"unknown bound {name!r} (allowed: {', '.join(ELBOS.names())})")
     e = replace(run.cfg.elbo, name=name, num_particles=k, vectorize_particles=k > 1)
     reason = check_compatible(
         run.cfg.guide.name,
