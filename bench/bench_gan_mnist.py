@@ -80,9 +80,9 @@ class ReferenceGAN(nn.Module):
         return self.fake(n)
 
 
-def main() -> None:
+def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--steps", type=int, default=1500, help="D+G updates per side")
     p.add_argument("--batch-size", type=int, default=100)
@@ -105,7 +105,12 @@ def main() -> None:
         default=os.environ.get("PYROGEN_SHARED_DATA", str(ROOT.parent / "shared" / "data")),
     )
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    return p
+
+
+def compare(args: argparse.Namespace) -> dict:
+    """Train both sides on the same batches (interleaved timing blocks), then Parzen-score
+    pyrogen's GAN, the reference (``--ref-parzen``) and the training images themselves."""
     print("args:", " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -202,7 +207,32 @@ def main() -> None:
     t_eval = time.perf_counter() - start
     # sanity reference: the Parzen window on the training images themselves
     pz_d = parzen_evaluate(lambda k: train[:k], valid, test, n, num_valid=args.num_valid)
+    return {
+        "cfg_source": cfg_source,
+        "cfg": cfg,
+        "learner": learner,
+        "reference": ref,
+        "train": train,
+        "valid": valid,
+        "test": test,
+        "pyrogen": pz_p,
+        "plain": pz_r,
+        "training_images": pz_d,
+        "ms_per_step_pyrogen": 1000 * t_pyrogen,
+        "ms_per_step_plain": 1000 * t_ref,
+        "eval_seconds": t_eval,
+        "eval_seconds_pyrogen": t_eval_p,
+    }
 
+
+def main() -> None:
+    args = parser().parse_args()
+    r = compare(args)
+    cfg_source, n = r["cfg_source"], r["train"].shape[0]
+    pz_p, pz_r, pz_d = r["pyrogen"], r["plain"], r["training_images"]
+    t_pyrogen, t_ref = r["ms_per_step_pyrogen"] / 1000, r["ms_per_step_plain"] / 1000
+    test, valid = r["test"], r["valid"]
+    t_eval, t_eval_p = r["eval_seconds"], r["eval_seconds_pyrogen"]
     print()
     print(
         f"GAN on MNIST ({cfg_source}): {args.steps} steps (1 D + 1 G update each) of batch "
