@@ -104,6 +104,12 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
         "--data-root",
         default=os.environ.get("PYROGEN_SHARED_DATA", str(ROOT.parent / "shared" / "data")),
     )
+    p.add_argument(
+        "--r1",
+        type=float,
+        default=0.0,
+        help="weight γ of the R1 penalty γ/2 E‖∇_x D(x)‖² on data, on both sides (0: off)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -120,6 +126,7 @@ def compare(args: argparse.Namespace) -> dict:
         *([f"data.num_train={args.num_train}"] if args.num_train else []),
         "train.device=cpu",
         f"train.batch_size={args.batch_size}",
+        f"adversarial.r1_penalty={args.r1}",
     ]
     path = ROOT / "configs" / "gan_mnist.yaml"
     cfg_source = str(path.relative_to(ROOT)) if path.is_file() else "overrides (no yaml)"
@@ -153,7 +160,13 @@ def compare(args: argparse.Namespace) -> dict:
     def ref_step(x):
         ref.train()
         fake = ref.fake(x.shape[0]).detach()
-        d_loss = F.softplus(-ref.d(x)).mean() + F.softplus(ref.d(fake)).mean()
+        if args.r1:
+            x = x.detach().requires_grad_(True)
+        d_real = ref.d(x)
+        d_loss = F.softplus(-d_real).mean() + F.softplus(ref.d(fake)).mean()
+        if args.r1:  # Mescheder et al. 2018, as pyrogen's adversarial.r1_penalty
+            (grad,) = torch.autograd.grad(d_real.sum(), x, create_graph=True)
+            d_loss = d_loss + 0.5 * args.r1 * grad.pow(2).sum(1).mean()
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
