@@ -1,13 +1,15 @@
 """GAN on MNIST: Parzen-window test log-likelihood (the GAN paper's protocol) and time per
 step of pyrogen's AdversarialLearner vs a plain-PyTorch reference loop, same budget.
 
-Both GANs have the GAN paper's MNIST MLP scale (``configs/gan_mnist.yaml``, or the same
-settings as overrides if that file is absent): generator 100 -> 1200 -> 1200 -> 784 (ReLU,
-sigmoid output), z ~ U[-1, 1]^100; discriminator 784 -> 240 -> 240 -> 1 with dropout 0.5.
-NOTE: our discriminator is an MLP with leaky ReLU (slope 0.2), not the paper's maxout
-network. Non-saturating generator loss, k = 1, Adam(lr 2e-4, betas (0.5, 0.999)), and both
-see the same mini-batches of a 5,000-image training subset in the same order. Training is
-timed in interleaved blocks so that machine load hits both sides alike.
+Both GANs follow one config (``--config``, default ``configs/gan_mnist.yaml``, or the same
+settings as overrides if that file is absent). The default is the GAN paper's MNIST MLP scale:
+generator 100 -> 1200 -> 1200 -> 784 (ReLU, sigmoid output), z ~ U[-1, 1]^100; discriminator
+784 -> 240 -> 240 -> 1 with dropout 0.5. NOTE: our discriminator is an MLP with leaky ReLU
+(slope 0.2), not the paper's maxout network. ``configs/gan_mnist_dcgan.yaml`` gives DCGAN-style
+conv networks and an EMA of G's weights; the plain loop then builds the same by hand.
+Non-saturating generator loss, k = 1, Adam(lr 2e-4, betas (0.5, 0.999)), and both see the same
+mini-batches of a 5,000-image training subset in the same order. Training is timed in
+interleaved blocks so that machine load hits both sides alike.
 
 Evaluation (Goodfellow et al. 2014, after Breuleux et al. 2011): 10,000 generated samples,
 a Gaussian Parzen window with σ chosen on 1,000 validation images from a 10-value log grid
@@ -24,6 +26,7 @@ validation images (not 1,000).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import time
 from pathlib import Path
@@ -57,32 +60,94 @@ FALLBACK = [
 
 
 class ReferenceGAN(nn.Module):
-    """The same GAN in plain PyTorch."""
+    """The same GAN in plain PyTorch: the GAN paper's MLPs, or (``conv``) the DCGAN-style
+    networks of ``model.architecture=conv``; ``ema_decay`` keeps a moving average of G's
+    weights (first update copies G, buffers follow G's) that sampling uses, as pyrogen's
+    ``adversarial.ema_decay``."""
 
-    def __init__(self, latent=100, g_hidden=(1200, 1200), d_hidden=(240, 240), dropout=0.5):
+    def __init__(
+        self,
+        latent=100,
+        g_hidden=(1200, 1200),
+        d_hidden=(240, 240),
+        dropout=0.5,
+        conv=False,
+        prior="uniform",
+        ema_decay=None,
+    ):
         super().__init__()
-        self.latent = latent
-        g, sizes = [], [latent, *g_hidden]
-        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-            g += [nn.Linear(a, b), nn.ReLU()]
-        self.g = nn.Sequential(*g, nn.Linear(sizes[-1], 784), nn.Sigmoid())
-        d, sizes = [], [784, *d_hidden]
-        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-            d += [nn.Linear(a, b), nn.LeakyReLU(0.2), nn.Dropout(dropout)]
-        self.d = nn.Sequential(*d, nn.Linear(sizes[-1], 1))
+        self.latent, self.prior, self.ema_decay = latent, prior, ema_decay
+        if conv:  # 1 x 28 x 28 images: 28 -> 14 -> 7 and back
+            c0, c1 = g_hidden
+            self.g = nn.Sequential(
+                nn.Linear(latent, c0 * 49),
+                nn.ReLU(),
+                nn.Unflatten(1, (c0, 7, 7)),
+                nn.ConvTranspose2d(c0, c1, 4, 2, 1),
+                nn.BatchNorm2d(c1),
+                nn.ReLU(),
+                nn.ConvTranspose2d(c1, 1, 4, 2, 1),
+                nn.Sigmoid(),
+            )
+            d0, d1 = d_hidden
+            self.d = nn.Sequential(
+                nn.Unflatten(1, (1, 28, 28)),
+                nn.Conv2d(1, d0, 4, 2, 1),
+                nn.LeakyReLU(0.2),
+                nn.Conv2d(d0, d1, 4, 2, 1),
+                nn.LeakyReLU(0.2),
+                nn.Flatten(),
+                nn.Linear(d1 * 49, 1),
+            )
+        else:
+            g, sizes = [], [latent, *g_hidden]
+            for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+                g += [nn.Linear(a, b), nn.ReLU()]
+            self.g = nn.Sequential(*g, nn.Linear(sizes[-1], 784), nn.Sigmoid())
+            d, sizes = [], [784, *d_hidden]
+            for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+                d += [nn.Linear(a, b), nn.LeakyReLU(0.2), nn.Dropout(dropout)]
+            self.d = nn.Sequential(*d, nn.Linear(sizes[-1], 1))
+        self.g_ema = None  # created by the first update_ema, as AveragedModel does
+
+    def z(self, n):
+        return (
+            torch.randn(n, self.latent)
+            if self.prior == "normal"
+            else torch.rand(n, self.latent) * 2 - 1
+        )
 
     def fake(self, n):
-        return self.g(torch.rand(n, self.latent) * 2 - 1)
+        return self.g(self.z(n)).reshape(n, 784)
+
+    @torch.no_grad()
+    def update_ema(self):
+        if self.ema_decay is None:
+            return
+        if self.g_ema is None:
+            self.g_ema = copy.deepcopy(self.g).requires_grad_(False)
+            return
+        for p_ema, p in zip(self.g_ema.parameters(), self.g.parameters(), strict=True):
+            p_ema.lerp_(p, 1.0 - self.ema_decay)
+        for b_ema, b in zip(self.g_ema.buffers(), self.g.buffers(), strict=True):
+            b_ema.copy_(b)
 
     @torch.no_grad()
     def sample(self, n):
         self.eval()
-        return self.fake(n)
+        g = self.g_ema if self.g_ema is not None else self.g
+        return g(self.z(n)).reshape(n, 784)
 
 
 def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--config",
+        default="configs/gan_mnist.yaml",
+        help="the GAN config both sides follow (its model and optim sections; model.architecture "
+        "mlp or conv)",
     )
     p.add_argument("--steps", type=int, default=1500, help="D+G updates per side")
     p.add_argument("--batch-size", type=int, default=100)
@@ -128,8 +193,15 @@ def compare(args: argparse.Namespace) -> dict:
         f"train.batch_size={args.batch_size}",
         f"adversarial.r1_penalty={args.r1}",
     ]
-    path = ROOT / "configs" / "gan_mnist.yaml"
-    cfg_source = str(path.relative_to(ROOT)) if path.is_file() else "overrides (no yaml)"
+    path = Path(args.config)
+    if not path.is_file() and (ROOT / path).is_file():  # relative to the repository
+        path = ROOT / path
+    path = path.resolve()
+    cfg_source = (
+        (str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path))
+        if path.is_file()
+        else "overrides (no yaml)"
+    )
     cfg = load_config(
         path if path.is_file() else None, (FALLBACK if not path.is_file() else []) + overrides
     )
@@ -142,11 +214,15 @@ def compare(args: argparse.Namespace) -> dict:
         tuple(m.hidden_sizes),
         tuple(m.discriminator_hidden_sizes),
         m.discriminator_dropout,
+        conv=m.architecture == "conv",
+        prior=m.prior,
+        ema_decay=cfg.adversarial.ema_decay,
     )
     betas = tuple(cfg.optim.betas)
     opt_d = torch.optim.Adam(ref.d.parameters(), lr=cfg.optim.lr, betas=betas)
     opt_g = torch.optim.Adam(ref.g.parameters(), lr=cfg.optim.lr, betas=betas)
 
+    shape = dataset.train.shape[1:]  # pyrogen's GAN sees the data as its dataset gives them
     train = dataset.train.reshape(dataset.train.shape[0], -1)
     n = train.shape[0]
     gen = torch.Generator().manual_seed(args.seed)
@@ -166,7 +242,7 @@ def compare(args: argparse.Namespace) -> dict:
         d_loss = F.softplus(-d_real).mean() + F.softplus(ref.d(fake)).mean()
         if args.r1:  # Mescheder et al. 2018, as pyrogen's adversarial.r1_penalty
             (grad,) = torch.autograd.grad(d_real.sum(), x, create_graph=True)
-            d_loss = d_loss + 0.5 * args.r1 * grad.pow(2).sum(1).mean()
+            d_loss = d_loss + 0.5 * args.r1 * grad.pow(2).flatten(1).sum(1).mean()
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
@@ -176,6 +252,7 @@ def compare(args: argparse.Namespace) -> dict:
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
+        ref.update_ema()
         return d_loss.item(), g_loss.item()
 
     pyro.set_rng_seed(args.seed)
@@ -185,7 +262,7 @@ def compare(args: argparse.Namespace) -> dict:
     for i in range(0, args.steps, args.block):
         start = time.perf_counter()
         for x in batches[i : i + args.block]:
-            last_p = learner.step(x)
+            last_p = learner.step(x.reshape(-1, *shape))
         t_pyrogen += time.perf_counter() - start
         start = time.perf_counter()
         for x in batches[i : i + args.block]:
@@ -271,9 +348,14 @@ def main() -> None:
     print(f"{'training images as the samples':<34}{fmt(pz_d):>18}{pz_d['sigma']:>8.3f}{'—':>12}")
     print(f"{'GAN paper (Goodfellow et al. 2014)':<34}{'225 ± 2':>18}{'':>8}{'—':>12}")
     print(f"time ratio pyrogen / plain PyTorch: {t_pyrogen / t_ref:.2f}")
+    arch = (
+        "DCGAN-style conv networks"
+        if r["cfg"].model.architecture == "conv"
+        else "leaky-ReLU MLP discriminator"
+    )
     print(
         "note: paper = maxout discriminator, 50,000 training images, full training; here = "
-        f"leaky-ReLU MLP discriminator, {n} images, {args.steps} steps"
+        f"{arch}, {n} images, {args.steps} steps"
     )
 
 
