@@ -324,6 +324,7 @@ def cli_cases(run: str) -> list[tuple[list[str], str]]:
         (["evaluate", run, "--bound", "renyi:0"], "renyi:0"),
         (["evaluate", run, "--bound", "renyi:x"], "renyi:x"),
         (["evaluate", run, "--bound", "nope:5"], "nope"),
+        (["evaluate", run, "--bound", "renyy:5"], "did you mean 'renyi'"),
         (["evaluate", run, "--seed", "-2"], "--seed"),
         (["evaluate", "/no/such/run"], "/no/such/run"),
         (["gradients", cfg, "--particles", "0"], "--particles"),

@@ -126,11 +126,10 @@ def parse_bound(spec: str) -> tuple[str, int]:
         raise ConfigError(
             f"a bound is NAME or NAME:K with K an integer in [1, {1 << 20}], got {spec!r}"
         )
-    from pyrogen.registry import ELBOS, populate
+    from pyrogen.registry import ELBOS, check_name, populate
 
     populate()
-    if name not in ELBOS:
-        raise ConfigError(f"unknown bound {name!r} (allowed: {', '.join(ELBOS.names())})")
+    check_name(ELBOS, name, "--bound")  # names the nearest estimator and the allowed ones
     return name, particles
 
 
