@@ -98,9 +98,12 @@ def main() -> None:
         ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(title, fontsize=10)
         ax.axis("off")
-    fig.suptitle(f"{r['cfg_source']}: GAN on MNIST (4,167 training images), {args.steps:,} steps")
-    fig.tight_layout()
-    name = f"gan_mnist_parzen-{Path(args.config).stem}"
+    r1 = f", R1 γ = {args.r1:g} on both sides" if args.r1 else ""
+    fig.suptitle(
+        f"{r['cfg_source']}: GAN on MNIST (4,167 training images), {args.steps:,} steps{r1}"
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.94))  # leave the suptitle its own row
+    name = f"gan_mnist_parzen-{Path(args.config).stem}" + (f"-r1-{args.r1:g}" if args.r1 else "")
     figure = HERE / "results" / f"{name}.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(figure, dpi=110)
