@@ -90,15 +90,11 @@ class ReferenceGAN(nn.Module):
                 nn.Sigmoid(),
             )
             d0, d1 = d_hidden
-            self.d = nn.Sequential(
-                nn.Unflatten(1, (1, 28, 28)),
-                nn.Conv2d(1, d0, 4, 2, 1),
-                nn.LeakyReLU(0.2),
-                nn.Conv2d(d0, d1, 4, 2, 1),
-                nn.LeakyReLU(0.2),
-                nn.Flatten(),
-                nn.Linear(d1 * 49, 1),
-            )
+            d = [nn.Unflatten(1, (1, 28, 28))]
+            for a, b in ((1, d0), (d0, d1)):
+                d += [nn.Conv2d(a, b, 4, 2, 1), nn.LeakyReLU(0.2)]
+                d += [nn.Dropout(dropout)] if dropout > 0 else []
+            self.d = nn.Sequential(*d, nn.Flatten(), nn.Linear(d1 * 49, 1))
         else:
             g, sizes = [], [latent, *g_hidden]
             for a, b in zip(sizes[:-1], sizes[1:], strict=True):

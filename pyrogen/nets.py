@@ -68,7 +68,7 @@ def _maybe_sn(layer: nn.Module, spectral_norm: bool) -> nn.Module:
 class ConvEncoder(nn.Module):
     """A small conv net for 1 x 28 x 28 (or C x H x W) images: two stride-2 convolutions
     (28 -> 14 -> 7) then a linear layer to ``out_dim``. Used by VAE encoders and GAN
-    discriminators (DCGAN-style: leaky ReLU, no pooling)."""
+    discriminators (DCGAN-style: leaky ReLU, no pooling; ``dropout`` after each activation)."""
 
     def __init__(
         self,
@@ -77,6 +77,7 @@ class ConvEncoder(nn.Module):
         channels: Sequence[int] = (32, 64),
         activation_name: str = "leaky_relu",
         spectral_norm: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         c, h, w = image_shape
@@ -86,6 +87,8 @@ class ConvEncoder(nn.Module):
                 _maybe_sn(nn.Conv2d(c, c_out, 4, 2, 1), spectral_norm),
                 activation(activation_name),
             ]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
             c, h, w = c_out, h // 2, w // 2
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.head = _maybe_sn(nn.Linear(c * h * w, out_dim), spectral_norm)
@@ -173,9 +176,15 @@ def conv_generator(
 
 
 def conv_discriminator(
-    image_shape: Sequence[int], channels: Sequence[int], spectral_norm: bool = False
+    image_shape: Sequence[int],
+    channels: Sequence[int],
+    spectral_norm: bool = False,
+    dropout: float = 0.0,
 ) -> ConvEncoder:
-    """DCGAN-style d: two stride-2 convolutions (leaky ReLU) and a linear head to one logit."""
+    """DCGAN-style d: two stride-2 convolutions (leaky ReLU, then optional dropout) and a
+    linear head to one logit."""
     if len(channels) != 2:
         raise ValueError(f"give the two stages' channels, e.g. [64, 128], not {list(channels)}")
-    return ConvEncoder(image_shape, 1, channels=channels, spectral_norm=spectral_norm)
+    return ConvEncoder(
+        image_shape, 1, channels=channels, spectral_norm=spectral_norm, dropout=dropout
+    )

@@ -83,6 +83,34 @@ def test_dcgan_networks_for_28x28_images_and_spectral_norm():
         load_config(None, ["model.family=gan", "model.architecture=conv", "model.hidden_sizes=[8]"])
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_discriminator_dropout_reaches_the_conv_discriminator(dropout):
+    # model.discriminator_dropout used to be ignored with model.architecture=conv
+    cfg = load_config(
+        None,
+        [
+            "model.family=gan",
+            "data.name=digits",
+            "data.flatten=false",
+            "model.architecture=conv",
+            "model.hidden_sizes=[16,8]",
+            "model.discriminator_hidden_sizes=[8,16]",
+            f"model.discriminator_dropout={dropout}",
+        ],
+    )
+    torch.manual_seed(0)
+    dataset, learner = build(cfg, "cpu")
+    D = learner.model.discriminator
+    drops = [m for m in D.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(drops) == (2 if dropout else 0)  # none at 0: state dicts keep their keys
+    assert all(m.p == dropout for m in drops)
+    x = dataset.train[:32]
+    D.train()
+    assert torch.equal(D(x), D(x)) == (dropout == 0)  # a random mask per pass in training
+    D.eval()
+    assert torch.equal(D(x), D(x))
+
+
 # ------------------------------------------------------------------ the theory of the game
 def _fixed_gaussian_gan(mean: float, std: float) -> GAN:
     """A GAN whose generator is x = mean + std z, z ~ N(0, 1): p_g = N(mean, std²) exactly."""

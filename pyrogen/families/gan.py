@@ -74,7 +74,10 @@ class GANFamily(Family):
             shape = data.image_shape
             generator = conv_generator(m.latent_dim, shape, m.hidden_sizes, m.output)
             discriminator = conv_discriminator(
-                shape, m.discriminator_hidden_sizes, spectral_norm=m.spectral_norm
+                shape,
+                m.discriminator_hidden_sizes,
+                spectral_norm=m.spectral_norm,
+                dropout=m.discriminator_dropout,
             )
         else:
             generator = mlp_generator(m.latent_dim, m.hidden_sizes, data.num_dims, m.output)
