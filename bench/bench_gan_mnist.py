@@ -7,7 +7,8 @@ generator 100 -> 1200 -> 1200 -> 784 (ReLU, sigmoid output), z ~ U[-1, 1]^100; d
 784 -> 240 -> 240 -> 1 with dropout 0.5. NOTE: our discriminator is an MLP with leaky ReLU
 (slope 0.2), not the paper's maxout network. ``configs/gan_mnist_dcgan.yaml`` gives DCGAN-style
 conv networks and an EMA of G's weights; the plain loop then builds the same by hand.
-Non-saturating generator loss, k = 1, Adam(lr 2e-4, betas (0.5, 0.999)), and both see the same
+Non-saturating generator loss, k = 1, Adam with the config's lr (2e-4 MLP, 1e-3 DCGAN) and
+betas (0.5, 0.999), and both see the same
 mini-batches of a 5,000-image training subset in the same order. Training is timed in
 interleaved blocks so that machine load hits both sides alike.
 

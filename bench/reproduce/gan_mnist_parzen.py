@@ -37,6 +37,7 @@ window. It is reported because the GAN paper did, beside samples and the memoris
 never as a likelihood.
 
     python bench/reproduce/gan_mnist_parzen.py                    # DCGAN, 12,000 steps
+    python bench/reproduce/gan_mnist_parzen.py --r1 1             # + R1 on both sides (+156)
     python bench/reproduce/gan_mnist_parzen.py --config configs/gan_mnist.yaml --steps 3000
 """
 
