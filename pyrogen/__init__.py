@@ -29,7 +29,14 @@ from pyrogen.models.gan import GAN
 from pyrogen.models.likelihoods import BernoulliLikelihood, GaussianLikelihood
 from pyrogen.models.vae import VAE
 from pyrogen.registry import populate as _populate
-from pyrogen.training import CheckpointError, TrainedRun, TrainingDiverged, load, train
+from pyrogen.training import (
+    CheckpointError,
+    RunExistsError,
+    TrainedRun,
+    TrainingDiverged,
+    load,
+    train,
+)
 
 _populate()  # fill the registries: every config name is known once pyrogen is imported
 
@@ -52,6 +59,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataError",
+    "RunExistsError",
     "Dataset",
     "TrainedRun",
     "TrainingDiverged",

@@ -88,6 +88,7 @@ def validate(cfg: Config, has_data: bool = False) -> Config:
                 "pyrogen.train(cfg, data=x)"
             )
     family_of(cfg).validate(cfg)
+    family_of(cfg).monitor_of(cfg)
     device = resolve_device(cfg.train.device)
     if cfg.train.precision == "16-mixed" and device.type != "cuda":
         raise ConfigError(

@@ -106,7 +106,7 @@ def _split_args(items: list[str]) -> tuple[list[str], list[str]]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from pyrogen.build import load_config
-    from pyrogen.training import CONFIG, TrainingDiverged, train
+    from pyrogen.training import CONFIG, TrainingDiverged, TrainingInterrupted, train
 
     paths, overrides = _split_args(args.args)
     if args.resume:
@@ -126,27 +126,47 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config_path = paths[0]
         cfg = load_config(config_path, overrides)
         run_dir = Path(args.run_dir) if args.run_dir else None
+    if args.overwrite and args.resume:
+        raise UsageError("--overwrite replaces a run and --resume continues it: choose one")
     try:
         run = train(
-            cfg, run_dir, resume=bool(args.resume), quiet=args.quiet, config_path=config_path
+            cfg,
+            run_dir,
+            resume=bool(args.resume),
+            quiet=args.quiet,
+            config_path=config_path,
+            overwrite=True if args.overwrite else None,
         )
     except TrainingDiverged as e:
         _say(f"pyrogen train: {e}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
+    except TrainingInterrupted as e:
+        what = "the state after the last finished step is saved" if e.saved else "stopped"
         _say(
-            "pyrogen train: interrupted; the state after the last finished step is saved: "
-            "continue with pyrogen train --resume RUN_DIR",
+            f"pyrogen train: interrupted; {what}: continue with pyrogen train --resume {e.run_dir}",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
     if not _is_main():
         return 0
-    summary = run.summary()
-    if summary:
-        print("final: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()))
+    print(final_line(run.summary()))
     print(f"run folder: {run.run_dir}")
     return 0
+
+
+def final_line(summary: dict[str, float]) -> str:
+    """``final: valid elbo -23.24 (last, step 3200); best: valid elbo -22.91 (step 2800,
+    best.pt)``: the last validation and, where one was kept, the best."""
+    step = summary.get("step")
+    last = {k: v for k, v in summary.items() if not k.startswith("best ") and k != "step"}
+    text = "final: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items())
+    if step is not None:
+        text += f" (last, step {int(step)})"
+    best = {k[5:]: v for k, v in summary.items() if k.startswith("best ") and k != "best step"}
+    if best and "best step" in summary:
+        values = ", ".join(f"valid {k} {v:.4g}" for k, v in best.items())
+        text += f"; best: {values} (step {int(summary['best step'])}, best.pt)"
+    return text
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -159,14 +179,14 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_run(path: str, device: str | None):
+def _load_run(path: str, device: str | None, checkpoint: str | None = None):
     from pyrogen.training import CHECKPOINT, CONFIG, load
 
     run_dir = Path(path)
     for name in (CONFIG, CHECKPOINT):
         if not (run_dir / name).is_file():
             raise UsageError(f"{run_dir} is not a run folder (no {name})")
-    return load(run_dir, device=device)
+    return load(run_dir, device=device, checkpoint=checkpoint)
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -181,7 +201,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out}: {out.parent} is not a folder")
     from pyrogen.runtime import configure_threads, count_parameters
 
-    run = _load_run(args.run_dir, args.device)
+    run = _load_run(args.run_dir, args.device, args.checkpoint)
     configure_threads(args.num_threads, count_parameters(run.learner.module))
     torch.manual_seed(args.seed)
     x = run.sample_means(args.n) if args.means else run.sample(args.n)
@@ -218,7 +238,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     for spec in args.bound or []:
         parse_bound(spec)  # before loading anything
-    run = _load_run(args.run_dir, args.device)
+    run = _load_run(args.run_dir, args.device, args.checkpoint)
     ev = EvaluationConfig(
         split=args.split,
         is_samples=args.is_samples,
@@ -342,6 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="torch CPU threads; auto picks from the free cores (see train.num_threads)",
         )
 
+    def checkpoint(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--checkpoint",
+            choices=["best", "last"],
+            default=None,
+            help="best.pt (the best validation of train.monitor) or checkpoint.pt (the last "
+            "state); default: best when the run kept one",
+        )
+
     def device(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--device",
@@ -363,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="CONFIG [key=value ...]")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--run-dir", metavar="DIR", help="write the run here, not output.dir/<name>")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in the run folder (output.overwrite=true); without it "
+        "such a folder is refused",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     p.set_defaults(func=_cmd_train)
 
@@ -392,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="VAE: the decoder's means E[x | z], z ~ p(z), instead of draws x ~ p(x)",
     )
+    checkpoint(p)
     device(p)
     threads(p)
     p.set_defaults(func=_cmd_sample)
@@ -424,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=SEED, default=0, help="seed of every estimator's stream")
     p.add_argument("--json", action="store_true", help="print strict JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bars or lines")
+    checkpoint(p)
     device(p)
     threads(p)
     p.set_defaults(func=_cmd_evaluate)

@@ -232,6 +232,11 @@ class TrainConfig:
     eval_batch_size: int = num(1000, ge=1, le=1 << 24)
     checkpoint_every: int = num(1, ge=0, le=MAX_STEPS)  # epochs between checkpoints (0: end)
     log_every: int = num(50, ge=1, le=MAX_STEPS)  # steps between metric lines
+    # the validation metric that picks best.pt (null: the family's, e.g. elbo or log_prob;
+    # "none": keep only the last checkpoint)
+    monitor: str | None = None
+    monitor_mode: Literal["auto", "max", "min"] = "auto"  # auto: the family's direction
+    early_stopping: int | None = num(None, ge=1, le=MAX_STEPS)  # patience, in evaluations
     # torch CPU threads; auto: 1 for small models, else the free cores (pyrogen.runtime)
     num_threads: int | Literal["auto"] = num("auto", ge=1, le=1024)
     compile: bool = False  # torch.compile the family's networks (measured: bench/bench_cpu.py)
@@ -249,6 +254,8 @@ class OutputConfig:
     metrics_format: Literal["jsonl", "csv"] = "jsonl"
     num_samples: int = num(64, ge=1, le=10_000)  # samples in the PNG grid
     tensorboard: bool | None = None  # TensorBoard event files; null: when it is installed
+    figures: bool = True  # samples.png, curves.png and the family's figures at the end
+    overwrite: bool = False  # replace a run already in the run folder (never stored as true)
 
 
 @dataclass

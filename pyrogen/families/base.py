@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pyrogen.config import Config
+from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
 from pyrogen.inference.base import Learner
 
@@ -27,6 +27,11 @@ class Family:
     description: str = ""
     #: whether ``evaluate`` computes extra bounds of Pyro's estimators (``evaluation.bounds``)
     has_bounds: bool = False
+    #: the validation metrics the learner reports, each with the direction that is better
+    #: (``"max"``, ``"min"``, or ``None`` where neither is: a GAN's losses)
+    validation_metrics: dict[str, str | None] = {}
+    #: the metric ``train.monitor`` follows by default (``best.pt``), or ``None``
+    monitor: str | None = None
 
     # ------------------------------------------------------------------ config -> objects
     def validate(self, cfg: Config) -> None:
@@ -53,6 +58,40 @@ class Family:
     def networks(self, model: nn.Module) -> list[nn.Module]:
         """The networks ``train.compile`` compiles (the rest is Pyro's own code)."""
         return []
+
+    def monitor_of(self, cfg: Config) -> tuple[str, str] | None:
+        """``(metric, "max" | "min")`` that picks ``best.pt`` (``train.monitor``,
+        ``train.monitor_mode``), or ``None`` when only the last checkpoint is kept. Raises
+        :class:`ConfigError` for a metric this family does not report, or one without a
+        direction and no ``train.monitor_mode``."""
+        t = cfg.train
+        name = t.monitor
+        if name is None:  # the family's metric, where the run validates at all
+            name = self.monitor if t.eval_every else None
+        if name == "none" or name is None:
+            if t.early_stopping is not None:
+                raise ConfigError(
+                    f"train.early_stopping={t.early_stopping} needs a validation metric to "
+                    f"follow: set train.monitor (one of {', '.join(self.validation_metrics)})"
+                )
+            return None
+        if name not in self.validation_metrics:
+            raise ConfigError(
+                f"bad value for 'train.monitor': {name!r}; a {self.name} reports "
+                f"{', '.join(self.validation_metrics) or 'no validation metric'} (or 'none')"
+            )
+        if t.eval_every == 0:
+            raise ConfigError(
+                f"train.monitor={name} follows a validation metric, but train.eval_every=0 "
+                "never validates: set train.eval_every >= 1 or train.monitor=none"
+            )
+        mode = self.validation_metrics[name] if t.monitor_mode == "auto" else t.monitor_mode
+        if mode is None:
+            raise ConfigError(
+                f"train.monitor={name} has no better direction of its own: set "
+                "train.monitor_mode=max or min"
+            )
+        return name, mode
 
     def uses_labels(self, cfg: Config) -> bool:
         """Whether the model takes the class labels ``y`` (a class-conditional flow)."""

@@ -29,6 +29,8 @@ MADE = ("maf", "iaf", "nsf_autoregressive")
 class FlowFamily(Family):
     name = "flow"
     description = "normalizing flow: exact log p(x) (and bits/dim for images)"
+    validation_metrics = {"log_prob": "max"}
+    monitor = "log_prob"
 
     def validate(self, cfg: Config) -> None:
         m = cfg.model

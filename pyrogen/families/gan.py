@@ -18,6 +18,8 @@ from pyrogen.registry import GAN_LOSSES, check_name
 class GANFamily(Family):
     name = "gan"
     description = "generative adversarial network: no likelihood (Parzen window only)"
+    #: a GAN's losses measure the game, not the generator's quality: no default monitor
+    validation_metrics = {"d_loss": None, "g_loss": None, "d_real": None, "d_fake": None}
 
     def validate(self, cfg: Config) -> None:
         check_name(GAN_LOSSES, cfg.adversarial.generator_loss, "adversarial.generator_loss")

@@ -39,6 +39,8 @@ class VAEFamily(Family):
     name = "vae"
     description = "variational autoencoder: ELBO and importance-sampled log p(x)"
     has_bounds = True
+    validation_metrics = {"elbo": "max"}
+    monitor = "elbo"
 
     def validate(self, cfg: Config) -> None:
         g, e, m = cfg.guide, cfg.elbo, cfg.model

@@ -32,11 +32,13 @@ and can be resumed with the same number of processes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -68,8 +70,19 @@ from pyrogen.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from pyrogen.training.folders import (
+    BEST,
+    CHECKPOINT,
+    CONFIG,
+    DATA,
+    check_new_run_dir,
+    claim_run_dir,
+    default_run_dir,
+    resolved_config,
+    stored_config,
+)
 from pyrogen.training.metrics import MetricsWriter, TensorBoardLog, tensorboard_available
-from pyrogen.training.run import CHECKPOINT, CONFIG, DATA, TrainedRun
+from pyrogen.training.run import TrainedRun
 
 
 class TrainingDiverged(RuntimeError):
@@ -85,28 +98,18 @@ class LoopState:
     step: int = 0  # optimiser steps taken
     position: int = 0  # batches consumed in the current epoch
     permutation: torch.Tensor | None = None  # the current epoch's order of examples
+    best: float | None = None  # the monitored validation metric's best value so far
+    best_step: int | None = None  # the step of best.pt
+    evals_since_best: int = 0  # validations without improvement (early stopping)
 
 
-def make_run_dir(cfg: Config, config_path: str | os.PathLike | None = None) -> Path:
-    """``output.dir/output.name``, or ``output.dir/<config stem>-<timestamp>`` (not created)."""
-    name = cfg.output.name
-    if name is None:
-        stem = Path(config_path).stem if config_path else cfg.name
-        name = f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    return Path(cfg.output.dir) / name
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run at a step boundary; ``run_dir`` holds its state."""
 
-
-def create_run_dir(run_dir: Path) -> None:
-    """``mkdir -p`` with a one-line :class:`ConfigError` naming the path and the cause."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".pyrogen-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(
-            f"cannot write the run folder {run_dir}: {e.strerror or e} (set output.dir)"
-        ) from None
+    def __init__(self, run_dir: Path, saved: bool) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+        self.saved = saved
 
 
 def evaluate_split(
@@ -142,6 +145,17 @@ def evaluate_split(
     if distributed.is_distributed():
         totals = distributed.sum_dicts(distributed.all_gather_object(totals))
     return {key: value / n for key, value in totals.items()}
+
+
+@contextmanager
+def own_stream(seed: int, name: str, device: torch.device) -> Iterator[None]:
+    """Run with torch's global generator(s) seeded from ``seed`` and ``name``, and restored
+    afterwards: optional outputs (figures, TensorBoard) never shift training's random draws,
+    and draw the same samples whether or not anything ran before them."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        yield
 
 
 @contextmanager
@@ -182,12 +196,7 @@ def _checkpoint_state(
         "family": cfg.model.family,
         "config": cfg.to_dict(),
         "learner": learner.state_dict(),
-        "loop": {
-            "epoch": loop.epoch,
-            "step": loop.step,
-            "position": loop.position,
-            "permutation": loop.permutation,
-        },
+        "loop": dataclasses.asdict(loop),
         "rng": rng_state(data_gen, noise_gen),
     }
 
@@ -232,6 +241,7 @@ def train(
     config_path: str | os.PathLike | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     data: Any = None,
+    overwrite: bool | None = None,
 ) -> TrainedRun:
     """Train the model that ``cfg`` describes and return it as a :class:`TrainedRun`.
 
@@ -239,6 +249,11 @@ def train(
     on the user's own data instead of ``data.name``; splits missing from it are made with
     ``data.valid_fraction``/``data.test_fraction`` and ``train.seed``. The run folder keeps a
     copy (``data.npz``) and its checksum, so :func:`pyrogen.load` works on the run.
+
+    A folder that already holds a run is refused (:class:`RunExistsError`) unless
+    ``overwrite`` (default ``output.overwrite``) clears it first, or ``resume`` continues it
+    from its last checkpoint. The returned run holds the best checkpoint's model when
+    ``train.monitor`` kept one (``best.pt``), else the last.
 
     Example::
 
@@ -248,11 +263,16 @@ def train(
         >>> run.sample(16).shape  # doctest: +SKIP
         torch.Size([16, 64])
     """
+    overwrite = cfg.output.overwrite if overwrite is None else overwrite
+    if resume and overwrite:
+        raise ConfigError(
+            "resume continues the run in its folder and overwrite replaces it: choose one"
+        )
     if data is not None:
         cfg = replace(cfg, data=replace(cfg.data, name="array", path=None, checksum=None))
     device = resolve_device(cfg.train.device)
     with distributed.session(device):  # torchrun with WORLD_SIZE > 1: data-parallel
-        return _train(cfg, run_dir, resume, quiet, config_path, on_step, data, device)
+        return _train(cfg, run_dir, resume, quiet, config_path, on_step, data, device, overwrite)
 
 
 def _train(
@@ -264,15 +284,18 @@ def _train(
     on_step: Callable[[int, dict[str, float]], None] | None,
     data: Any,
     device: torch.device,
+    overwrite: bool,
 ) -> TrainedRun:
     world = distributed.world_size()
     main = distributed.is_main()
     quiet = quiet or not main  # rank 0 alone shows progress
-    run_dir = Path(run_dir) if run_dir is not None else make_run_dir(cfg, config_path)
+    default_name = run_dir is None and cfg.output.name is None and not resume
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg, config_path)
     if world > 1:  # rank 0's name (it holds a timestamp)
         run_dir = Path(distributed.broadcast_object(str(run_dir)))
     state = None
     if resume:
+        cfg = resolved_config(cfg, run_dir)  # its own files, wherever the folder is now
         state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
         saved_world = int(state.get("world_size", 1))
         if saved_world != world:
@@ -284,18 +307,21 @@ def _train(
             )
         if state.get("family") != cfg.family or not isinstance(state.get("config"), dict):
             check_checkpoint_fits(state, cfg, run_dir / CHECKPOINT)
-        changed = fixed_differences(state["config"], cfg.to_dict())
+        changed = fixed_differences(state["config"], stored_config(cfg, run_dir).to_dict())
         if changed:
             raise ConfigError(
                 "a resumed run cannot change what defines its model and data: "
                 + "; ".join(changed[:4])
                 + " (start a new run for that)"
             )
+    else:
+        distributed.main_first(lambda: check_new_run_dir(run_dir, overwrite))
     # rank 0 first: it downloads missing files, and its errors reach every rank
     dataset, learner = distributed.main_first(lambda: build(cfg, device, data=data))
     if dataset.checksum is not None and cfg.data.checksum is None:
         path = str(Path(cfg.data.path).resolve()) if cfg.data.path else None
         cfg = replace(cfg, data=replace(cfg.data, path=path, checksum=dataset.checksum))
+    monitor = family_of(cfg).monitor_of(cfg)
     data_gen = torch.Generator().manual_seed(cfg.train.seed)  # the order of the examples
     noise_gen = data_gen  # the preprocessing's noise (binarisation, dequantisation)
     if world > 1:  # the same order on every rank; each rank its own noise and model draws
@@ -334,21 +360,35 @@ def _train(
             f"{t.epochs}, step {loop.step} of {total}): nothing to resume; raise train.epochs "
             "or train.max_steps to continue it"
         )
+    if state is not None and t.early_stopping and loop.evals_since_best >= t.early_stopping:
+        raise ConfigError(
+            f"{run_dir} stopped early ({loop.evals_since_best} evaluations without a better "
+            f"{monitor[0] if monitor else 'metric'}): raise train.early_stopping to continue it"
+        )
     # everything that can fail on the user's input has been checked: the run starts
     distributed.barrier()  # every rank has read the run folder before rank 0 writes it
+
+    def start_run_folder() -> Path:  # rank 0 alone writes the run folder
+        folder = run_dir
+        if state is None:
+            folder = claim_run_dir(run_dir, overwrite, default_name)
+        remove_orphans(folder, CHECKPOINT)
+        remove_orphans(folder, BEST)
+        if data is not None:
+            _save_user_data(data, folder / DATA)
+        return folder
+
+    run_dir = Path(distributed.broadcast_object(str(distributed.on_main(start_run_folder))))
     if data is not None:
         cfg = replace(cfg, data=replace(cfg.data, path=str((run_dir / DATA).resolve())))
+    stored = stored_config(cfg, run_dir)  # what config.yaml and the checkpoints hold
 
-    def start_run_folder() -> None:  # rank 0 alone writes the run folder
-        create_run_dir(run_dir)
-        remove_orphans(run_dir, CHECKPOINT)
-        if data is not None:
-            _save_user_data(data, run_dir / DATA)
+    def write_config() -> None:
         if state is not None:
-            record_resume(run_dir, state["config"], cfg, loop.step)
-        save_config(cfg, run_dir / CONFIG)
+            record_resume(run_dir, state["config"], stored, loop.step)
+        save_config(stored, run_dir / CONFIG)
 
-    distributed.on_main(start_run_folder)
+    distributed.on_main(write_config)
     metrics = MetricsWriter(run_dir, cfg.output.metrics_format) if main else _NoMetrics()
     use_tensorboard = cfg.output.tensorboard
     board = (
@@ -379,7 +419,7 @@ def _train(
     def diverged(what: str) -> TrainingDiverged:
         return TrainingDiverged(f"{what}; training stopped: {last_checkpoint_text()}")
 
-    def checkpoint() -> None:
+    def checkpoint(path: Path = checkpoint_path) -> None:
         learner_state = learner.state_dict()
         finite = all_finite(learner_state)
         if world > 1:  # every rank's random states and own learner state; all decide together
@@ -390,25 +430,47 @@ def _train(
                 f"parameters or optimiser state became non-finite by step {loop.step} (epoch "
                 f"{loop.epoch + 1})"
             )
-        record = _checkpoint_state(cfg, learner, loop, data_gen, noise_gen)
+        record = _checkpoint_state(stored, learner, loop, data_gen, noise_gen)
         if world > 1:
             record["world_size"] = world
             record["ranks"] = distributed.all_gather_object(own)
         try:
-            distributed.on_main(lambda: save_checkpoint(record, checkpoint_path))
+            distributed.on_main(lambda: save_checkpoint(record, path))
         except OSError as e:
             kept = "; " + last_checkpoint_text().replace("the last", "the previous", 1)
-            raise OSError(e.errno, f"{e.strerror or e}{kept}", str(checkpoint_path)) from None
-        last_good[0] = loop.step
+            raise OSError(e.errno, f"{e.strerror or e}{kept}", str(path)) from None
+        if path == checkpoint_path:
+            last_good[0] = loop.step
+
+    def improved(valid: dict[str, float]) -> bool:
+        """Update the best value of the monitored metric; whether this validation set it."""
+        if monitor is None:
+            return False
+        name, mode = monitor
+        value = valid[name]
+        better = loop.best is None or (value > loop.best if mode == "max" else value < loop.best)
+        if better:
+            loop.best, loop.best_step, loop.evals_since_best = value, loop.step, 0
+        else:
+            loop.evals_since_best += 1
+        return better
+
+    def samples_figure_to_board() -> None:
+        # its own random stream: the figure never shifts training's draws
+        with own_stream(t.seed, f"tensorboard:{loop.step}", device):
+            figure = TrainedRun(cfg, run_dir, dataset, learner).samples_figure()
+        if figure is not None:
+            board.figure("samples", figure, loop.step)
 
     in_step = [False]
+    stopped_early = False
     num_parameters = sum(p.numel() for p in learner.module.parameters())
     with (
         stop_at_step_boundary(second_interrupts=world == 1) as pending_signal,
         cpu_settings(t.num_threads, num_parameters) as threads,
     ):
         try:
-            while loop.epoch < t.epochs and loop.step < total:
+            while loop.epoch < t.epochs and loop.step < total and not stopped_early:
                 if loop.permutation is None:
                     loop.permutation = torch.randperm(n, generator=data_gen)
                 batches = loop.permutation.split(t.batch_size)
@@ -487,12 +549,19 @@ def _train(
                         metrics.write(loop.step, loop.epoch, "valid", valid)
                         if board is not None:
                             board.write(loop.step, "valid", valid)
-                            figure = TrainedRun(cfg, run_dir, dataset, learner).samples_figure()
-                            if figure is not None:
-                                board.figure("samples", figure, loop.step)
+                            samples_figure_to_board()
                         text = f"epoch {loop.epoch}/{t.epochs} (step {loop.step}/{total}): " + (
                             ", ".join(f"valid {k} {v:.4g}" for k, v in valid.items())
                         )
+                        if improved(valid):
+                            checkpoint(run_dir / BEST)
+                            text += " (best so far)"
+                        elif t.early_stopping and loop.evals_since_best >= t.early_stopping:
+                            stopped_early = True
+                            text += (
+                                f"; stopping early: no better valid {monitor[0]} in "
+                                f"{loop.evals_since_best} evaluations"
+                            )
                         if show:
                             bar.write(text)
                         progress_line(text, quiet)
@@ -500,23 +569,38 @@ def _train(
                         checkpoint()
             checkpoint()
         except KeyboardInterrupt:
-            if not in_step[0]:  # at a step boundary: the state is resumable
+            saved = not in_step[0]
+            if saved:  # at a step boundary: the state is resumable
                 checkpoint()
             bar.close()
-            raise
+            raise TrainingInterrupted(run_dir, saved) from None
         finally:
             bar.close()
             if board is not None:
                 board.close()
-    summary = {"train_seconds": time.perf_counter() - start_time, "num_threads": threads}
+    summary: dict[str, Any] = {
+        "train_seconds": time.perf_counter() - start_time,
+        "num_threads": threads,
+    }
+    if monitor is not None and loop.best is not None:  # numbers only (metrics.csv)
+        summary.update({f"best_{monitor[0]}": loop.best, "best_step": loop.best_step})
+    if stopped_early:
+        summary["stopped_early"] = 1
     metrics.write(loop.step, loop.epoch, "summary", summary)
-    run = TrainedRun(cfg, run_dir, dataset, learner)
+    which = "last"
+    if loop.best_step is not None and loop.best_step != loop.step:  # the best model, not the last
+        learner.load_state_dict(load_checkpoint(run_dir / BEST, map_location=device)["learner"])
+        which = "best"
+    elif loop.best_step is not None:
+        which = "best"
+    run = TrainedRun(cfg, run_dir, dataset, learner, checkpoint=which)
 
     def figures() -> None:
-        with cpu_settings(t.num_threads, num_parameters):
+        with cpu_settings(t.num_threads, num_parameters), own_stream(t.seed, "figures", device):
             run.save_figures()
 
-    distributed.on_main(figures)
+    if cfg.output.figures:
+        distributed.on_main(figures)
     return run
 
 

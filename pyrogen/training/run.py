@@ -11,21 +11,30 @@ from pyrogen.config import Config
 from pyrogen.data import Dataset
 from pyrogen.families import family_of
 from pyrogen.inference.base import Learner
+from pyrogen.training.folders import BEST, CHECKPOINT, CONFIG, resolved_config
 
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.yaml"
-DATA = "data.npz"  # the user's arrays, when a run was trained from Python
+#: ``--checkpoint`` choices: the best validation (``best.pt``) or the last state
+CHECKPOINTS = ("best", "last")
 
 
 class TrainedRun:
     """A trained model with its data set and run folder. ``sample(n)`` draws from the model
-    (in the data set's stored space); ``model`` is its Pyro program."""
+    (in the data set's stored space); ``model`` is its Pyro program; ``checkpoint`` says
+    whose parameters it holds: ``"best"`` (``best.pt``) or ``"last"`` (``checkpoint.pt``)."""
 
-    def __init__(self, cfg: Config, run_dir: Path, dataset: Dataset, learner: Learner) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        dataset: Dataset,
+        learner: Learner,
+        checkpoint: str = "last",
+    ) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.dataset = dataset
         self.learner = learner
+        self.checkpoint = checkpoint
 
     @property
     def family(self) -> str:
@@ -38,20 +47,29 @@ class TrainedRun:
 
     def summary(self) -> dict[str, float]:
         """The last validation metrics of the run (or, without validation, the last training
-        metrics), as written to its metrics file."""
+        metrics), as written to its metrics file, with the step they were taken at; and where
+        a best checkpoint was kept, ``best <metric>`` and ``best step``."""
         from pyrogen.training.metrics import read_metrics
 
         records = read_metrics(self.run_dir)
+        out: dict[str, float] = {}
         for split in ("valid", "train"):
             rows = [r for r in records if r["split"] == split]
             if rows:
                 last = rows[-1]
-                return {
+                out = {
                     f"{split} {k}": v
                     for k, v in last.items()
                     if k not in ("step", "epoch", "split") and isinstance(v, int | float)
                 }
-        return {}
+                out["step"] = last["step"]
+                break
+        summaries = [r for r in records if r["split"] == "summary"]
+        if summaries:
+            for key, value in summaries[-1].items():
+                if key.startswith("best_") and isinstance(value, int | float):
+                    out[key.replace("_", " ", 1)] = value
+        return out
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
@@ -103,34 +121,39 @@ class TrainedRun:
         return paths + family_of(self.cfg).figures(self, self.run_dir)
 
 
-def load(run_dir: str | os.PathLike, device: str | None = None, data: object = None) -> TrainedRun:
+def load(
+    run_dir: str | os.PathLike,
+    device: str | None = None,
+    data: object = None,
+    checkpoint: str | None = None,
+) -> TrainedRun:
     """Rebuild a trained run from its folder (config + checkpoint; no code executed).
 
-    A run trained on an array passed from Python reads it back from the run folder's
-    ``data.npz`` (or from ``data``, which must be the same array)."""
+    ``checkpoint``: ``"best"`` (``best.pt``, the best validation of ``train.monitor``) or
+    ``"last"`` (``checkpoint.pt``, where a resumed run continues); default the best when the
+    run kept one. A run trained on an array passed from Python reads it back from the run
+    folder's ``data.npz`` (or from ``data``, which must be the same array); the folder may
+    have been moved or copied."""
     from pyrogen.build import build, resolve_device
-    from pyrogen.config import load_config
+    from pyrogen.config import ConfigError, load_config
     from pyrogen.training.checkpoint import check_checkpoint_fits, load_checkpoint
 
     run_dir = Path(run_dir)
+    if checkpoint is None:
+        checkpoint = "best" if (run_dir / BEST).is_file() else "last"
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"bad checkpoint {checkpoint!r}; expected best or last")
+    path = run_dir / (BEST if checkpoint == "best" else CHECKPOINT)
+    if checkpoint == "best" and not path.is_file():
+        raise ConfigError(
+            f"{run_dir} has no best checkpoint ({BEST}): its run kept only the last (train."
+            "monitor was none, or it never validated); use --checkpoint last"
+        )
     cfg = load_config(run_dir / CONFIG)
-    cfg = with_run_data(cfg, run_dir)
     dev = resolve_device(device or cfg.train.device, "--device" if device else "train.device")
-    state = load_checkpoint(run_dir / CHECKPOINT, map_location=dev)
-    check_checkpoint_fits(state, cfg, run_dir / CHECKPOINT)
+    state = load_checkpoint(path, map_location=dev)
+    check_checkpoint_fits(state, cfg, path)
+    cfg = resolved_config(cfg, run_dir)
     dataset, learner = build(cfg, dev, data=data)
     learner.load_state_dict(state["learner"])
-    return TrainedRun(cfg, run_dir, dataset, learner)
-
-
-def with_run_data(cfg: Config, run_dir: Path) -> Config:
-    """A config whose user array file has moved with its run folder points at the folder's
-    copy (``data.npz``); the recorded checksum still guards it."""
-    from dataclasses import replace
-
-    d = cfg.data
-    if d.name == "array" and d.path and not Path(d.path).exists():
-        local = run_dir / DATA
-        if local.exists():
-            return replace(cfg, data=replace(d, path=str(local)))
-    return cfg
+    return TrainedRun(cfg, run_dir, dataset, learner, checkpoint=checkpoint)
