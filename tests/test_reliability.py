@@ -133,7 +133,9 @@ def test_cli_reports_the_interrupt_and_the_resume_command(tmp_path, capsys, monk
     )
     argv = ["train", "configs/flow_moons.yaml", "train.epochs=2", "--run-dir", str(tmp_path / "r")]
     assert main([*argv, "--quiet"]) == 130
-    assert "--resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--resume {tmp_path / 'r'}" in err  # the folder itself, ready to paste
+    assert "RUN_DIR" not in err
     assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["loop"]["step"] == 3
 
 

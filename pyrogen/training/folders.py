@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import replace
 from datetime import datetime
@@ -70,11 +71,13 @@ def default_run_dir(cfg: Config, config_path: str | os.PathLike | None = None) -
     return _free_name(base)
 
 
-def _free_name(base: Path) -> Path:
-    path, k = base, 1
+def _free_name(path: Path) -> Path:
+    """``path`` if free, else the next free ``<stem>-<timestamp>-k`` (k = 2, 3, ...)."""
+    match = re.fullmatch(r"(.*-\d{8}-\d{6})(?:-(\d+))?", path.name)
+    base, k = (match.group(1), int(match.group(2) or 1)) if match else (path.name, 1)
     while path.exists():
         k += 1
-        path = base.with_name(f"{base.name}-{k}")
+        path = path.with_name(f"{base}-{k}")
     return path
 
 
@@ -116,7 +119,11 @@ def clear_run_dir(run_dir: Path) -> None:
 
 
 def stored_config(cfg: Config, run_dir: Path) -> Config:
-    """``cfg`` as a run folder stores it: a data file inside the folder by its relative path."""
+    """``cfg`` as a run folder stores it: a data file inside the folder by its relative path,
+    and ``output.overwrite`` false (it is an action, not a property of the run: training from
+    the run's own config.yaml must never clear the run)."""
+    if cfg.output.overwrite:
+        cfg = replace(cfg, output=replace(cfg.output, overwrite=False))
     path = cfg.data.path
     if path is None or not Path(path).is_absolute():
         return cfg
