@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,15 +17,19 @@ from matplotlib.figure import Figure
 
 
 def image_grid(
-    images: torch.Tensor, image_shape: Sequence[int], nrow: int | None = None
+    images: torch.Tensor,
+    image_shape: Sequence[int],
+    nrow: int | None = None,
+    pad_value: float = 1.0,
 ) -> np.ndarray:
-    """Tile ``images`` (N x D or N x C x H x W, values in [0, 1]) into one H x W (x 3) array."""
+    """Tile ``images`` (N x D or N x C x H x W, values in [0, 1]) into one H x W (x 3) array,
+    separated by one-pixel lines of ``pad_value``."""
     c, h, w = image_shape
     x = images.detach().float().cpu().reshape(-1, c, h, w).clamp(0, 1).numpy()
     n = x.shape[0]
     nrow = nrow or math.ceil(math.sqrt(n))
     ncol = math.ceil(n / nrow)
-    grid = np.ones((c, ncol * (h + 1) + 1, nrow * (w + 1) + 1), dtype=np.float32)
+    grid = np.full((c, ncol * (h + 1) + 1, nrow * (w + 1) + 1), pad_value, dtype=np.float32)
     for i in range(n):
         r, col = divmod(i, nrow)
         grid[
@@ -47,6 +52,30 @@ def image_grid_figure(
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=10)
+    return fig
+
+
+def image_grids_figure(
+    panels: Sequence[tuple[torch.Tensor, str]],
+    image_shape: Sequence[int],
+    nrow: int | None = None,
+    title: str | None = None,
+    pad_value: float = 0.5,
+) -> Figure:
+    """Several image grids side by side, each ``(images, panel title)`` (values in [0, 1]),
+    under one optional title; the images are separated by lines of ``pad_value`` (grey: it
+    stands out against binary images' black and white)."""
+    grids = [image_grid(images, image_shape, nrow, pad_value) for images, _ in panels]
+    h, w = grids[0].shape[:2]
+    side = max(3.5, w / 40)
+    fig = Figure(figsize=(side * len(grids), max(3.5, h / 40) + 0.6), layout="constrained")
+    axes = fig.subplots(1, len(grids), squeeze=False)[0]
+    for ax, grid, (_, name) in zip(axes, grids, panels, strict=True):
+        ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.axis("off")
+        ax.set_title(name, fontsize=11)
+    if title:
+        fig.suptitle(title, fontsize=11)
     return fig
 
 
@@ -153,33 +182,213 @@ def save_density(
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
 
-def save_curves(records: list[dict], path: str | os.PathLike, title: str | None = None) -> bool:
-    """Training and validation metrics against the step, one panel per metric (the records of
-    a run's metrics file); returns False when there is nothing to draw."""
+#: the x axis of every curve: one call of the learner's ``step`` (one update of each optimiser)
+STEP_LABEL = "optimiser step"
+NATS = "nats per example"
+#: the GAN losses whose values are binary cross-entropies (nats); the others are in D's units
+_BCE_GAN_LOSSES = ("minimax", "non_saturating")
+
+
+@dataclass(frozen=True)
+class CurveLine:
+    """One line of a panel: ``sign`` × the metric ``key`` of the ``split`` records (in
+    ``color``, or the next colour of matplotlib's cycle)."""
+
+    split: str
+    key: str
+    label: str
+    sign: float = 1.0
+    color: str | None = None
+
+
+@dataclass(frozen=True)
+class CurvePanel:
+    """One panel of the curves figure: its title, its y axis label (quantity and unit) and
+    its lines."""
+
+    title: str
+    ylabel: str
+    lines: tuple[CurveLine, ...]
+    ylim: tuple[float, float] | None = None
+
+
+def _metric_keys(records: list[dict], split: str) -> list[str]:
     skip = {"step", "epoch", "split"}
-    names = []
-    for r in records:
-        if r["split"] in ("train", "valid"):
-            names += [k for k, v in r.items() if k not in skip and isinstance(v, int | float)]
-    names = list(dict.fromkeys(names))
-    if not names:
-        return False
-    cols = min(3, len(names))
-    rows = math.ceil(len(names) / cols)
-    fig = Figure(figsize=(4.2 * cols, 3.2 * rows), layout="constrained")
+    keys = [
+        k
+        for r in records
+        if r["split"] == split
+        for k, v in r.items()
+        if k not in skip and isinstance(v, int | float)
+    ]
+    return list(dict.fromkeys(keys))
+
+
+def curve_panels(
+    records: list[dict],
+    family: str | None = None,
+    objective: str = "ELBO",
+    gan_loss: str | None = None,
+) -> list[CurvePanel]:
+    """The panels of :func:`curves_figure` for a run's metric records, one sign convention:
+    log-likelihood-like quantities in nats per example, higher is better (a VAE's training
+    ``loss`` is −ELBO, drawn as −loss beside the validation ELBO; a flow's is −log p(x));
+    a GAN's losses are not likelihoods and are drawn as losses, lower is better for the
+    player that minimises each.
+
+    ``family`` (``vae``, ``flow``, ``gan``; guessed from the metric names when ``None``),
+    ``objective`` the VAE's training bound (``ELBO``, or e.g. ``IWAE bound`` for an
+    importance-weighted estimator), ``gan_loss`` the GAN loss's name (its unit: nats for the
+    cross-entropy losses)."""
+    train, valid = _metric_keys(records, "train"), _metric_keys(records, "valid")
+    every = set(train) | set(valid)
+    if family is None:
+        family = (
+            "gan"
+            if "d_loss" in every
+            else "vae"
+            if "elbo" in every
+            else "flow"
+            if "log_prob" in every
+            else None
+        )
+    panels: list[CurvePanel] = []
+    done: set[str] = set()
+    if family in ("vae", "flow"):
+        lines = []
+        if family == "vae":
+            title = f"{objective} (higher is better)"
+            ylabel = f"{'ELBO' if objective == 'ELBO' else 'bound on log p(x)'} ({NATS})"
+            train_label = (
+                "train: −loss (β-weighted ELBO while β < 1)"
+                if "kl_beta" in train
+                else f"train: −loss = {objective}"
+            )
+            valid_key, valid_label = "elbo", "validation: ELBO (1-sample estimate)"
+        else:
+            title = "log-likelihood (higher is better)"
+            ylabel = f"log p(x) ({NATS}, model space)"
+            train_label = "train: −loss = log p(x)"
+            valid_key, valid_label = "log_prob", "validation: log p(x)"
+        if "loss" in train:
+            lines.append(CurveLine("train", "loss", train_label, sign=-1.0))
+        if valid_key in valid:
+            lines.append(CurveLine("valid", valid_key, valid_label))
+        if lines:
+            panels.append(CurvePanel(title, ylabel, tuple(lines)))
+        done |= {"loss", valid_key}
+    elif family == "gan":
+        unit = NATS if gan_loss in _BCE_GAN_LOSSES else "D's output units"
+        for key, player, name in (("d_loss", "D", "discriminator"), ("g_loss", "G", "generator")):
+            lines = []
+            if key in train:
+                extra = " (with D's penalties)" if key == "d_loss" else ""
+                lines.append(CurveLine("train", key, "train" + extra))
+            if key in valid:
+                extra = " (no penalties)" if key == "d_loss" else ""
+                lines.append(CurveLine("valid", key, "validation" + extra))
+            if lines:
+                panels.append(
+                    CurvePanel(
+                        f"{name} loss (not a likelihood)",
+                        f"{player}'s loss, lower is better for {player} ({unit})",
+                        tuple(lines),
+                    )
+                )
+        outputs = (
+            ("d_real", "mean D(x), data", "tab:blue"),
+            ("d_fake", "mean D(G(z)), samples", "tab:red"),
+        )
+        lines = [
+            CurveLine(split, key, f"{tag}: {what}", color=color)
+            for split, tag in (("train", "train"), ("valid", "validation"))
+            for key, what, color in outputs
+            if key in (train if split == "train" else valid)
+        ]
+        if lines:
+            panels.append(
+                CurvePanel(
+                    "discriminator's outputs",
+                    "D = P(data | x), probability",
+                    tuple(lines),
+                    ylim=(-0.02, 1.02),
+                )
+            )
+        done |= {"d_loss", "g_loss", "d_real", "d_fake"}
+        if "d_loss" in train:
+            done.add("loss")  # the training loss of a GAN is D's loss, drawn above
+    known = {
+        "grad_norm": ("gradient norm, before clipping", "‖∇ of the batch's summed loss‖₂"),
+        "kl_beta": ("KL warm-up weight β", "β (from 0 to 1)"),
+        "loss": ("training loss (lower is better)", "loss, as the learner reports it"),
+    }
+    for key in list(dict.fromkeys(train + valid)):
+        if key in done:
+            continue
+        title, ylabel = known.get(key, (key, f"{key}, as logged"))
+        lines = [
+            CurveLine(split, key, "train" if split == "train" else "validation")
+            for split in ("train", "valid")
+            if key in (train if split == "train" else valid)
+        ]
+        panels.append(CurvePanel(title, ylabel, tuple(lines)))
+    return panels
+
+
+def curves_figure(
+    records: list[dict],
+    title: str | None = None,
+    family: str | None = None,
+    objective: str = "ELBO",
+    gan_loss: str | None = None,
+) -> Figure | None:
+    """The metric records of a run against the optimiser step, one panel per quantity
+    (:func:`curve_panels`): every y axis says what it shows and in which unit; ``None``
+    when there is nothing to draw."""
+    panels = curve_panels(records, family, objective, gan_loss)
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(5.2 * cols, 3.9 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, name in zip(axes, names, strict=False):
-        for split, style in (("train", "-"), ("valid", "o-")):
-            pts = [(r["step"], r[name]) for r in records if r["split"] == split and name in r]
-            pts = [(s, v) for s, v in pts if v is not None and math.isfinite(v)]
+    for ax, panel in zip(axes, panels, strict=False):
+        for line in panel.lines:
+            pts = [
+                (r["step"], r[line.key])
+                for r in records
+                if r["split"] == line.split and r.get(line.key) is not None
+            ]
+            pts = [(s, line.sign * v) for s, v in pts if math.isfinite(v)]
             if pts:
-                ax.plot(*zip(*pts, strict=True), style, ms=3, label=split)
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=8)
-    for ax in axes[len(names) :]:
+                style = "-" if line.split == "train" else "o--"
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, style, ms=4, lw=1.4, color=line.color, label=line.label)
+        ax.set_title(panel.title, fontsize=11)
+        ax.set_xlabel(STEP_LABEL)
+        ax.set_ylabel(panel.ylabel)
+        if panel.ylim is not None:
+            ax.set_ylim(*panel.ylim)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=12)
+    return fig
+
+
+def save_curves(
+    records: list[dict],
+    path: str | os.PathLike,
+    title: str | None = None,
+    family: str | None = None,
+    objective: str = "ELBO",
+    gan_loss: str | None = None,
+) -> bool:
+    """:func:`curves_figure` saved as a PNG; returns False when there is nothing to draw."""
+    fig = curves_figure(records, title, family, objective, gan_loss)
+    if fig is None:
+        return False
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return True

@@ -145,6 +145,13 @@ class VAE(nn.Module):
         return self.decode(self.prior().sample((n,))).mean
 
     @torch.no_grad()
+    def sample_with_mean(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For ``n`` draws z ~ p(z): the draws x ~ p_θ(x | z) and the decoder means E[x | z]
+        of the *same* z (a Bernoulli VAE's draws are binary speckle beside its smooth means)."""
+        p = self.decode(self.prior().sample((n,)))
+        return p.sample(), p.mean
+
+    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """E[x | z] at z = the posterior mean of q(z | x) (a sample average for flow guides)."""
         return self.decode(posterior_mean(self.guide, x)).mean

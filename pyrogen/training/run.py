@@ -88,12 +88,24 @@ class TrainedRun:
 
     @torch.no_grad()
     def samples_figure(self, num_samples: int | None = None):
-        """A figure of the model's samples: an image grid, or samples over the test data in
-        2-D (``None`` for other points)."""
+        """A figure of the model's samples: an image grid (for a Bernoulli VAE, the draws
+        x ~ p(x | z) beside the decoder means E[x | z] of the same z), or samples over the test
+        data in 2-D (``None`` for other points)."""
         from pyrogen.evaluation import plots
 
         ds = self.dataset
         n = num_samples or self.cfg.output.num_samples
+        bernoulli_vae = self.family == "vae" and self.cfg.model.likelihood == "bernoulli"
+        if ds.kind == "image" and bernoulli_vae:
+            # binary draws alone read as failure: show them beside the means of the same z
+            self.learner.module.eval()
+            draws, means = self.model.sample_with_mean(n)
+            panels = [
+                (ds.to_data_space(draws), "draws x ~ p(x | z)"),
+                (ds.to_data_space(means), "decoder means E[x | z] (the same z)"),
+            ]
+            title = f"{n} z ~ p(z) of the VAE (Bernoulli likelihood)"
+            return plots.image_grids_figure(panels, ds.image_shape, title=title)
         if ds.kind == "image":
             title = f"{n} samples x ~ p(x) of the {self.family}"
             return plots.image_grid_figure(self.sample(n), ds.image_shape, title=title)
@@ -116,7 +128,15 @@ class TrainedRun:
             figure.savefig(self.run_dir / "samples.png", dpi=100, bbox_inches="tight")
             paths.append(self.run_dir / "samples.png")
         curves = self.run_dir / "curves.png"
-        if plots.save_curves(read_metrics(self.run_dir), curves, title=self.run_dir.name):
+        records = read_metrics(self.run_dir)
+        labels = {"family": self.family}
+        if self.family == "vae":
+            # the bound whose negative the training loss is (the ELBO for most estimators)
+            bounds = {"renyi": f"Rényi bound (α = {self.cfg.elbo.alpha:g})", "rws": "IWAE bound"}
+            labels["objective"] = bounds.get(self.cfg.elbo.name, "ELBO")
+        if self.family == "gan":
+            labels["gan_loss"] = self.cfg.adversarial.generator_loss
+        if plots.save_curves(records, curves, title=self.run_dir.name, **labels):
             paths.append(curves)
         return paths + family_of(self.cfg).figures(self, self.run_dir)
 
