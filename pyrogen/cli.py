@@ -3,14 +3,16 @@ models from the shell.
 
     pyrogen train configs/vae_digits.yaml guide.name=iaf train.epochs=3
     pyrogen config configs/vae_digits.yaml train.epochs=3       # print the resolved config
+    pyrogen config --defaults vae       # every key: type, default, allowed values, meaning
     pyrogen train --resume runs/vae_digits-20261125-101500 train.epochs=20
     pyrogen sample runs/vae_digits-20261125-101500 -n 64 --out samples.png
     pyrogen evaluate runs/vae_digits-20261125-101500 --split test
 
 ``key=value`` overrides may stand anywhere on the line. A user's mistake (a missing file, an
 unknown key, a bad value, an option out of range) is reported in one line on stderr with exit
-code 2 (argparse's own errors add the usage line), never with a traceback; nothing is written
-for a refused command.
+code 2, never with a traceback (a misspelt option or command gets the nearest valid one, an
+option that is a config key its ``section.key=value`` form); nothing is written for a refused
+command. A bare ``pyrogen`` prints the help.
 
 ``train`` and ``evaluate`` also run data-parallel under ``torchrun`` (``torchrun
 --nproc_per_node=N -m pyrogen train CONFIG``): rank 0 alone prints and writes.
@@ -19,11 +21,12 @@ for a refused command.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -37,13 +40,33 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage, then one line; exit 2
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+    """argparse with one-line errors: ``pyrogen CMD: error: MESSAGE (see pyrogen CMD --help)``
+    on stderr, exit code 2 (no usage block)."""
+
+    #: the sub-command parsers by name (set on the top-level parser by :func:`build_parser`)
+    commands: dict[str, argparse.ArgumentParser]
+
+    def error(self, message: str) -> NoReturn:
+        text = " ".join(message.split())
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in every option's help, descriptions kept as written."""
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Descriptions kept as written; an option's default is appended to its help unless the
+    help already states one or there is none to state (``None``, ``False``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+            or not (action.option_strings or action.nargs in ("?", "*"))
+        ):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
 
 
 def _int_range(low: int, high: int, what: str = "an integer"):
@@ -172,11 +195,60 @@ def final_line(summary: dict[str, float]) -> str:
 def _cmd_config(args: argparse.Namespace) -> int:
     from pyrogen.build import load_config
 
+    if args.defaults is not None:
+        if args.args:
+            raise UsageError(f"--defaults lists the schema; it takes no CONFIG, got {args.args[0]}")
+        print(format_defaults(None if args.defaults == "all" else args.defaults), end="")
+        return 0
     paths, overrides = _split_args(args.args)
     if len(paths) != 1:
-        raise UsageError("give one CONFIG file (and any key=value overrides)")
+        raise UsageError(
+            "give one CONFIG file (and any key=value overrides), or --defaults [vae|flow|gan]"
+        )
     print(load_config(paths[0], overrides).to_yaml(), end="")
     return 0
+
+
+#: config keys whose values are names in a registry of :mod:`pyrogen.registry`
+REGISTRY_KEYS = {
+    "data.name": "DATASETS",
+    "guide.name": "GUIDES",
+    "elbo.name": "ELBOS",
+    "model.flow": "FLOWS",
+    "adversarial.generator_loss": "GAN_LOSSES",
+}
+
+
+def format_defaults(family: str | None = None) -> str:
+    """The table ``pyrogen config --defaults [FAMILY]`` prints: one line per key, ``section.key
+    type default allowed doc``, under a ``# section: ...`` heading per section; the model
+    section of ``family`` (default: of every family). Registry keys list the registered names."""
+    from pyrogen import registry
+    from pyrogen.config import MODEL_CONFIGS, schema_table
+
+    if family is not None and family not in MODEL_CONFIGS:
+        close = difflib.get_close_matches(str(family), list(MODEL_CONFIGS), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(
+            f"--defaults takes a model family, got {family!r}{hint} (allowed: "
+            f"{', '.join(MODEL_CONFIGS)}, or none for all)"
+        )
+    registry.populate()
+    names = {key: getattr(registry, reg).names() for key, reg in REGISTRY_KEYS.items()}
+    table = schema_table(family, names)
+    rows = [row for _, section in table for row in section]
+    caps = (48, 16, 16, 36)  # a long cell (a list of names) shifts its own line only
+    widths = [min(cap, max(len(r[i]) for r in rows)) for i, cap in enumerate(caps)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        padded = [cell.ljust(w) for cell, w in zip(cells[:4], widths, strict=True)]
+        return "  ".join([*padded, cells[4]]).rstrip()
+
+    lines = [line(("# key", "type", "default", "allowed", "doc"))]
+    for heading, section in table:
+        lines.append(f"# {heading}".replace("``", ""))
+        lines += [line(row) for row in section]
+    return "\n".join(lines) + "\n"
 
 
 def _load_run(path: str, device: str | None, checkpoint: str | None = None):
@@ -343,15 +415,16 @@ def _version() -> str:
     return f"pyrogen {__version__}"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     parser = _Parser(
         prog="pyrogen",
         description="Deep generative models (VAEs, normalizing flows, GANs) as Pyro "
         "generative processes: train from YAML configs, sample, evaluate, compare.",
         formatter_class=_Help,
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("-V", "--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.commands = sub.choices
 
     def threads(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -387,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
         "section.key=value, anywhere on the line, e.g.\n  pyrogen train configs/vae_digits.yaml "
         "guide.name=iaf elbo.name=trace_graph elbo.num_particles=4 train.epochs=3\nThe run "
         "folder (output.dir/output.name) receives the resolved config, metrics, a checkpoint "
-        "and figures.",
+        "and figures.\nEvery key with its type, default and allowed values: pyrogen config "
+        "--defaults [vae|flow|gan]",
     )
     p.add_argument("args", nargs="*", metavar="CONFIG [key=value ...]")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
@@ -406,9 +480,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the resolved config without training",
         formatter_class=_Help,
         description="Read CONFIG, apply the overrides, check everything that can be checked "
-        "before reading data, and print the resolved YAML (what config.yaml of a run holds).",
+        "before reading data, and print the resolved YAML (what config.yaml of a run holds).\n"
+        "With --defaults, list every key instead: type, default, allowed values or names, and "
+        "what it does.",
     )
     p.add_argument("args", nargs="*", metavar="CONFIG [key=value ...]")
+    p.add_argument(
+        "--defaults",
+        nargs="?",
+        const="all",
+        metavar="FAMILY",
+        help="list every key of the schema (no CONFIG needed), with the model section of "
+        "FAMILY (vae, flow or gan) or of every family",
+    )
     p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser(
@@ -442,7 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
         "probabilities, continuous data densities: the table says which.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    p.add_argument(
+        "--split", choices=["train", "valid", "test"], default="test", help="the split evaluated"
+    )
     p.add_argument("--is-samples", type=COUNT, default=1000, help="K for importance sampling")
     p.add_argument(
         "--parzen-samples", type=COUNT, default=10_000, help="model samples in the Parzen window"
@@ -530,17 +616,99 @@ def _one_line(e: BaseException) -> str:
     return text if len(text) <= 600 else text[:595] + " ..."
 
 
+#: the commands whose ``key=value`` words are run-config overrides (``compare``'s are not)
+CONFIG_COMMANDS = ("train", "config", "gradients")
+
+
+def _option_names(parser: argparse.ArgumentParser) -> list[str]:
+    return [s for action in parser._actions for s in action.option_strings]
+
+
+def _config_keys() -> dict[str, list[str]]:
+    """Each field name of the schema with its ``section.key`` forms (``epochs``:
+    ``[train.epochs]``; ``name``: ``[data.name, guide.name, ...]``)."""
+    import dataclasses
+
+    from pyrogen.config import MODEL_CONFIGS, SECTIONS
+
+    classes = [*(("model", c) for c in MODEL_CONFIGS.values()), *SECTIONS.items()]
+    out: dict[str, list[str]] = {}
+    for section, cls in classes:
+        for f in dataclasses.fields(cls):
+            keys = out.setdefault(f.name, [])
+            if f"{section}.{f.name}" not in keys:
+                keys.append(f"{section}.{f.name}")
+    return out
+
+
+def _unknown_option_hint(
+    parser: argparse.ArgumentParser, command: str, word: str, argv: list[str]
+) -> str:
+    """'; did you mean ...?' for an unknown option: the nearest option of the command, or, for
+    a config key written as an option (``--epochs 3``), its override form ``train.epochs=3``."""
+    name, eq, value = word.partition("=")
+    if not eq and word in argv:  # the word after the option, if it is not another option
+        after = argv[argv.index(word) + 1 : argv.index(word) + 2]
+        value = after[0] if after and not after[0].startswith("-") and "=" not in after[0] else ""
+    options = _option_names(parser)
+    dashed = "--" + name.lstrip("-").replace("_", "-")
+    if dashed in options:
+        return f"; did you mean {dashed}?"
+    bare = name.lstrip("-").replace("-", "_")
+    fields = _config_keys() if command in CONFIG_COMMANDS else {}
+    stems = {o.lstrip("-"): o for o in options}  # "--" would make every pair look alike
+    close = [stems[c] for c in difflib.get_close_matches(name.lstrip("-"), list(stems), n=1)]
+    near = difflib.get_close_matches(bare, list(fields), n=1, cutoff=0.8)
+    # an exact config key, else the nearest option, else the nearest config key
+    keys = fields.get(bare) or ([] if close or not near else fields[near[0]])
+    if keys:
+        forms = [f"{k}={value or 'VALUE'}" for k in keys]
+        listed = forms[0] if len(forms) == 1 else ", ".join(forms[:-1]) + " or " + forms[-1]
+        return f"; config keys are set as section.key=value: did you mean {listed}?"
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _unknown_command(parser: _Parser, word: str) -> NoReturn:
+    close = difflib.get_close_matches(word, list(parser.commands), n=1, cutoff=0.5)
+    if close:
+        hint = f"; did you mean {close[0]!r}?"
+    elif word.endswith((".yaml", ".yml")):
+        hint = f"; did you mean 'pyrogen train {word}'?"
+    else:
+        hint = ""
+    parser.error(f"unknown command {word!r}{hint} (commands: {', '.join(parser.commands)})")
+
+
+def _parse(parser: _Parser, argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed; every mistake is one line from the parser that saw it (exit 2)."""
+    if argv and not argv[0].startswith("-") and argv[0] not in parser.commands:
+        _unknown_command(parser, argv[0])
+    # key=value words may follow flags: argparse leaves them over; they join the command's
+    # positional words (argparse's parse_intermixed_args does not support sub-commands)
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    sub = parser.commands[args.command]
+    unknown = [e for e in extra if e.startswith("-")]
+    if not unknown and hasattr(args, "args"):
+        args.args = [*args.args, *extra]
+        return args
+    if not unknown:
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
+    hints = (_unknown_option_hint(sub, args.command, u, argv) for u in unknown)
+    hint = next((h for h in hints if h), "")
+    plural = "s" if len(unknown) > 1 else ""
+    sub.error(f"unrecognized argument{plural} {' '.join(unknown)}{hint}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if not argv:  # a bare `pyrogen`: what it can do
+        parser.print_help()
+        return 0
     try:
-        # key=value words may follow flags: argparse leaves them over; they join the command's
-        # positional words (argparse's parse_intermixed_args does not support sub-commands)
-        args, extra = parser.parse_known_args(argv)
-        if extra:
-            if not hasattr(args, "args") or any(e.startswith("-") for e in extra):
-                unknown = [e for e in extra if e.startswith("-")] or extra
-                parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-            args.args = [*args.args, *extra]
+        args = _parse(parser, argv)
     except SystemExit as e:  # argparse: --help, --version, or a usage error (printed)
         return int(e.code or 0)
     try:

@@ -56,15 +56,17 @@ MAX_SEED = (1 << 32) - 1  # numpy's seeds are 32-bit; torch's are 64-bit
 
 
 def num(default: Any, *, ge: float | None = None, gt: float | None = None,
-        le: float | None = None, lt: float | None = None) -> Any:  # fmt: skip
-    """A numeric field with its allowed range (every bound is inclusive unless ``gt``/``lt``)."""
-    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt})
+        le: float | None = None, lt: float | None = None, doc: str = "") -> Any:  # fmt: skip
+    """A numeric field with its allowed range (every bound is inclusive unless ``gt``/``lt``)
+    and its one-line ``doc`` (what ``pyrogen config --defaults`` prints)."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc})
 
 
-def sizes(*default: int, max_len: int = 64, le: int = MAX_WIDTH) -> Any:
+def sizes(*default: int, max_len: int = 64, le: int = MAX_WIDTH, doc: str = "") -> Any:
     """A list of layer widths, each in ``[1, le]``, at most ``max_len`` of them."""
     return field(
-        default_factory=lambda: list(default), metadata={"ge": 1, "le": le, "max_len": max_len}
+        default_factory=lambda: list(default),
+        metadata={"ge": 1, "le": le, "max_len": max_len, "doc": doc},
     )
 
 
@@ -82,74 +84,139 @@ class DataConfig:
     :func:`pyrogen.train`), or ``image_folder`` (PNG/JPEG files under ``path``).
     """
 
-    name: str = "digits"
-    path: str | None = None  # data.name=array: the file; image_folder: the folder
-    checksum: str | None = None  # sha256 of the user's data, recorded by the run that used it
-    root: str | None = None  # folder of data files; default $PYROGEN_DATA or a cache folder
-    download: bool = True  # download missing files (checked against known checksums)
-    binarize: Literal["none", "static", "dynamic"] = "none"
-    dequantize: bool = False  # uniform dequantisation x -> (x * (L - 1) + u) / L
-    logit_lambda: float | None = num(None, ge=0.0, lt=0.5)  # logit transform (1e-6 for MNIST)
-    standardize: bool = False  # points: per-feature (x - mean) / std of the training split
-    levels: int | None = num(None, ge=2, le=1 << 16)  # intensity levels of a user's images
-    image_size: list[int] | None = field(  # image_folder: resize every image to [H, W]
-        default=None, metadata={"ge": 1, "le": 4096, "len": 2}
+    name: str = field(
+        default="digits", metadata={"doc": "a registered data set, array or image_folder"}
     )
-    valid_fraction: float = num(0.1, ge=0.0, lt=1.0)  # user data without its own splits
-    test_fraction: float = num(0.1, ge=0.0, lt=1.0)
-    num_train: int | None = num(None, ge=1, le=1 << 31)  # toy split sizes / subsets of files
-    num_valid: int | None = num(None, ge=1, le=1 << 31)
-    num_test: int | None = num(None, ge=1, le=1 << 31)
-    noise: float | None = num(None, ge=0.0, le=1e3)  # noise level of 2-D toy densities
-    flatten: bool = True  # images as vectors (MLPs) or C x H x W (conv nets)
+    path: str | None = field(
+        default=None, metadata={"doc": "data.name=array: the file; image_folder: the folder"}
+    )
+    checksum: str | None = field(
+        default=None,
+        metadata={"doc": "sha256 of the user's data, recorded by the run that used it"},
+    )
+    root: str | None = field(
+        default=None,
+        metadata={"doc": "folder of data files; default $PYROGEN_DATA or a cache folder"},
+    )
+    download: bool = field(
+        default=True, metadata={"doc": "download missing files (checked against known checksums)"}
+    )
+    binarize: Literal["none", "static", "dynamic"] = field(
+        default="none",
+        metadata={"doc": "binarise: static (one draw b ~ Bernoulli(x)) or dynamic (per batch)"},
+    )
+    dequantize: bool = field(
+        default=False, metadata={"doc": "uniform dequantisation x -> (x * (L - 1) + u) / L"}
+    )
+    logit_lambda: float | None = num(
+        None, ge=0.0, lt=0.5, doc="logit transform of lambda + (1 - 2 lambda) x (1e-6 for MNIST)"
+    )
+    standardize: bool = field(
+        default=False,
+        metadata={"doc": "points: per-feature (x - mean) / std of the training split"},
+    )
+    levels: int | None = num(None, ge=2, le=1 << 16, doc="intensity levels of a user's images")
+    image_size: list[int] | None = field(
+        default=None,
+        metadata={"ge": 1, "le": 4096, "len": 2, "doc": "image_folder: resize images to [H, W]"},
+    )
+    valid_fraction: float = num(
+        0.1, ge=0.0, lt=1.0, doc="validation share of user data without its own splits"
+    )
+    test_fraction: float = num(
+        0.1, ge=0.0, lt=1.0, doc="test share of user data without its own splits"
+    )
+    num_train: int | None = num(
+        None, ge=1, le=1 << 31, doc="training examples (toy sizes / a subset of files)"
+    )
+    num_valid: int | None = num(
+        None, ge=1, le=1 << 31, doc="validation examples (toy sizes / a subset of files)"
+    )
+    num_test: int | None = num(
+        None, ge=1, le=1 << 31, doc="test examples (toy sizes / a subset of files)"
+    )
+    noise: float | None = num(None, ge=0.0, le=1e3, doc="noise level of 2-D toy densities")
+    flatten: bool = field(
+        default=True, metadata={"doc": "images as vectors (MLPs) or C x H x W (conv nets)"}
+    )
 
 
 @dataclass
 class VAEModelConfig:
     """z ~ N(0, I); x ~ likelihood(decoder(z))."""
 
-    family: Literal["vae"] = "vae"
-    latent_dim: int = num(2, ge=1, le=MAX_WIDTH)
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
-    # gaussian only: sigma from the decoder ("decoder"), one learned sigma per dimension
-    # ("learned"), or a fixed value ("fixed")
-    scale: Literal["decoder", "learned", "fixed"] = "decoder"
-    fixed_scale: float = num(0.1, gt=0.0, le=1e6)
-    min_scale: float = num(1e-3, ge=0.0, le=1e3)
-    architecture: Literal["mlp", "conv"] = "mlp"
-    hidden_sizes: list[int] = sizes(256, 256)
-    activation: Literal["relu", "tanh", "softplus", "elu", "leaky_relu"] = "relu"
+    family: Literal["vae"] = field(
+        default="vae", metadata={"doc": "the model family: vae, flow or gan"}
+    )
+    latent_dim: int = num(2, ge=1, le=MAX_WIDTH, doc="dimension of z")
+    likelihood: Literal["bernoulli", "gaussian"] = field(
+        default="bernoulli", metadata={"doc": "p(x | z): bernoulli (binary data) or gaussian"}
+    )
+    scale: Literal["decoder", "learned", "fixed"] = field(
+        default="decoder",
+        metadata={"doc": "gaussian: sigma from the decoder, one learned per dimension, or fixed"},
+    )
+    fixed_scale: float = num(0.1, gt=0.0, le=1e6, doc="gaussian, scale=fixed: sigma")
+    min_scale: float = num(1e-3, ge=0.0, le=1e3, doc="gaussian: floor added to sigma")
+    architecture: Literal["mlp", "conv"] = field(
+        default="mlp", metadata={"doc": "decoder (and encoder) networks: MLP or conv"}
+    )
+    hidden_sizes: list[int] = sizes(256, 256, doc="decoder layer widths (conv: channels)")
+    activation: Literal["relu", "tanh", "softplus", "elu", "leaky_relu"] = field(
+        default="relu", metadata={"doc": "nonlinearity of the networks"}
+    )
 
 
 @dataclass
 class FlowModelConfig:
     """z ~ N(0, I); x = G(z) through a stack of Pyro TransformModules."""
 
-    family: Literal["flow"] = "flow"
-    flow: str = "realnvp"  # a name in pyrogen.registry.FLOWS
-    num_layers: int = num(5, ge=1, le=1024)
-    hidden_sizes: list[int] = sizes(64, 64)
-    count_bins: int = num(8, ge=2, le=1024)  # neural spline flows
-    bound: float = num(5.0, gt=0.0, le=1e6)  # neural spline flows: the spline acts on [-B, B]
-    normalization: Literal["none", "batchnorm", "actnorm"] = "none"
-    permutation: Literal["reverse", "random"] = "reverse"
-    conditional: bool = False  # class-conditional p(x | y)
-    num_classes: int = num(10, ge=2, le=MAX_COUNT)
+    family: Literal["flow"] = field(
+        default="flow", metadata={"doc": "the model family: vae, flow or gan"}
+    )
+    flow: str = field(
+        default="realnvp",
+        metadata={"doc": "the flow architecture (a name in pyrogen.registry.FLOWS)"},
+    )
+    num_layers: int = num(5, ge=1, le=1024, doc="transforms in the stack")
+    hidden_sizes: list[int] = sizes(64, 64, doc="layer widths of each transform's network")
+    count_bins: int = num(8, ge=2, le=1024, doc="neural spline flows: bins of each spline")
+    bound: float = num(5.0, gt=0.0, le=1e6, doc="neural spline flows: the spline acts on [-B, B]")
+    normalization: Literal["none", "batchnorm", "actnorm"] = field(
+        default="none", metadata={"doc": "normalisation layer between transforms"}
+    )
+    permutation: Literal["reverse", "random"] = field(
+        default="reverse", metadata={"doc": "permutation of dimensions between transforms"}
+    )
+    conditional: bool = field(default=False, metadata={"doc": "class-conditional p(x | y)"})
+    num_classes: int = num(10, ge=2, le=MAX_COUNT, doc="conditional: number of classes y")
 
 
 @dataclass
 class GANModelConfig:
     """z ~ p_z; x = G(z); a discriminator D(x) = P(data | x)."""
 
-    family: Literal["gan"] = "gan"
-    latent_dim: int = num(100, ge=1, le=MAX_WIDTH)
-    prior: Literal["normal", "uniform"] = "normal"
-    architecture: Literal["mlp", "conv"] = "mlp"
-    hidden_sizes: list[int] = sizes(256, 256)
-    discriminator_hidden_sizes: list[int] = sizes(256, 256)
-    discriminator_dropout: float = num(0.0, ge=0.0, lt=1.0)
-    spectral_norm: bool = False
-    output: Literal["sigmoid", "tanh", "identity"] = "sigmoid"  # generator's last layer
+    family: Literal["gan"] = field(
+        default="gan", metadata={"doc": "the model family: vae, flow or gan"}
+    )
+    latent_dim: int = num(100, ge=1, le=MAX_WIDTH, doc="dimension of z")
+    prior: Literal["normal", "uniform"] = field(
+        default="normal", metadata={"doc": "p_z: standard normal or uniform on [-1, 1]"}
+    )
+    architecture: Literal["mlp", "conv"] = field(
+        default="mlp", metadata={"doc": "generator and discriminator networks: MLP or conv (DCGAN)"}
+    )
+    hidden_sizes: list[int] = sizes(256, 256, doc="generator layer widths (conv: channels)")
+    discriminator_hidden_sizes: list[int] = sizes(
+        256, 256, doc="discriminator layer widths (conv: channels)"
+    )
+    discriminator_dropout: float = num(0.0, ge=0.0, lt=1.0, doc="dropout rate in the discriminator")
+    spectral_norm: bool = field(
+        default=False, metadata={"doc": "spectral normalisation of the discriminator's layers"}
+    )
+    output: Literal["sigmoid", "tanh", "identity"] = field(
+        default="sigmoid", metadata={"doc": "the generator's last layer"}
+    )
 
 
 ModelConfig = VAEModelConfig | FlowModelConfig | GANModelConfig
@@ -164,98 +231,169 @@ MODEL_CONFIGS: dict[str, type] = {
 class GuideConfig:
     """The amortised variational family q(z | x) (VAE only)."""
 
-    name: str = "diagonal_normal"  # a name in pyrogen.registry.GUIDES
-    hidden_sizes: list[int] | None = field(  # encoder; default: the decoder's, reversed
-        default=None, metadata={"ge": 1, "le": MAX_WIDTH, "max_len": 64}
+    name: str = field(
+        default="diagonal_normal",
+        metadata={"doc": "the guide q(z | x) (a name in pyrogen.registry.GUIDES)"},
     )
-    rank: int = num(2, ge=1, le=MAX_WIDTH)  # low_rank_normal
-    num_flows: int = num(2, ge=1, le=256)  # iaf: number of inverse autoregressive steps
-    baseline: Literal["none", "decaying_average", "neural"] = "none"  # score_function
-    baseline_beta: float = num(0.9, ge=0.0, lt=1.0)  # decay of the decaying-average baseline
+    hidden_sizes: list[int] | None = field(
+        default=None,
+        metadata={
+            "ge": 1,
+            "le": MAX_WIDTH,
+            "max_len": 64,
+            "doc": "encoder layer widths; default: the decoder's, reversed",
+        },
+    )
+    rank: int = num(2, ge=1, le=MAX_WIDTH, doc="low_rank_normal: rank of the covariance factor")
+    num_flows: int = num(2, ge=1, le=256, doc="iaf: number of inverse autoregressive steps")
+    baseline: Literal["none", "decaying_average", "neural"] = field(
+        default="none", metadata={"doc": "score-function estimators: variance-reducing baseline"}
+    )
+    baseline_beta: float = num(0.9, ge=0.0, lt=1.0, doc="decay of the decaying-average baseline")
 
 
 @dataclass
 class ELBOConfig:
     """Which of Pyro's ELBO estimators trains the model, and its options."""
 
-    name: str = "trace"  # a name in pyrogen.registry.ELBOS
-    num_particles: int = num(1, ge=1, le=MAX_COUNT)
-    vectorize_particles: bool = False
-    alpha: float = num(0.0, ge=-1e3, le=1e3)  # renyi: alpha = 0 is the IWAE bound
-    tail_adaptive_beta: float = num(-1.0, ge=-1.0, lt=0.0)
-    kl_warmup_steps: int = num(0, ge=0, le=MAX_STEPS)  # β from 0 to 1 over these steps
+    name: str = field(
+        default="trace", metadata={"doc": "the ELBO estimator (a name in pyrogen.registry.ELBOS)"}
+    )
+    num_particles: int = num(1, ge=1, le=MAX_COUNT, doc="samples of z per example in each estimate")
+    vectorize_particles: bool = field(
+        default=False, metadata={"doc": "draw the particles in one vectorised pass"}
+    )
+    alpha: float = num(0.0, ge=-1e3, le=1e3, doc="renyi: alpha = 0 is the IWAE bound")
+    tail_adaptive_beta: float = num(
+        -1.0, ge=-1.0, lt=0.0, doc="tail_adaptive: rank exponent β of the weights"
+    )
+    kl_warmup_steps: int = num(
+        0, ge=0, le=MAX_STEPS, doc="KL weight β from 0 to 1 over these steps"
+    )
 
 
 @dataclass
 class AdversarialConfig:
     """Goodfellow et al.'s Algorithm 1 and its common variants (GAN only)."""
 
-    generator_loss: str = "non_saturating"  # a name in pyrogen.registry.GAN_LOSSES
-    discriminator_steps: int = num(1, ge=1, le=1024)  # k D updates per G update
-    gradient_penalty: float = num(10.0, ge=0.0, le=1e6)  # wasserstein: its weight λ
-    r1_penalty: float = num(0.0, ge=0.0, le=1e6)  # weight γ of the R1 penalty (0: off)
-    ema_decay: float | None = num(None, ge=0.0, lt=1.0)  # moving average of G's weights
+    generator_loss: str = field(
+        default="non_saturating",
+        metadata={"doc": "the GAN loss (a name in pyrogen.registry.GAN_LOSSES)"},
+    )
+    discriminator_steps: int = num(1, ge=1, le=1024, doc="k D updates per G update")
+    gradient_penalty: float = num(
+        10.0, ge=0.0, le=1e6, doc="wasserstein: weight λ of the gradient penalty"
+    )
+    r1_penalty: float = num(0.0, ge=0.0, le=1e6, doc="weight γ of the R1 penalty (0: off)")
+    ema_decay: float | None = num(
+        None, ge=0.0, lt=1.0, doc="decay of a moving average of G's weights (null: off)"
+    )
 
 
 @dataclass
 class OptimConfig:
     """torch optimiser settings; ``lr_discriminator`` and ``betas`` also serve GANs."""
 
-    name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
-    lr: float = num(1e-3, gt=0.0, le=1e3)
-    lr_discriminator: float | None = num(None, gt=0.0, le=1e3)  # GAN: D's (default: lr)
-    betas: list[float] = field(
-        default_factory=lambda: [0.9, 0.999], metadata={"ge": 0.0, "lt": 1.0, "len": 2}
+    name: Literal["adam", "adamw", "sgd", "rmsprop"] = field(
+        default="adam", metadata={"doc": "the torch optimiser"}
     )
-    momentum: float = num(0.0, ge=0.0, lt=1.0)
-    weight_decay: float = num(0.0, ge=0.0, le=1e3)
-    clip_norm: float | None = num(None, gt=0.0, le=1e12)  # gradient clipping by global norm
+    lr: float = num(1e-3, gt=0.0, le=1e3, doc="learning rate")
+    lr_discriminator: float | None = num(
+        None, gt=0.0, le=1e3, doc="GAN: D's learning rate (default: lr)"
+    )
+    betas: list[float] = field(
+        default_factory=lambda: [0.9, 0.999],
+        metadata={
+            "ge": 0.0,
+            "lt": 1.0,
+            "len": 2,
+            "doc": "adam, adamw: decay rates of the moment estimates",
+        },
+    )
+    momentum: float = num(0.0, ge=0.0, lt=1.0, doc="sgd, rmsprop: momentum")
+    weight_decay: float = num(0.0, ge=0.0, le=1e3, doc="L2 penalty (adamw: decoupled weight decay)")
+    clip_norm: float | None = num(
+        None, gt=0.0, le=1e12, doc="gradient clipping by global norm (null: off)"
+    )
     # learning-rate schedule over the run's steps: lr(t) = lr * f(t), t = step / total steps
     # constant: f = 1; cosine: f = m + (1 - m)(1 + cos(pi t)) / 2; exponential: f = decay ** epoch
     # (per epoch, smoothly), never below m = min_lr_ratio
-    schedule: Literal["constant", "cosine", "exponential"] = "constant"
-    decay: float = num(0.99, gt=0.0, le=1.0)  # exponential: factor per epoch
-    min_lr_ratio: float = num(0.0, ge=0.0, le=1.0)  # floor of f
+    schedule: Literal["constant", "cosine", "exponential"] = field(
+        default="constant",
+        metadata={"doc": "learning-rate schedule lr(t) = lr * f(t) over the run's steps"},
+    )
+    decay: float = num(0.99, gt=0.0, le=1.0, doc="exponential: factor per epoch")
+    min_lr_ratio: float = num(0.0, ge=0.0, le=1.0, doc="floor m of the schedule's factor f")
 
 
 @dataclass
 class TrainConfig:
     """The run loop."""
 
-    epochs: int = num(10, ge=0, le=MAX_STEPS)
-    max_steps: int | None = num(None, ge=1, le=MAX_STEPS)  # stop after this many steps
-    # the global batch: under torchrun each of the N processes steps on 1/N of it
-    batch_size: int = num(128, ge=1, le=1 << 24)
-    seed: int = num(0, ge=0, le=MAX_SEED)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    eval_every: int = num(1, ge=0, le=MAX_STEPS)  # validate every N epochs (0: never)
-    eval_batch_size: int = num(1000, ge=1, le=1 << 24)
-    checkpoint_every: int = num(1, ge=0, le=MAX_STEPS)  # epochs between checkpoints (0: end)
-    log_every: int = num(50, ge=1, le=MAX_STEPS)  # steps between metric lines
-    # the validation metric that picks best.pt (null: the family's, e.g. elbo or log_prob;
-    # "none": keep only the last checkpoint)
-    monitor: str | None = None
-    monitor_mode: Literal["auto", "max", "min"] = "auto"  # auto: the family's direction
-    early_stopping: int | None = num(None, ge=1, le=MAX_STEPS)  # patience, in evaluations
-    # torch CPU threads; auto: 1 for small models, else the free cores (pyrogen.runtime)
-    num_threads: int | Literal["auto"] = num("auto", ge=1, le=1024)
-    compile: bool = False  # torch.compile the family's networks (measured: bench/bench_cpu.py)
+    epochs: int = num(10, ge=0, le=MAX_STEPS, doc="passes over the training split")
+    max_steps: int | None = num(None, ge=1, le=MAX_STEPS, doc="stop after this many steps")
+    batch_size: int = num(
+        128, ge=1, le=1 << 24, doc="examples per step, over all torchrun processes"
+    )
+    seed: int = num(0, ge=0, le=MAX_SEED, doc="seed of every random stream of the run")
+    device: str = field(default="auto", metadata={"doc": "auto, cpu, cuda or cuda:N"})
+    eval_every: int = num(1, ge=0, le=MAX_STEPS, doc="validate every N epochs (0: never)")
+    eval_batch_size: int = num(1000, ge=1, le=1 << 24, doc="examples per validation batch")
+    checkpoint_every: int = num(
+        1, ge=0, le=MAX_STEPS, doc="epochs between checkpoints (0: at the end)"
+    )
+    log_every: int = num(50, ge=1, le=MAX_STEPS, doc="steps between metric lines")
+    monitor: str | None = field(
+        default=None,
+        metadata={
+            "doc": "validation metric that picks best.pt (null: the family's; none: last only)"
+        },
+    )
+    monitor_mode: Literal["auto", "max", "min"] = field(
+        default="auto", metadata={"doc": "whether higher or lower is better; auto: the family's"}
+    )
+    early_stopping: int | None = num(
+        None, ge=1, le=MAX_STEPS, doc="stop after N evaluations without a better monitor"
+    )
+    num_threads: int | Literal["auto"] = num(
+        "auto",
+        ge=1,
+        le=1024,
+        doc="torch CPU threads; auto: 1 for small models, else the free cores",
+    )
+    compile: bool = field(
+        default=False,
+        metadata={"doc": "torch.compile the family's networks (measured: bench/bench_cpu.py)"},
+    )
     # float32, or the forward pass under torch.autocast in bfloat16 / float16 (with a gradient
     # scaler; CUDA only); flows train in float32 only
-    precision: Literal[32, "bf16", "16-mixed"] = 32
+    precision: Literal[32, "bf16", "16-mixed"] = field(
+        default=32,
+        metadata={"doc": "float32, or autocast bfloat16 / float16 (CUDA only; not flows)"},
+    )
 
 
 @dataclass
 class OutputConfig:
     """Where a run writes its files."""
 
-    dir: str = "runs"  # parent folder of run folders
-    name: str | None = None  # run folder name; default <config stem>-<timestamp>
-    metrics_format: Literal["jsonl", "csv"] = "jsonl"
-    num_samples: int = num(64, ge=1, le=10_000)  # samples in the PNG grid
-    tensorboard: bool | None = None  # TensorBoard event files; null: when it is installed
-    figures: bool = True  # samples.png, curves.png and the family's figures at the end
-    overwrite: bool = False  # replace a run already in the run folder (never stored as true)
+    dir: str = field(default="runs", metadata={"doc": "parent folder of run folders"})
+    name: str | None = field(
+        default=None, metadata={"doc": "run folder name; default <config stem>-<timestamp>"}
+    )
+    metrics_format: Literal["jsonl", "csv"] = field(
+        default="jsonl", metadata={"doc": "format of the metrics file"}
+    )
+    num_samples: int = num(64, ge=1, le=10_000, doc="samples in the PNG grid")
+    tensorboard: bool | None = field(
+        default=None, metadata={"doc": "TensorBoard event files; null: when it is installed"}
+    )
+    figures: bool = field(
+        default=True, metadata={"doc": "samples.png, curves.png and the family's figures"}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"doc": "replace a run already in the folder (stored as false)"}
+    )
 
 
 @dataclass
@@ -323,6 +461,94 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "output": OutputConfig,
 }
+
+
+def schema_table(
+    family: str | None = None, names: dict[str, list[str]] | None = None
+) -> list[tuple[str, list[tuple[str, str, str, str, str]]]]:
+    """Every key of the schema, section by section, as ``(heading, rows)``; a row is
+    ``(section.key, type, default, allowed values, doc)`` read from the fields' types and
+    metadata. ``family`` picks one model section (default: the model section of every family);
+    ``names`` gives the allowed values of keys looked up in registries (e.g. ``data.name``)."""
+    families = list(MODEL_CONFIGS) if family is None else [family]
+    out = []
+    for f in dataclasses.fields(Config):
+        if f.name == "source":
+            continue
+        if f.name == "model":
+            classes = [(f"model (model.family={fam})", MODEL_CONFIGS[fam]) for fam in families]
+        else:
+            classes = [(f.name, SECTIONS[f.name])]
+        for heading, cls in classes:
+            hints = typing.get_type_hints(cls)
+            rows = []
+            for item in dataclasses.fields(cls):
+                key = f"{f.name}.{item.name}"
+                meta = dict(item.metadata)
+                allowed = ", ".join((names or {}).get(key, [])) or _allowed_text(
+                    hints[item.name], meta
+                )
+                default = (
+                    item.default_factory() if item.default is dataclasses.MISSING else item.default
+                )  # type: ignore[misc]
+                rows.append(
+                    (
+                        key,
+                        _short_type(hints[item.name]),
+                        _yaml_text(default),
+                        allowed or "-",
+                        meta.get("doc", ""),
+                    )
+                )
+            summary = (cls.__doc__ or "").strip().split("\n")[0]
+            out.append((f"{heading}: {summary}", rows))
+    return out
+
+
+def _short_type(tp: Any) -> str:
+    """``int``, ``float|null``, ``list[int]``; a ``Literal`` by the types of its values."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "|".join(dict.fromkeys(type(a).__name__ for a in typing.get_args(tp)))
+    if origin in (Union, types.UnionType):
+        return "|".join(dict.fromkeys(_short_type(a) for a in typing.get_args(tp)))
+    if origin is list:
+        return f"list[{_short_type(typing.get_args(tp)[0])}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _yaml_text(value: Any) -> str:
+    """A value as it is written in a config: ``null``, ``true``, ``[256, 256]``."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_text(v) for v in value) + "]"
+    return str(value)
+
+
+def _allowed_text(tp: Any, meta: dict[str, Any]) -> str:
+    """The range (``>= 0 and <= 10``), list lengths and ``Literal`` choices of a field."""
+    leaves = _leaf_types(tp)
+    choices = [
+        str(a) for t in leaves if typing.get_origin(t) is Literal for a in typing.get_args(t)
+    ]
+    parts = []
+    args = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+    if any(typing.get_origin(a) is list for a in args):
+        length = meta.get("len")
+        count = (
+            f"{length} items"
+            if length
+            else f"1..{meta['max_len']} items"
+            if meta.get("max_len")
+            else ""
+        )
+        each = f"each {_range_text(meta)}" if _range_text(meta) else ""
+        parts.append(", ".join(p for p in (count, each) if p))
+    else:
+        parts.append(_range_text(meta))
+    parts.append(", ".join(choices))
+    return ", or ".join(p for p in parts if p)
 
 
 # --------------------------------------------------------------------------------------

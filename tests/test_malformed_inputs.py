@@ -55,7 +55,7 @@ def refused(argv: list[str], culprit: str, capsys, workdir: Path, kind: str) -> 
     created = sorted(p.name for p in workdir.iterdir())
     assert code == 2, f"exit {code} for {argv}: {err[-300:]}"
     assert "Traceback" not in err and "Traceback" not in out
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("usage:", " "))]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err
     assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
     assert len(lines[0]) < 800
