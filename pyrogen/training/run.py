@@ -110,15 +110,22 @@ def load(run_dir: str | os.PathLike, device: str | None = None, data: object = N
     ``data.npz`` (or from ``data``, which must be the same array)."""
     from pyrogen.build import build, resolve_device
     from pyrogen.config import load_config
-    from pyrogen.training.checkpoint import check_checkpoint_fits, load_checkpoint
+    from pyrogen.training.checkpoint import (
+        check_checkpoint_contents,
+        check_checkpoint_fits,
+        load_checkpoint,
+    )
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / CONFIG)
     cfg = with_run_data(cfg, run_dir)
     dev = resolve_device(device or cfg.train.device, "--device" if device else "train.device")
-    state = load_checkpoint(run_dir / CHECKPOINT, map_location=dev)
-    check_checkpoint_fits(state, cfg, run_dir / CHECKPOINT)
+    path = run_dir / CHECKPOINT
+    state = load_checkpoint(path, map_location=dev)
+    check_checkpoint_contents(state, path)  # its sections, before building anything
+    check_checkpoint_fits(state, cfg, path)
     dataset, learner = build(cfg, dev, data=data)
+    check_checkpoint_contents(state, path, learner)  # every tensor against the run's model
     learner.load_state_dict(state["learner"])
     return TrainedRun(cfg, run_dir, dataset, learner)
 
