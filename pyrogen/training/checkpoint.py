@@ -25,10 +25,13 @@ import random
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from pyrogen.inference.base import Learner
 
 FORMAT = 2
 TMP_PREFIX = "."
@@ -147,7 +150,7 @@ MAX_NAMED = 3
 def check_checkpoint_contents(
     state: dict[str, Any],
     path: str | os.PathLike,
-    learner: Any = None,
+    learner: Learner | None = None,
     *,
     resume: bool = False,
 ) -> None:
