@@ -62,6 +62,7 @@ from pyrogen.training import distributed
 from pyrogen.training.checkpoint import (
     CheckpointError,
     all_finite,
+    check_checkpoint_contents,
     check_checkpoint_fits,
     fixed_differences,
     load_checkpoint,
@@ -297,6 +298,7 @@ def _train(
     if resume:
         cfg = resolved_config(cfg, run_dir)  # its own files, wherever the folder is now
         state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
+        check_checkpoint_contents(state, run_dir / CHECKPOINT, resume=True)
         saved_world = int(state.get("world_size", 1))
         if saved_world != world:
             raise CheckpointError(
@@ -329,8 +331,17 @@ def _train(
         pyro.set_rng_seed(distributed.rank_seed(cfg.train.seed, "model") % (1 << 32))
     loop = LoopState()
     if state is not None:
+        check_checkpoint_contents(state, run_dir / CHECKPOINT, learner, resume=True)
         learner.load_state_dict(state["learner"])
         loop = LoopState(**state["loop"])
+        n = dataset.train.shape[0]
+        if loop.permutation is not None and not torch.equal(
+            loop.permutation.long().sort().values.cpu(), torch.arange(n)
+        ):
+            raise CheckpointError(
+                f"{run_dir / CHECKPOINT}: loop.permutation is not an order of the {n} training "
+                "examples (was it edited or written by another version?)"
+            )
         if world > 1:
             own = state["ranks"][distributed.rank()]
             set_rng_state(own["rng"], data_gen, noise_gen)

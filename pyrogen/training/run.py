@@ -156,7 +156,11 @@ def load(
     have been moved or copied."""
     from pyrogen.build import build, resolve_device
     from pyrogen.config import ConfigError, load_config
-    from pyrogen.training.checkpoint import check_checkpoint_fits, load_checkpoint
+    from pyrogen.training.checkpoint import (
+        check_checkpoint_contents,
+        check_checkpoint_fits,
+        load_checkpoint,
+    )
 
     run_dir = Path(run_dir)
     if checkpoint is None:
@@ -172,8 +176,10 @@ def load(
     cfg = load_config(run_dir / CONFIG)
     dev = resolve_device(device or cfg.train.device, "--device" if device else "train.device")
     state = load_checkpoint(path, map_location=dev)
+    check_checkpoint_contents(state, path)  # its sections, before building anything
     check_checkpoint_fits(state, cfg, path)
     cfg = resolved_config(cfg, run_dir)
     dataset, learner = build(cfg, dev, data=data)
+    check_checkpoint_contents(state, path, learner)  # every tensor against the run's model
     learner.load_state_dict(state["learner"])
     return TrainedRun(cfg, run_dir, dataset, learner, checkpoint=checkpoint)
