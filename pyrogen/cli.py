@@ -736,6 +736,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_USAGE
     except OSError as e:  # a file that cannot be written mid-run (disk full, read-only)
+        from pyrogen.training.output import RunOutputError
+
+        if isinstance(e, RunOutputError):  # says which checkpoint is intact
+            _say(f"pyrogen {args.command}: error: {_one_line(e)}", file=sys.stderr)
+            return EXIT_FAILED
         where = f" {e.filename}" if getattr(e, "filename", None) else ""
         print(
             f"pyrogen {args.command}: error: cannot write{where}: {e.strerror or e}",

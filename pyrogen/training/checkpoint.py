@@ -22,13 +22,14 @@ import math
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from pyrogen.training.output import write_atomic
 
 if TYPE_CHECKING:
     from pyrogen.inference.base import Learner
@@ -50,22 +51,13 @@ def _serialise(state: dict[str, Any]) -> bytes:
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``state`` to ``path`` with its checksum, atomically (temporary file, fsync,
-    rename). An ``OSError`` (no space, read-only folder) leaves the previous file intact."""
+    rename). Both ``torch.save`` calls write to memory, so an ``OSError`` (no space, a
+    file-size limit, a read-only folder) comes from the file write alone, names ``path`` and
+    leaves the previous file intact; torch's own errors are not disguised as disk faults."""
     path = Path(path)
     payload = _serialise(state)
     record = {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}
-    prefix = f"{TMP_PREFIX}{path.name}."
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, _serialise(record), sync=True)
 
 
 def remove_orphans(folder: str | os.PathLike, name: str = "checkpoint.pt") -> list[Path]:

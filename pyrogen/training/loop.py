@@ -20,6 +20,11 @@ Guarantees:
 * **Interrupting is safe**: SIGINT (Ctrl-C) and SIGTERM stop at the next step boundary, write
   a checkpoint and raise :class:`KeyboardInterrupt`; ``train(cfg, resume=True)`` then ends with
   exactly the parameters of an uninterrupted run on the CPU.
+* **A refused write is one error**: a full disk, a file-size limit or a lost permission while
+  writing a checkpoint, metrics, TensorBoard events, the config and resume record of a resumed
+  run, or the final figures raises :class:`~pyrogen.training.output.RunOutputError` (an
+  ``OSError``) naming the file and the checkpoint that is intact (the previous one: checkpoints,
+  config and records are replaced or appended whole, never left torn).
 
 **Data parallelism.** Launched by ``torchrun`` with ``WORLD_SIZE > 1``, the same loop runs on
 every rank (:mod:`pyrogen.training.distributed`): ``train.batch_size`` is the global batch,
@@ -50,7 +55,7 @@ import pyro
 import torch
 
 from pyrogen.build import build, resolve_device
-from pyrogen.config import Config, ConfigError, save_config
+from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
 from pyrogen.families import family_of
 from pyrogen.inference.base import Learner, lr_factor, set_lr_factor
@@ -83,6 +88,7 @@ from pyrogen.training.folders import (
     stored_config,
 )
 from pyrogen.training.metrics import MetricsWriter, TensorBoardLog, tensorboard_available
+from pyrogen.training.output import RunOutputError, append_whole, write_atomic
 from pyrogen.training.run import TrainedRun
 
 
@@ -216,8 +222,7 @@ def record_resume(run_dir: Path, old: dict[str, Any], cfg: Config, step: int) ->
                 changed[f"{section}.{key}"] = [before, value]
     now = datetime.now().isoformat(timespec="seconds")
     record = {"time": now, "step": step, "changed": changed}
-    with (run_dir / "resumes.jsonl").open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_whole(run_dir / "resumes.jsonl", (json.dumps(record) + "\n").encode())
 
 
 def _save_user_data(data: Any, path: Path) -> None:
@@ -397,9 +402,13 @@ def _train(
     def write_config() -> None:
         if state is not None:
             record_resume(run_dir, state["config"], stored, loop.step)
-        save_config(stored, run_dir / CONFIG)
+        write_atomic(run_dir / CONFIG, stored.to_yaml().encode())  # a failed write keeps the old
 
-    distributed.on_main(write_config)
+    try:
+        distributed.on_main(write_config)
+    except OSError as e:  # a resumed run's checkpoint is untouched
+        intact = run_dir / CHECKPOINT if state is not None else None
+        raise RunOutputError.from_error(e, run_dir, intact, loop.step) from None
     metrics = MetricsWriter(run_dir, cfg.output.metrics_format) if main else _NoMetrics()
     use_tensorboard = cfg.output.tensorboard
     board = (
@@ -427,6 +436,16 @@ def _train(
             return f"the checkpoint this run resumed from is kept in {checkpoint_path}"
         return "no checkpoint was written yet"
 
+    def output_error(e: OSError, finished: bool = False, what: str = "") -> RunOutputError:
+        """``e`` with the checkpoint that is intact: this run's last, or the one resumed."""
+        if isinstance(e, RunOutputError):
+            return e
+        step = last_good[0]
+        if step is None and state is not None:
+            step = int(state["loop"]["step"])
+        intact = checkpoint_path if step is not None else None
+        return RunOutputError.from_error(e, run_dir, intact, step, finished, what)
+
     def diverged(what: str) -> TrainingDiverged:
         return TrainingDiverged(f"{what}; training stopped: {last_checkpoint_text()}")
 
@@ -448,8 +467,7 @@ def _train(
         try:
             distributed.on_main(lambda: save_checkpoint(record, path))
         except OSError as e:
-            kept = "; " + last_checkpoint_text().replace("the last", "the previous", 1)
-            raise OSError(e.errno, f"{e.strerror or e}{kept}", str(path)) from None
+            raise output_error(e) from None
         if path == checkpoint_path:
             last_good[0] = loop.step
 
@@ -585,6 +603,10 @@ def _train(
                 checkpoint()
             bar.close()
             raise TrainingInterrupted(run_dir, saved) from None
+        except OSError as e:  # metrics, TensorBoard or checkpoint: a file of the run folder
+            if e.filename is None or run_dir.resolve() not in Path(e.filename).resolve().parents:
+                raise
+            raise output_error(e) from None
         finally:
             bar.close()
             if board is not None:
@@ -597,7 +619,10 @@ def _train(
         summary.update({f"best_{monitor[0]}": loop.best, "best_step": loop.best_step})
     if stopped_early:
         summary["stopped_early"] = 1
-    metrics.write(loop.step, loop.epoch, "summary", summary)
+    try:
+        metrics.write(loop.step, loop.epoch, "summary", summary)
+    except OSError as e:
+        raise output_error(e, finished=True, what="the run's summary metrics") from None
     which = "last"
     if loop.best_step is not None and loop.best_step != loop.step:  # the best model, not the last
         learner.load_state_dict(load_checkpoint(run_dir / BEST, map_location=device)["learner"])
@@ -611,7 +636,10 @@ def _train(
             run.save_figures()
 
     if cfg.output.figures:
-        distributed.on_main(figures)
+        try:
+            distributed.on_main(figures)
+        except OSError as e:
+            raise output_error(e, finished=True, what="the figures") from None
     return run
 
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import json
 import math
 import os
+import socket
+import struct
+import time
 from pathlib import Path
 from typing import Any
+
+from pyrogen.training.output import append_whole
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -22,25 +29,28 @@ class MetricsWriter:
     ``metrics.csv`` (long format: step, epoch, split, name, value).
 
     ``epoch`` is the number of the epoch a record belongs to, counted from 1, for training
-    and validation rows alike."""
+    and validation rows alike. A record is appended whole or not at all
+    (:func:`~pyrogen.training.output.append_whole`): a write that fails (full disk, file-size
+    limit) raises an ``OSError`` naming the file and leaves no torn line behind."""
 
     def __init__(self, run_dir: Path, fmt: str) -> None:
         self.fmt = fmt
         self.path = run_dir / f"metrics.{fmt}"
-        if fmt == "csv" and not self.path.exists():
-            with self.path.open("w", newline="") as f:
-                csv.writer(f).writerow(["step", "epoch", "split", "name", "value"])
 
     def write(self, step: int, epoch: int, split: str, metrics: dict[str, float]) -> None:
-        with self.path.open("a", newline="") as f:
-            if self.fmt == "jsonl":
-                record = {"step": step, "epoch": epoch, "split": split}
-                record.update({k: _finite_or_none(v) for k, v in metrics.items()})
-                f.write(json.dumps(record, allow_nan=False) + "\n")
-            else:
-                w = csv.writer(f)
-                for name, value in metrics.items():
-                    w.writerow([step, epoch, split, name, value])
+        if self.fmt == "jsonl":
+            record = {"step": step, "epoch": epoch, "split": split}
+            record.update({k: _finite_or_none(v) for k, v in metrics.items()})
+            text = json.dumps(record, allow_nan=False) + "\n"
+        else:
+            buffer = io.StringIO()
+            w = csv.writer(buffer)
+            if not self.path.exists() or self.path.stat().st_size == 0:
+                w.writerow(["step", "epoch", "split", "name", "value"])
+            for name, value in metrics.items():
+                w.writerow([step, epoch, split, name, value])
+            text = buffer.getvalue()
+        append_whole(self.path, text.encode())
 
 
 def tensorboard_available() -> bool:
@@ -54,29 +64,92 @@ def tensorboard_available() -> bool:
 class TensorBoardLog:
     """TensorBoard event files in ``run_dir/tensorboard``: every metric line as scalars
     (``train/loss``, ``valid/elbo``, ...) and the samples figure at each evaluation. Open with
-    ``tensorboard --logdir runs``."""
+    ``tensorboard --logdir runs``.
+
+    Events are written in the caller's thread, each record whole before the call returns
+    (``SummaryWriter`` writes from a thread of its own, whose failure prints a traceback and
+    surfaces calls later): a full disk or a file-size limit is an ``OSError`` naming the event
+    file, raised by the call that could not write. The file is created at the first event."""
 
     def __init__(self, run_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        self.folder = run_dir / "tensorboard"
+        self.path: Path | None = None
+        self._fd: int | None = None
 
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    def _open(self) -> int:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        try:
+            self.folder.mkdir(exist_ok=True)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.folder)) from None
+        stem = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+        for index in itertools.count():  # a new file for every run in this process
+            path = self.folder / f"{stem}.{index}"
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise OSError(e.errno, e.strerror, str(path)) from None
+            self.path = path
+            break
+        self._event(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        return self._fd
+
+    def _event(self, event: Any) -> None:
+        """One TFRecord: length, its masked CRC-32C, the serialised event, its CRC."""
+        from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+        fd = self._open() if self._fd is None else self._fd
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        record = (
+            header
+            + struct.pack("<I", masked_crc32c(header))
+            + data
+            + struct.pack("<I", masked_crc32c(data))
+        )
+        view = memoryview(record)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
+
+    def _summary(self, summary: Any, step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        self._event(Event(wall_time=time.time(), step=step, summary=summary))
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        from torch.utils.tensorboard.summary import scalar
+
         for name, value in metrics.items():
             if isinstance(value, int | float) and math.isfinite(value):
-                self.writer.add_scalar(f"{split}/{name}", value, step)
+                self._summary(scalar(f"{split}/{name}", value), step)
 
     def image(self, tag: str, image: Any, step: int) -> None:
         """An ``(H, W)`` grey or ``(H, W, 3)`` colour array in [0, 1]."""
+        from torch.utils.tensorboard.summary import image as image_summary
+
         fmt = "HW" if image.ndim == 2 else "HWC"
-        self.writer.add_image(tag, image, step, dataformats=fmt)
+        self._summary(image_summary(tag, image, dataformats=fmt), step)
 
     def figure(self, tag: str, figure: Any, step: int) -> None:
-        self.writer.add_figure(tag, figure, step)
+        """A matplotlib figure, drawn to RGB pixels."""
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        pixels = np.asarray(canvas.buffer_rgba())[..., :3]
+        self.image(tag, pixels, step)
 
     def close(self) -> None:
-        self.writer.flush()
-        self.writer.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
