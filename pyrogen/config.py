@@ -61,10 +61,12 @@ def num(default: Any, *, ge: float | None = None, gt: float | None = None,
     return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt})
 
 
-def sizes(*default: int, max_len: int = 64, le: int = MAX_WIDTH) -> Any:
-    """A list of layer widths, each in ``[1, le]``, at most ``max_len`` of them."""
+def sizes(*default: int, max_len: int = 64, le: int = MAX_WIDTH, min_len: int = 1) -> Any:
+    """A list of layer widths, each in ``[1, le]``, ``min_len`` to ``max_len`` of them
+    (``min_len=0``: ``[]`` is allowed and means no hidden layer, an affine map)."""
     return field(
-        default_factory=lambda: list(default), metadata={"ge": 1, "le": le, "max_len": max_len}
+        default_factory=lambda: list(default),
+        metadata={"ge": 1, "le": le, "max_len": max_len, "min_len": min_len},
     )
 
 
@@ -90,7 +92,9 @@ class DataConfig:
     binarize: Literal["none", "static", "dynamic"] = "none"
     dequantize: bool = False  # uniform dequantisation x -> (x * (L - 1) + u) / L
     logit_lambda: float | None = num(None, ge=0.0, lt=0.5)  # logit transform (1e-6 for MNIST)
-    standardize: bool = False  # points: per-feature (x - mean) / std of the training split
+    # points: per-feature (x - mean) / std of the training split; null (auto): on for the
+    # user's points (data.name=array, or pyrogen.train(cfg, data=x)), off for built-in data sets
+    standardize: bool | None = None
     levels: int | None = num(None, ge=2, le=1 << 16)  # intensity levels of a user's images
     image_size: list[int] | None = field(  # image_folder: resize every image to [H, W]
         default=None, metadata={"ge": 1, "le": 4096, "len": 2}
@@ -117,7 +121,7 @@ class VAEModelConfig:
     fixed_scale: float = num(0.1, gt=0.0, le=1e6)
     min_scale: float = num(1e-3, ge=0.0, le=1e3)
     architecture: Literal["mlp", "conv"] = "mlp"
-    hidden_sizes: list[int] = sizes(256, 256)
+    hidden_sizes: list[int] = sizes(256, 256, min_len=0)  # []: an affine decoder (pPCA / FA)
     activation: Literal["relu", "tanh", "softplus", "elu", "leaky_relu"] = "relu"
 
 
@@ -145,8 +149,8 @@ class GANModelConfig:
     latent_dim: int = num(100, ge=1, le=MAX_WIDTH)
     prior: Literal["normal", "uniform"] = "normal"
     architecture: Literal["mlp", "conv"] = "mlp"
-    hidden_sizes: list[int] = sizes(256, 256)
-    discriminator_hidden_sizes: list[int] = sizes(256, 256)
+    hidden_sizes: list[int] = sizes(256, 256, min_len=0)  # []: an affine generator
+    discriminator_hidden_sizes: list[int] = sizes(256, 256, min_len=0)  # []: logistic regression
     discriminator_dropout: float = num(0.0, ge=0.0, lt=1.0)
     spectral_norm: bool = False
     output: Literal["sigmoid", "tanh", "identity"] = "sigmoid"  # generator's last layer
@@ -166,8 +170,8 @@ class GuideConfig:
 
     name: str = "diagonal_normal"  # a name in pyrogen.registry.GUIDES
     hidden_sizes: list[int] | None = field(  # encoder; default: the decoder's, reversed
-        default=None, metadata={"ge": 1, "le": MAX_WIDTH, "max_len": 64}
-    )
+        default=None, metadata={"ge": 1, "le": MAX_WIDTH, "max_len": 64, "min_len": 0}
+    )  # []: an affine encoder
     rank: int = num(2, ge=1, le=MAX_WIDTH)  # low_rank_normal
     num_flows: int = num(2, ge=1, le=256)  # iaf: number of inverse autoregressive steps
     baseline: Literal["none", "decaying_average", "neural"] = "none"  # score_function
@@ -191,7 +195,8 @@ class AdversarialConfig:
     """Goodfellow et al.'s Algorithm 1 and its common variants (GAN only)."""
 
     generator_loss: str = "non_saturating"  # a name in pyrogen.registry.GAN_LOSSES
-    discriminator_steps: int = num(1, ge=1, le=1024)  # k D updates per G update
+    # k D updates per G update; any k is well defined (k beyond the run's steps trains D alone)
+    discriminator_steps: int = num(1, ge=1, le=MAX_STEPS)
     gradient_penalty: float = num(10.0, ge=0.0, le=1e6)  # wasserstein: its weight λ
     r1_penalty: float = num(0.0, ge=0.0, le=1e6)  # weight γ of the R1 penalty (0: off)
     ema_decay: float | None = num(None, ge=0.0, lt=1.0)  # moving average of G's weights
@@ -199,13 +204,17 @@ class AdversarialConfig:
 
 @dataclass
 class OptimConfig:
-    """torch optimiser settings; ``lr_discriminator`` and ``betas`` also serve GANs."""
+    """torch optimiser settings; ``lr_discriminator`` and ``betas`` also serve GANs.
+
+    ``lr`` and ``betas`` left null take the learner's own default, the one its constructor
+    has: 1e-3 and (0.9, 0.999) for VAEs and flows (``VariationalLearner``), 2e-4 and
+    (0.5, 0.999) for GANs (``AdversarialLearner``; Radford et al. 2016)."""
 
     name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
-    lr: float = num(1e-3, gt=0.0, le=1e3)
+    lr: float | None = num(None, gt=0.0, le=1e3)  # null: the learner's default
     lr_discriminator: float | None = num(None, gt=0.0, le=1e3)  # GAN: D's (default: lr)
-    betas: list[float] = field(
-        default_factory=lambda: [0.9, 0.999], metadata={"ge": 0.0, "lt": 1.0, "len": 2}
+    betas: list[float] | None = field(  # Adam's (beta1, beta2); null: the learner's default
+        default=None, metadata={"ge": 0.0, "lt": 1.0, "len": 2}
     )
     momentum: float = num(0.0, ge=0.0, lt=1.0)
     weight_decay: float = num(0.0, ge=0.0, le=1e3)
@@ -434,7 +443,7 @@ def _check_range(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> None:
                 f"bad value for '{key}': a list of {len(value)} items; at most "
                 f"{meta['max_len']} allowed"
             )
-        if not value and meta.get("max_len") is not None:
+        if len(value) < meta.get("min_len", 1) and meta.get("max_len") is not None:
             raise ConfigError(f"bad value for '{key}': []; expected at least one size")
         for item in value:
             if not _check_number(item, meta):
@@ -483,6 +492,16 @@ def build_section(cls: type, values: Any, path: str) -> Any:
         _check_range(f"{path}.{key}", out, hints[key], dict(fields[key].metadata))
         kwargs[key] = out
     return cls(**kwargs)
+
+
+def check_argument(section: type, key: str, value: Any, name: str | None = None) -> None:
+    """Refuse a constructor argument outside the range of the config field ``section.key``
+    (one source of ranges for Python and YAML); raises :class:`ConfigError` (a
+    ``ValueError``) naming ``name`` (default ``key``), the value and the allowed range."""
+    meta = dict(next(f for f in dataclasses.fields(section) if f.name == key).metadata)
+    if isinstance(value, tuple):
+        value = list(value)
+    _check_range(name or key, value, typing.get_type_hints(section)[key], meta)
 
 
 # --------------------------------------------------------------------------------------
