@@ -205,7 +205,9 @@ def evaluate(
     device = device_of(module)
     x = _as_tensor(data, "data", device)
     y = None if labels is None else labels.to(device=device, dtype=torch.int64)
-    if name == "gan" and valid is None:
+    from pyrogen.models.gan import GAN
+
+    if isinstance(model, GAN) and valid is None:
         raise TypeError(
             "pyrogen.evaluate(GAN): a GAN has no likelihood of its own; its Parzen-window "
             "estimate chooses sigma on validation examples: pass valid=x_valid"
