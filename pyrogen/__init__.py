@@ -9,12 +9,13 @@ The public surface::
     run.sample(16)                        # draws in data space
     run.model                             # the Pyro model (poutine.trace, Predictive, SVI)
     pyrogen.evaluate(run)                 # every log-likelihood the family supports
+    pyrogen.evaluate(learner, data=x)     # the same for a model or learner built in Python
 """
 
 from pyrogen.build import build, load_config
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import DataError, Dataset, load_dataset
-from pyrogen.evaluation.report import evaluate_run as evaluate
+from pyrogen.evaluation.report import evaluate
 from pyrogen.inference.adversarial import AdversarialLearner
 from pyrogen.inference.guides import (
     DiagonalNormalGuide,

@@ -62,11 +62,14 @@ def num(default: Any, *, ge: float | None = None, gt: float | None = None,
     return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc})
 
 
-def sizes(*default: int, max_len: int = 64, le: int = MAX_WIDTH, doc: str = "") -> Any:
-    """A list of layer widths, each in ``[1, le]``, at most ``max_len`` of them."""
+def sizes(
+    *default: int, max_len: int = 64, le: int = MAX_WIDTH, min_len: int = 1, doc: str = ""
+) -> Any:
+    """A list of layer widths, each in ``[1, le]``, ``min_len`` to ``max_len`` of them
+    (``min_len=0``: ``[]`` is allowed and means no hidden layer, an affine map)."""
     return field(
         default_factory=lambda: list(default),
-        metadata={"ge": 1, "le": le, "max_len": max_len, "doc": doc},
+        metadata={"ge": 1, "le": le, "max_len": max_len, "min_len": min_len, "doc": doc},
     )
 
 
@@ -111,9 +114,12 @@ class DataConfig:
     logit_lambda: float | None = num(
         None, ge=0.0, lt=0.5, doc="logit transform of lambda + (1 - 2 lambda) x (1e-6 for MNIST)"
     )
-    standardize: bool = field(
-        default=False,
-        metadata={"doc": "points: per-feature (x - mean) / std of the training split"},
+    standardize: bool | None = field(
+        default=None,
+        metadata={
+            "doc": "points: per-feature (x - mean) / std of the training split; null (auto): "
+            "on for the user's points, off for built-in data sets"
+        },
     )
     levels: int | None = num(None, ge=2, le=1 << 16, doc="intensity levels of a user's images")
     image_size: list[int] | None = field(
@@ -161,7 +167,9 @@ class VAEModelConfig:
     architecture: Literal["mlp", "conv"] = field(
         default="mlp", metadata={"doc": "decoder (and encoder) networks: MLP or conv"}
     )
-    hidden_sizes: list[int] = sizes(256, 256, doc="decoder layer widths (conv: channels)")
+    hidden_sizes: list[int] = sizes(
+        256, 256, min_len=0, doc="decoder layer widths (conv: channels); []: an affine decoder"
+    )
     activation: Literal["relu", "tanh", "softplus", "elu", "leaky_relu"] = field(
         default="relu", metadata={"doc": "nonlinearity of the networks"}
     )
@@ -206,9 +214,11 @@ class GANModelConfig:
     architecture: Literal["mlp", "conv"] = field(
         default="mlp", metadata={"doc": "generator and discriminator networks: MLP or conv (DCGAN)"}
     )
-    hidden_sizes: list[int] = sizes(256, 256, doc="generator layer widths (conv: channels)")
+    hidden_sizes: list[int] = sizes(
+        256, 256, min_len=0, doc="generator layer widths (conv: channels); []: affine"
+    )
     discriminator_hidden_sizes: list[int] = sizes(
-        256, 256, doc="discriminator layer widths (conv: channels)"
+        256, 256, min_len=0, doc="discriminator layer widths (conv: channels); []: affine"
     )
     discriminator_dropout: float = num(0.0, ge=0.0, lt=1.0, doc="dropout rate in the discriminator")
     spectral_norm: bool = field(
@@ -241,7 +251,8 @@ class GuideConfig:
             "ge": 1,
             "le": MAX_WIDTH,
             "max_len": 64,
-            "doc": "encoder layer widths; default: the decoder's, reversed",
+            "min_len": 0,
+            "doc": "encoder layer widths; default: the decoder's, reversed; []: affine",
         },
     )
     rank: int = num(2, ge=1, le=MAX_WIDTH, doc="low_rank_normal: rank of the covariance factor")
@@ -280,7 +291,7 @@ class AdversarialConfig:
         default="non_saturating",
         metadata={"doc": "the GAN loss (a name in pyrogen.registry.GAN_LOSSES)"},
     )
-    discriminator_steps: int = num(1, ge=1, le=1024, doc="k D updates per G update")
+    discriminator_steps: int = num(1, ge=1, le=MAX_STEPS, doc="k D updates per G update")
     gradient_penalty: float = num(
         10.0, ge=0.0, le=1e6, doc="wasserstein: weight λ of the gradient penalty"
     )
@@ -292,22 +303,26 @@ class AdversarialConfig:
 
 @dataclass
 class OptimConfig:
-    """torch optimiser settings; ``lr_discriminator`` and ``betas`` also serve GANs."""
+    """torch optimiser settings; ``lr_discriminator`` and ``betas`` also serve GANs.
+
+    ``lr`` and ``betas`` left null take the learner's own default, the one its constructor
+    has: 1e-3 and (0.9, 0.999) for VAEs and flows (``VariationalLearner``), 2e-4 and
+    (0.5, 0.999) for GANs (``AdversarialLearner``; Radford et al. 2016)."""
 
     name: Literal["adam", "adamw", "sgd", "rmsprop"] = field(
         default="adam", metadata={"doc": "the torch optimiser"}
     )
-    lr: float = num(1e-3, gt=0.0, le=1e3, doc="learning rate")
+    lr: float | None = num(None, gt=0.0, le=1e3, doc="learning rate; null: the learner's default")
     lr_discriminator: float | None = num(
         None, gt=0.0, le=1e3, doc="GAN: D's learning rate (default: lr)"
     )
-    betas: list[float] = field(
-        default_factory=lambda: [0.9, 0.999],
+    betas: list[float] | None = field(
+        default=None,
         metadata={
             "ge": 0.0,
             "lt": 1.0,
             "len": 2,
-            "doc": "adam, adamw: decay rates of the moment estimates",
+            "doc": "adam, adamw: decay rates of the moment estimates; null: the learner's",
         },
     )
     momentum: float = num(0.0, ge=0.0, lt=1.0, doc="sgd, rmsprop: momentum")
@@ -667,7 +682,7 @@ def _check_range(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> None:
                 f"bad value for '{key}': a list of {len(value)} items; at most "
                 f"{meta['max_len']} allowed"
             )
-        if not value and meta.get("max_len") is not None:
+        if len(value) < meta.get("min_len", 1) and meta.get("max_len") is not None:
             raise ConfigError(f"bad value for '{key}': []; expected at least one size")
         for item in value:
             if not _check_number(item, meta):
@@ -716,6 +731,16 @@ def build_section(cls: type, values: Any, path: str) -> Any:
         _check_range(f"{path}.{key}", out, hints[key], dict(fields[key].metadata))
         kwargs[key] = out
     return cls(**kwargs)
+
+
+def check_argument(section: type, key: str, value: Any, name: str | None = None) -> None:
+    """Refuse a constructor argument outside the range of the config field ``section.key``
+    (one source of ranges for Python and YAML); raises :class:`ConfigError` (a
+    ``ValueError``) naming ``name`` (default ``key``), the value and the allowed range."""
+    meta = dict(next(f for f in dataclasses.fields(section) if f.name == key).metadata)
+    if isinstance(value, tuple):
+        value = list(value)
+    _check_range(name or key, value, typing.get_type_hints(section)[key], meta)
 
 
 # --------------------------------------------------------------------------------------

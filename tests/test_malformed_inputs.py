@@ -94,7 +94,9 @@ def bad_values(tp, meta: dict) -> list:
         if meta.get("len"):
             values.append([0.5] * (meta["len"] + 1))
         elif meta.get("max_len"):
-            values += [[], [8] * (meta["max_len"] + 1)]
+            values.append([8] * (meta["max_len"] + 1))
+            if meta.get("min_len", 1):  # [] is an affine map where min_len is 0
+                values.append([])
     if bool in leaves:
         values += ["maybe", 2]
     literal = [t for t in leaves if typing.get_origin(t) is typing.Literal]

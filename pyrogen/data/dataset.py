@@ -221,7 +221,21 @@ def load_dataset(
     else:
         raw = DATASETS.get(cfg.name)(cfg, seed)
     _check_options(cfg, raw)
-    return _finish(cfg, raw, torch.device(device))
+    standardize = resolve_standardize(cfg, raw.kind, from_python=data is not None)
+    return _finish(cfg, raw, torch.device(device), standardize)
+
+
+def resolve_standardize(cfg: DataConfig, kind: str, from_python: bool = False) -> bool:
+    """``data.standardize``, with null (auto) resolved: on for the user's points (an array
+    file, ``data.name=array``, or an array passed from Python), off for images and for the
+    built-in data sets (whose toy densities are defined in their own coordinates).
+
+    Standardising the user's points lets one learning rate and one initialisation suit every
+    column scale; densities are still reported in the data's own units (the Jacobian
+    ``-sum_i log s_i`` is added), so it changes the fit, not what is measured."""
+    if cfg.standardize is not None:
+        return cfg.standardize
+    return kind == "points" and (from_python or cfg.name == "array")
 
 
 def _check_options(cfg: DataConfig, raw: RawSplits) -> None:
@@ -272,7 +286,9 @@ def _subset(
     return x[idx], None if y is None else y[idx]
 
 
-def _finish(cfg: DataConfig, raw: RawSplits, device: torch.device) -> Dataset:
+def _finish(
+    cfg: DataConfig, raw: RawSplits, device: torch.device, standardize: bool = False
+) -> Dataset:
     tensors: dict[str, torch.Tensor | None] = {}
     levels = raw.levels
     for i, split in enumerate(SPLITS):
@@ -287,7 +303,7 @@ def _finish(cfg: DataConfig, raw: RawSplits, device: torch.device) -> Dataset:
     if cfg.binarize == "static":
         levels = 2
     shift = scale = None
-    if cfg.standardize:
+    if standardize:
         train = tensors["train"]
         shift = train.mean(0)
         scale = train.std(0).clamp_min(1e-8) if train.shape[0] > 1 else torch.ones_like(shift)

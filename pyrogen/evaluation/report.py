@@ -16,6 +16,10 @@ error, in nats per example. Each estimator draws from its own random stream (see
 ``evaluation.seed`` and the estimator's name), so asking for one more estimator never changes
 another's number.
 
+:func:`evaluate` takes a trained run (from a config) or a model or learner built in Python
+(``pyrogen.evaluate(learner, data=x_test, valid=x_valid)``); it picks the estimators by the
+model's class, so the two give the same numbers on the same examples and seed.
+
 Under ``torchrun`` (``WORLD_SIZE > 1``) the examples are shared among the processes in chunks
 that draw from their own streams (:mod:`pyrogen.evaluation.streams`); the per-example values
 are gathered, so the numbers are those of one process.
@@ -24,6 +28,7 @@ are gathered, so the numbers are those of one process.
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -36,12 +41,17 @@ from pyrogen.progress import line
 from pyrogen.runtime import cpu_settings
 from pyrogen.training import distributed
 
-__all__ = ["evaluate_run", "format_report", "own_stream", "parse_bound", "parzen"]
+__all__ = ["evaluate", "evaluate_run", "format_report", "own_stream", "parse_bound", "parzen"]
 
 
 def _split(run: Any, ev: EvaluationConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
-    x = run.dataset.split(ev.split)
-    y = run.dataset.labels(ev.split)
+    return _at_most(run.dataset.split(ev.split), run.dataset.labels(ev.split), ev)
+
+
+def _at_most(
+    x: torch.Tensor, y: torch.Tensor | None, ev: EvaluationConfig
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``x`` (and its labels), or a seeded random subset of ``ev.max_test`` of them."""
     if ev.max_test is not None and ev.max_test < x.shape[0]:
         # a seeded random subset: file splits can be ordered (binarized MNIST by class)
         pick = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(ev.seed))
@@ -61,15 +71,24 @@ def evaluate_run(run: Any, evaluation: EvaluationConfig | None = None) -> dict[s
         raise ConfigError(
             f"bounds ({', '.join(ev.bounds)}) apply to VAE runs, not to a {family.name}"
         )
-    run.learner.module.eval()
     x, y = _split(run, ev)
+    return _report(run, family, x, y, ev, ev.split)
+
+
+def _report(
+    run: Any, family: Any, x: torch.Tensor, y: torch.Tensor | None, ev: EvaluationConfig,
+    split: str, with_parzen: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """The family's estimates and Parzen's on the stored examples ``x``, with units."""
+    run.learner.module.eval()
     device = x.device
     with (
         distributed.session(device),
         cpu_settings(ev.num_threads, count_parameters(run.learner.module)),
     ):
         estimates = dict(family.evaluate(run, x, y, ev))
-        estimates["parzen"] = parzen(run, x, ev)
+        if with_parzen:
+            estimates["parzen"] = parzen(run, x, ev)
     discrete = run.dataset.is_binary()
     for name, est in estimates.items():
         est.setdefault("unit", "bits/dim" if name == "bits_per_dim" else "nats")
@@ -77,11 +96,135 @@ def evaluate_run(run: Any, evaluation: EvaluationConfig | None = None) -> dict[s
         est.setdefault("kind", "discrete" if probability else "density")
     return {
         "family": family.name,
-        "split": ev.split,
+        "split": split,
         "num_examples": int(x.shape[0]),
         "parameters": count_parameters(run.learner.module),
         "estimates": estimates,
     }
+
+
+class _PythonRun:
+    """What the estimators read from a run, for a model built in Python: the model, the
+    module holding every trained network, and the given examples as a data set without
+    preprocessing (the model's space is the data's)."""
+
+    cfg = None
+
+    def __init__(self, model: torch.nn.Module, module: torch.nn.Module, dataset: Any) -> None:
+        self.model = model
+        self.learner = SimpleNamespace(model=model, module=module)
+        self.dataset = dataset
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        self.learner.module.eval()
+        return self.dataset.to_data_space(self.model.sample(n))
+
+
+ACCEPTED = "a TrainedRun (pyrogen.train / pyrogen.load), a VAE, Flow or GAN, or their learner"
+
+
+def _model_and_module(obj: Any) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """The generative model, the module of every trained network, and the family name, by
+    the model's class (a learner is anything holding such a ``model`` and a ``module``)."""
+    from pyrogen.models.flow import Flow
+    from pyrogen.models.gan import GAN
+    from pyrogen.models.vae import VAE
+
+    classes = ((VAE, "vae"), (Flow, "flow"), (GAN, "gan"))
+    model = obj
+    module = obj
+    if not isinstance(obj, VAE | Flow | GAN):
+        model = getattr(obj, "model", None)
+        module = getattr(obj, "module", None)
+        if not isinstance(module, torch.nn.Module):
+            model = None
+    for cls, name in classes:
+        if isinstance(model, cls):
+            return model, module, name
+    raise TypeError(f"pyrogen.evaluate takes {ACCEPTED}; got {type(obj).__name__}")
+
+
+def _as_tensor(value: Any, name: str, device: torch.device) -> torch.Tensor:
+    if not torch.is_tensor(value):
+        raise TypeError(f"pyrogen.evaluate: {name}= must be a torch tensor of examples")
+    return value.to(device=device, dtype=torch.float32)
+
+
+@torch.no_grad()
+def evaluate(
+    obj: Any,
+    evaluation: EvaluationConfig | None = None,
+    *,
+    data: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Every log-likelihood estimate the model's family has, as :func:`evaluate_run` returns.
+
+    ``obj`` is a trained run (its ``evaluation.split`` is scored), or a model or learner built
+    in Python: a :class:`~pyrogen.models.vae.VAE` (ELBO and importance-sampled log p(x)), a
+    :class:`~pyrogen.models.flow.Flow` (exact log p(x)) or a :class:`~pyrogen.models.gan.GAN`
+    (no likelihood of its own), or the learner that trains one. Then ``data`` holds the
+    examples to score, in the model's space (shape ``(N, *event_shape)``), ``labels`` their
+    classes for a class-conditional flow, and ``valid`` the validation examples on which the
+    Parzen window's sigma is chosen (the GAN paper's protocol: required for a GAN, and
+    without it a VAE or flow gets no Parzen estimate). The Parzen grid of sigmas is the one
+    for points (10^-2 .. 1) unless ``evaluation.parzen_sigmas`` is set. The same examples
+    and ``evaluation.seed`` give the numbers a run of the same model gets.
+
+    Example::
+
+        >>> learner = pyrogen.VariationalLearner(flow)  # doctest: +SKIP
+        >>> pyrogen.evaluate(learner, data=x_test)["estimates"]["exact"]  # doctest: +SKIP
+    """
+    from pyrogen.families import FAMILIES
+    from pyrogen.training.run import TrainedRun
+
+    if isinstance(obj, TrainedRun):
+        if data is not None or valid is not None or labels is not None:
+            raise TypeError(
+                "pyrogen.evaluate(run) scores the run's evaluation.split; data=, valid= and "
+                "labels= are for a model or learner built in Python"
+            )
+        return evaluate_run(obj, evaluation)
+    model, module, name = _model_and_module(obj)
+    ev = evaluation or EvaluationConfig()
+    if data is None:
+        raise TypeError(
+            f"pyrogen.evaluate({type(obj).__name__}) needs data=: the examples to score"
+        )
+    if ev.bounds:
+        raise ConfigError(
+            "evaluation.bounds need the run's config (its guide and estimator): evaluate a run "
+            "from pyrogen.train or pyrogen.load"
+        )
+    from pyrogen.data import Dataset
+    from pyrogen.inference.base import device_of
+
+    device = device_of(module)
+    x = _as_tensor(data, "data", device)
+    y = None if labels is None else labels.to(device=device, dtype=torch.int64)
+    from pyrogen.models.gan import GAN
+
+    if isinstance(model, GAN) and valid is None:
+        raise TypeError(
+            "pyrogen.evaluate(GAN): a GAN has no likelihood of its own; its Parzen-window "
+            "estimate chooses sigma on validation examples: pass valid=x_valid"
+        )
+    v = x[:0] if valid is None else _as_tensor(valid, "valid", device)
+    dataset = Dataset(
+        name="array",
+        train=x,
+        valid=v,
+        test=x,
+        event_shape=tuple(x.shape[1:]),
+        kind="points",
+        source="the examples passed to pyrogen.evaluate",
+    )
+    x, y = _at_most(x, y, ev)
+    run = _PythonRun(model, module, dataset)
+    return _report(run, FAMILIES[name], x, y, ev, "data", with_parzen=valid is not None)
 
 
 def parzen(run: Any, x: torch.Tensor, ev: EvaluationConfig) -> dict[str, Any]:

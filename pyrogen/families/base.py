@@ -108,6 +108,13 @@ class Family:
         return []
 
 
+def set_options(optim: Any) -> dict[str, Any]:
+    """The optimiser settings a config leaves null to the learner (``optim.lr``,
+    ``optim.betas``) that it does set: the learner's constructor keeps its own defaults for
+    the others, so a config and ``Learner(model)`` build the same optimiser."""
+    return {k: getattr(optim, k) for k in ("lr", "betas") if getattr(optim, k) is not None}
+
+
 def mlp_size(widths: list[int]) -> int:
     """Weights and biases of an MLP through ``widths`` (input, hidden..., output)."""
     return sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))

@@ -13,7 +13,7 @@ from torch import nn
 
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
-from pyrogen.families.base import Family, mlp_size
+from pyrogen.families.base import Family, mlp_size, set_options
 from pyrogen.inference.variational import VariationalLearner
 from pyrogen.models.flow import Flow, make_flow
 from pyrogen.registry import FLOWS, check_name
@@ -135,12 +135,11 @@ class FlowFamily(Family):
         return VariationalLearner(
             model,
             optim=o.name,
-            lr=o.lr,
-            betas=o.betas,
             momentum=o.momentum,
             weight_decay=o.weight_decay,
             clip_norm=o.clip_norm,
             precision=cfg.train.precision,
+            **set_options(o),
         )
 
     def evaluate(self, run: Any, x: torch.Tensor, y: torch.Tensor | None, options: Any) -> dict:

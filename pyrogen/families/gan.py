@@ -7,7 +7,7 @@ from torch import nn
 
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
-from pyrogen.families.base import Family, mlp_size
+from pyrogen.families.base import Family, mlp_size, set_options
 from pyrogen.families.vae import conv_shape_problem
 from pyrogen.inference.adversarial import AdversarialLearner
 from pyrogen.models.gan import GAN
@@ -101,13 +101,13 @@ class GANFamily(Family):
             generator_loss=a.generator_loss,
             discriminator_steps=a.discriminator_steps,
             optim=o.name,
-            lr=o.lr,
             lr_discriminator=o.lr_discriminator,
-            betas=o.betas,
+            momentum=o.momentum,
             weight_decay=o.weight_decay,
             gradient_penalty=a.gradient_penalty,
             r1_penalty=a.r1_penalty,
             ema_decay=a.ema_decay,
             clip_norm=o.clip_norm,
             precision=cfg.train.precision,
+            **set_options(o),
         )

@@ -12,7 +12,7 @@ from torch import nn
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
 from pyrogen.evaluation.stats import mean_stderr
-from pyrogen.families.base import Family, mlp_size
+from pyrogen.families.base import Family, mlp_size, set_options
 from pyrogen.inference.elbo import check_compatible, make_elbo
 from pyrogen.inference.guides import GUIDE_OPTIONS
 from pyrogen.inference.variational import VariationalLearner
@@ -62,6 +62,13 @@ class VAEFamily(Family):
                 f"guide.baseline={g.baseline} applies to guide.name=score_function only (the "
                 f"{g.name} guide is reparameterised: it has no score-function term to reduce)"
             )
+        if m.architecture == "conv":
+            for key, sizes in [("model", m.hidden_sizes), ("guide", g.hidden_sizes)]:
+                if sizes == []:
+                    raise ConfigError(
+                        f"{key}.hidden_sizes=[] (an affine network) applies to "
+                        "model.architecture=mlp; the conv encoder and decoder have fixed layers"
+                    )
         if g.name == "iaf" and m.latent_dim < 2:
             raise ConfigError(
                 f"guide.name=iaf needs model.latent_dim >= 2 (got {m.latent_dim}): an "
@@ -141,13 +148,12 @@ class VAEFamily(Family):
             model,
             elbo,
             optim=o.name,
-            lr=o.lr,
-            betas=o.betas,
             momentum=o.momentum,
             weight_decay=o.weight_decay,
             clip_norm=o.clip_norm,
             kl_warmup_steps=e.kl_warmup_steps,
             precision=cfg.train.precision,
+            **set_options(o),
         )
 
     def evaluate(self, run: Any, x: torch.Tensor, y: torch.Tensor | None, options: Any) -> dict:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyrogen.config import AdversarialConfig, OptimConfig, check_argument
 from pyrogen.inference.base import (
     autocast,
     data_parallel,
@@ -172,6 +173,11 @@ class AdversarialLearner:
     samples, both before D's update (for the hinge and Wasserstein losses: σ of the critic's
     output, a rough guide only).
 
+    The defaults are the config's (a config's ``optim.lr`` and ``optim.betas`` left null take
+    these): Adam with lr 2e-4 and betas (0.5, 0.999), as Radford et al. (2016) found stable for
+    GANs; every argument a config also sets has the config key's range (``ValueError``
+    otherwise, e.g. ``discriminator_steps`` >= 1).
+
     Example::
 
         >>> import torch
@@ -192,6 +198,7 @@ class AdversarialLearner:
         lr: float = 2e-4,
         lr_discriminator: float | None = None,
         betas: tuple[float, float] | list[float] = (0.5, 0.999),
+        momentum: float = 0.0,
         weight_decay: float = 0.0,
         gradient_penalty: float = 10.0,
         r1_penalty: float = 0.0,
@@ -199,8 +206,19 @@ class AdversarialLearner:
         clip_norm: float | None = None,
         precision: int | str = 32,
     ) -> None:
-        if discriminator_steps < 1:
-            raise ValueError(f"discriminator_steps must be >= 1, got {discriminator_steps}")
+        for section, key, value in [
+            (AdversarialConfig, "discriminator_steps", discriminator_steps),
+            (AdversarialConfig, "gradient_penalty", gradient_penalty),
+            (AdversarialConfig, "r1_penalty", r1_penalty),
+            (AdversarialConfig, "ema_decay", ema_decay),
+            (OptimConfig, "lr", lr),
+            (OptimConfig, "lr_discriminator", lr_discriminator),
+            (OptimConfig, "betas", betas),
+            (OptimConfig, "momentum", momentum),
+            (OptimConfig, "weight_decay", weight_decay),
+            (OptimConfig, "clip_norm", clip_norm),
+        ]:
+            check_argument(section, key, value)
         self.model = gan
         self.module = gan
         self.generator_loss = generator_loss
@@ -213,10 +231,10 @@ class AdversarialLearner:
             gan.enable_ema(ema_decay)
         lr_d = lr if lr_discriminator is None else lr_discriminator
         self.opt_d = make_optimizer(
-            gan.discriminator.parameters(), optim, lr_d, betas, weight_decay=weight_decay
+            gan.discriminator.parameters(), optim, lr_d, betas, momentum, weight_decay
         )
         self.opt_g = make_optimizer(
-            gan.generator.parameters(), optim, lr, betas, weight_decay=weight_decay
+            gan.generator.parameters(), optim, lr, betas, momentum, weight_decay
         )
         self.num_steps = 0  # discriminator updates (calls of step that succeeded)
         self.num_g_steps = 0

@@ -314,6 +314,9 @@ def _train(
             )
         if state.get("family") != cfg.family or not isinstance(state.get("config"), dict):
             check_checkpoint_fits(state, cfg, run_dir / CHECKPOINT)
+        if cfg.data.standardize is None:  # auto: what the run was trained with
+            saved = state["config"].get("data", {}).get("standardize")
+            cfg = replace(cfg, data=replace(cfg.data, standardize=saved))
         changed = fixed_differences(state["config"], stored_config(cfg, run_dir).to_dict())
         if changed:
             raise ConfigError(
@@ -328,6 +331,8 @@ def _train(
     if dataset.checksum is not None and cfg.data.checksum is None:
         path = str(Path(cfg.data.path).resolve()) if cfg.data.path else None
         cfg = replace(cfg, data=replace(cfg.data, path=path, checksum=dataset.checksum))
+    if cfg.data.standardize is None:  # the resolved auto value goes into config.yaml
+        cfg = replace(cfg, data=replace(cfg.data, standardize=dataset.shift is not None))
     monitor = family_of(cfg).monitor_of(cfg)
     data_gen = torch.Generator().manual_seed(cfg.train.seed)  # the order of the examples
     noise_gen = data_gen  # the preprocessing's noise (binarisation, dequantisation)
