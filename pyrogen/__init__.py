@@ -33,6 +33,7 @@ from pyrogen.registry import populate as _populate
 from pyrogen.training import (
     CheckpointError,
     RunExistsError,
+    RunOutputError,
     TrainedRun,
     TrainingDiverged,
     load,
@@ -61,6 +62,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "RunExistsError",
+    "RunOutputError",
     "Dataset",
     "TrainedRun",
     "TrainingDiverged",

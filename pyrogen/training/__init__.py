@@ -16,6 +16,7 @@ from pyrogen.training.checkpoint import CheckpointError
 from pyrogen.training.folders import BEST, CHECKPOINT, CONFIG, RunExistsError
 from pyrogen.training.loop import TrainingDiverged, TrainingInterrupted, evaluate_split, train
 from pyrogen.training.metrics import read_metrics
+from pyrogen.training.output import RunOutputError
 from pyrogen.training.run import TrainedRun, load
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "CONFIG",
     "CheckpointError",
     "RunExistsError",
+    "RunOutputError",
     "TrainedRun",
     "TrainingDiverged",
     "TrainingInterrupted",
