@@ -117,8 +117,7 @@ class DataConfig:
     standardize: bool | None = field(
         default=None,
         metadata={
-            "doc": "points: per-feature (x - mean) / std of the training split; null (auto): "
-            "on for the user's points, off for built-in data sets"
+            "doc": "points: (x - mean) / std per column; null: on for the user's points only"
         },
     )
     levels: int | None = num(None, ge=2, le=1 << 16, doc="intensity levels of a user's images")
