@@ -196,8 +196,8 @@ def test_defaults_lists_type_default_range_and_doc_of_each_key(capsys):
         "passes over the training split",
     ]
     assert _cells(rows["optim.betas"])[:3] == [
-        "list[float]",
-        "[0.9, 0.999]",
+        "list[float]|null",
+        "null",
         "2 items, each >= 0 and < 1",
     ]
     assert _cells(rows["data.binarize"])[:3] == ["str", "none", "none, static, dynamic"]

@@ -185,24 +185,31 @@ def test_tensorboard_events_past_the_size_limit_are_one_error(resumable):
 
 def test_figures_that_cannot_be_written_at_the_end_say_training_finished(tmp_path):
     run = tmp_path / "fresh"
-    (run / "samples.png").mkdir(parents=True)  # a folder where the figure should go
     argv = ["train", "configs/vae_digits.yaml", *TINY, "train.epochs=1", "--quiet"]
-    result = _pyrogen(*argv, "--run-dir", str(run))
+    assert _pyrogen(*argv, "--run-dir", str(run)).returncode == 0
+    (run / "samples.png").unlink()
+    (run / "samples.png").mkdir()  # a folder where the figure should go
+    result = _pyrogen("train", "--resume", str(run), "train.epochs=2", "--quiet")
     assert result.returncode == 1 and "Traceback" not in result.stderr
+    steps = 2 * STEPS_PER_EPOCH
     assert result.stderr.splitlines() == [
-        f"pyrogen train: error: training finished; its checkpoint (step {STEPS_PER_EPOCH}) "
+        f"pyrogen train: error: training finished; its checkpoint (step {steps}) "
         f"{run / 'checkpoint.pt'} is intact; the figures could not be written: cannot write "
         f"{run / 'samples.png'}: Is a directory"
     ]
-    assert load_checkpoint(run / "checkpoint.pt")["loop"]["step"] == STEPS_PER_EPOCH
+    assert load_checkpoint(run / "checkpoint.pt")["loop"]["step"] == steps
 
 
 def test_train_from_python_raises_one_exception_class(tmp_path, one_thread):
     run = tmp_path / "py"
-    (run / "metrics.jsonl").mkdir(parents=True)  # every metrics write fails
+
+    def block_metrics(step: int, _out: dict) -> None:  # every later metrics write fails
+        if step == 1:
+            (run / "metrics.jsonl").mkdir()
+
     cfg = pyrogen.load_config("configs/vae_digits.yaml", [*TINY, "train.epochs=1"])
     with pytest.raises(RunOutputError) as caught:
-        pyrogen.train(cfg, run, quiet=True)
+        pyrogen.train(cfg, run, quiet=True, on_step=block_metrics)
     e = caught.value
     assert isinstance(e, OSError) and e.filename == str(run / "metrics.jsonl")
     assert e.checkpoint is None and not e.finished

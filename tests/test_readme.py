@@ -78,7 +78,9 @@ def test_the_run_folder_table_lists_what_runs_leave(workdir, monkeypatch):
                 "train",
                 "configs/vae_digits.yaml",
                 "model.latent_dim=2",
-                *tiny_run,
+                "train.epochs=1",
+                "train.eval_every=1",  # a validation: best.pt
+                *tiny_run[1:],
                 str(runs / "vae2"),
             ]
         )

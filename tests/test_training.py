@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -116,7 +117,9 @@ def test_run_folder_holds_config_metrics_checkpoint_and_samples(tmp_path: Path) 
     run = train(cfg, tmp_path / "run", quiet=True)
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"config.yaml", "metrics.jsonl", "checkpoint.pt", "samples.png"} <= files
-    assert load_config(tmp_path / "run" / "config.yaml") == cfg  # enough to reproduce it
+    # enough to reproduce it: the same config, with its automatic choices resolved
+    resolved = replace(cfg, data=replace(cfg.data, standardize=False))
+    assert load_config(tmp_path / "run" / "config.yaml") == resolved
     records = read_metrics(tmp_path / "run")
     valid = [r for r in records if r["split"] == "valid"]
     assert [r["epoch"] for r in valid] == [1, 2] and all("elbo" in r for r in valid)

@@ -226,7 +226,6 @@ def _metric_keys(records: list[dict], split: str) -> list[str]:
 
 def curve_panels(
     records: list[dict],
-    family: str | None = None,
     objective: str = "ELBO",
     gan_loss: str | None = None,
 ) -> list[CurvePanel]:
@@ -236,27 +235,20 @@ def curve_panels(
     a GAN's losses are not likelihoods and are drawn as losses, lower is better for the
     player that minimises each.
 
-    ``family`` (``vae``, ``flow``, ``gan``; guessed from the metric names when ``None``),
+    What is drawn follows from the metrics the learner wrote (``elbo``: a latent-variable
+    model's bound; ``log_prob``: an exact log-likelihood; ``d_loss``/``g_loss``: an
+    adversarial game), so any learner reporting them gets the same panels.
     ``objective`` the VAE's training bound (``ELBO``, or e.g. ``IWAE bound`` for an
     importance-weighted estimator), ``gan_loss`` the GAN loss's name (its unit: nats for the
     cross-entropy losses)."""
     train, valid = _metric_keys(records, "train"), _metric_keys(records, "valid")
     every = set(train) | set(valid)
-    if family is None:
-        family = (
-            "gan"
-            if "d_loss" in every
-            else "vae"
-            if "elbo" in every
-            else "flow"
-            if "log_prob" in every
-            else None
-        )
     panels: list[CurvePanel] = []
     done: set[str] = set()
-    if family in ("vae", "flow"):
+    adversarial = "d_loss" in every
+    if not adversarial and ("elbo" in every or "log_prob" in every):
         lines = []
-        if family == "vae":
+        if "elbo" in every:
             title = f"{objective} (higher is better)"
             ylabel = f"{'ELBO' if objective == 'ELBO' else 'bound on log p(x)'} ({NATS})"
             train_label = (
@@ -277,7 +269,7 @@ def curve_panels(
         if lines:
             panels.append(CurvePanel(title, ylabel, tuple(lines)))
         done |= {"loss", valid_key}
-    elif family == "gan":
+    elif adversarial:
         unit = NATS if gan_loss in _BCE_GAN_LOSSES else "D's output units"
         for key, player, name in (("d_loss", "D", "discriminator"), ("g_loss", "G", "generator")):
             lines = []
@@ -338,14 +330,13 @@ def curve_panels(
 def curves_figure(
     records: list[dict],
     title: str | None = None,
-    family: str | None = None,
     objective: str = "ELBO",
     gan_loss: str | None = None,
 ) -> Figure | None:
     """The metric records of a run against the optimiser step, one panel per quantity
     (:func:`curve_panels`): every y axis says what it shows and in which unit; ``None``
     when there is nothing to draw."""
-    panels = curve_panels(records, family, objective, gan_loss)
+    panels = curve_panels(records, objective, gan_loss)
     if not panels:
         return None
     cols = min(3, len(panels))
@@ -382,12 +373,11 @@ def save_curves(
     records: list[dict],
     path: str | os.PathLike,
     title: str | None = None,
-    family: str | None = None,
     objective: str = "ELBO",
     gan_loss: str | None = None,
 ) -> bool:
     """:func:`curves_figure` saved as a PNG; returns False when there is nothing to draw."""
-    fig = curves_figure(records, title, family, objective, gan_loss)
+    fig = curves_figure(records, title, objective, gan_loss)
     if fig is None:
         return False
     fig.savefig(path, dpi=100, bbox_inches="tight")

@@ -107,6 +107,16 @@ class Family:
         """Figures beyond the common samples figure."""
         return []
 
+    def samples_figure(self, run: Any, n: int) -> Any:
+        """The family's own samples figure of ``n`` draws, or ``None`` for the common one (an
+        image grid, or points over the test data in 2-D)."""
+        return None
+
+    def curve_labels(self, cfg: Config) -> dict[str, str]:
+        """Keyword arguments of :func:`pyrogen.evaluation.plots.save_curves` that name what
+        the family's training loss is (e.g. ``objective``, ``gan_loss``)."""
+        return {}
+
 
 def set_options(optim: Any) -> dict[str, Any]:
     """The optimiser settings a config leaves null to the learner (``optim.lr``,

@@ -21,6 +21,9 @@ class GANFamily(Family):
     #: a GAN's losses measure the game, not the generator's quality: no default monitor
     validation_metrics = {"d_loss": None, "g_loss": None, "d_real": None, "d_fake": None}
 
+    def curve_labels(self, cfg: Config) -> dict[str, str]:
+        return {"gan_loss": cfg.adversarial.generator_loss}
+
     def validate(self, cfg: Config) -> None:
         check_name(GAN_LOSSES, cfg.adversarial.generator_loss, "adversarial.generator_loss")
         a = cfg.adversarial

@@ -186,6 +186,28 @@ class VAEFamily(Family):
             out.update(estimator_bound(run, x, spec, options.seed))
         return out
 
+    def curve_labels(self, cfg: Config) -> dict[str, str]:
+        # the bound whose negative the training loss is (the ELBO for most estimators)
+        bounds = {"renyi": f"Rényi bound (α = {cfg.elbo.alpha:g})", "rws": "IWAE bound"}
+        return {"objective": bounds.get(cfg.elbo.name, "ELBO")}
+
+    def samples_figure(self, run: Any, n: int) -> Any:
+        """For a Bernoulli likelihood on images, the binary draws x ~ p(x | z) beside the
+        decoder means E[x | z] of the same z: binary draws alone read as failure."""
+        from pyrogen.evaluation import plots
+
+        ds = run.dataset
+        if ds.kind != "image" or run.cfg.model.likelihood != "bernoulli":
+            return None
+        run.learner.module.eval()
+        draws, means = run.model.sample_with_mean(n)
+        panels = [
+            (ds.to_data_space(draws), "draws x ~ p(x | z)"),
+            (ds.to_data_space(means), "decoder means E[x | z] (the same z)"),
+        ]
+        title = f"{n} z ~ p(z) of the VAE (Bernoulli likelihood)"
+        return plots.image_grids_figure(panels, ds.image_shape, title=title)
+
     def figures(self, run: Any, out_dir: Path) -> list[Path]:
         if run.dataset.kind != "image":
             return []

@@ -497,7 +497,7 @@ def _train(
             board.figure("samples", figure, loop.step)
 
     in_step = [False]
-    stopped_early = False
+    stopped_early = better = False
     num_parameters = sum(p.numel() for p in learner.module.parameters())
     with (
         stop_at_step_boundary(second_interrupts=world == 1) as pending_signal,
@@ -587,8 +587,8 @@ def _train(
                         text = f"epoch {loop.epoch}/{t.epochs} (step {loop.step}/{total}): " + (
                             ", ".join(f"valid {k} {v:.4g}" for k, v in valid.items())
                         )
-                        if improved(valid):
-                            checkpoint(run_dir / BEST)
+                        better = improved(valid)
+                        if better:
                             text += " (best so far)"
                         elif t.early_stopping and loop.evals_since_best >= t.early_stopping:
                             stopped_early = True
@@ -601,6 +601,9 @@ def _train(
                         progress_line(text, quiet)
                     if t.checkpoint_every and loop.epoch % t.checkpoint_every == 0:
                         checkpoint()
+                    if better:  # after the last: a failed best.pt write leaves it current
+                        checkpoint(run_dir / BEST)
+                        better = False
             checkpoint()
         except KeyboardInterrupt:
             saved = not in_step[0]

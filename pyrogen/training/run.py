@@ -95,17 +95,9 @@ class TrainedRun:
 
         ds = self.dataset
         n = num_samples or self.cfg.output.num_samples
-        bernoulli_vae = self.family == "vae" and self.cfg.model.likelihood == "bernoulli"
-        if ds.kind == "image" and bernoulli_vae:
-            # binary draws alone read as failure: show them beside the means of the same z
-            self.learner.module.eval()
-            draws, means = self.model.sample_with_mean(n)
-            panels = [
-                (ds.to_data_space(draws), "draws x ~ p(x | z)"),
-                (ds.to_data_space(means), "decoder means E[x | z] (the same z)"),
-            ]
-            title = f"{n} z ~ p(z) of the VAE (Bernoulli likelihood)"
-            return plots.image_grids_figure(panels, ds.image_shape, title=title)
+        figure = family_of(self.cfg).samples_figure(self, n)
+        if figure is not None:  # the family's own (a Bernoulli VAE's draws beside its means)
+            return figure
         if ds.kind == "image":
             title = f"{n} samples x ~ p(x) of the {self.family}"
             return plots.image_grid_figure(self.sample(n), ds.image_shape, title=title)
@@ -129,13 +121,7 @@ class TrainedRun:
             paths.append(self.run_dir / "samples.png")
         curves = self.run_dir / "curves.png"
         records = read_metrics(self.run_dir)
-        labels = {"family": self.family}
-        if self.family == "vae":
-            # the bound whose negative the training loss is (the ELBO for most estimators)
-            bounds = {"renyi": f"Rényi bound (α = {self.cfg.elbo.alpha:g})", "rws": "IWAE bound"}
-            labels["objective"] = bounds.get(self.cfg.elbo.name, "ELBO")
-        if self.family == "gan":
-            labels["gan_loss"] = self.cfg.adversarial.generator_loss
+        labels = family_of(self.cfg).curve_labels(self.cfg)
         if plots.save_curves(records, curves, title=self.run_dir.name, **labels):
             paths.append(curves)
         return paths + family_of(self.cfg).figures(self, self.run_dir)
