@@ -31,6 +31,7 @@ from pyrogen.models.likelihoods import BernoulliLikelihood, GaussianLikelihood
 from pyrogen.models.vae import VAE
 from pyrogen.registry import populate as _populate
 from pyrogen.training import (
+    Callback,
     CheckpointError,
     RunExistsError,
     RunOutputError,
@@ -50,6 +51,7 @@ __all__ = [
     "GAN",
     "AdversarialLearner",
     "BernoulliLikelihood",
+    "Callback",
     "CheckpointError",
     "DiagonalNormalGuide",
     "FullNormalGuide",

@@ -1,7 +1,11 @@
 """Training: the run loop, checkpoints, metrics, and the trained run it returns.
 
-* :mod:`~pyrogen.training.loop`: ``train(cfg)`` (epochs, progress, evaluation cadence,
-  divergence, safe interruption, resume);
+* :mod:`~pyrogen.training.loop`: ``train(cfg)`` (run folder, resume, build, then the
+  Trainer);
+* :mod:`~pyrogen.training.trainer`: the :class:`Trainer` (fit / epoch / validate /
+  checkpoint: divergence, safe interruption);
+* :mod:`~pyrogen.training.callbacks`: metrics, TensorBoard, progress, best/last checkpoints,
+  early stopping and figures as :class:`Callback` objects, and the user's own;
 * :mod:`~pyrogen.training.checkpoint`: checksummed atomic checkpoints, loaded weights-only;
 * :mod:`~pyrogen.training.metrics`: ``metrics.jsonl`` / ``metrics.csv``;
 * :mod:`~pyrogen.training.run`: :class:`TrainedRun` and ``load(run_dir)``;
@@ -12,21 +16,30 @@
   global batch).
 """
 
+from pyrogen.training.callbacks import Callback
 from pyrogen.training.checkpoint import CheckpointError
 from pyrogen.training.folders import BEST, CHECKPOINT, CONFIG, RunExistsError
-from pyrogen.training.loop import TrainingDiverged, TrainingInterrupted, evaluate_split, train
+from pyrogen.training.loop import train
 from pyrogen.training.metrics import read_metrics
 from pyrogen.training.output import RunOutputError
 from pyrogen.training.run import TrainedRun, load
+from pyrogen.training.trainer import (
+    Trainer,
+    TrainingDiverged,
+    TrainingInterrupted,
+    evaluate_split,
+)
 
 __all__ = [
     "BEST",
+    "Callback",
     "CHECKPOINT",
     "CONFIG",
     "CheckpointError",
     "RunExistsError",
     "RunOutputError",
     "TrainedRun",
+    "Trainer",
     "TrainingDiverged",
     "TrainingInterrupted",
     "evaluate_split",

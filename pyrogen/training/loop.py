@@ -1,30 +1,24 @@
-"""The run loop shared by the three families.
+"""``pyrogen.train``: from a config (and the user's data) to a run folder and a trained run.
 
-``train(cfg)`` builds the data set, the model and its learner (:mod:`pyrogen.build`), and only
-then creates the run folder; it runs epochs of shuffled mini-batches (index slicing of
-in-memory tensors). A run folder receives:
+:func:`train` checks everything that can fail on the user's input first (the run folder's
+rules, a resumed checkpoint, the data and the model), then creates the run folder and hands
+the learner to a :class:`~pyrogen.training.trainer.Trainer` with the callbacks the config asks
+for (:func:`~pyrogen.training.callbacks.default_callbacks`) and the user's own. A run folder
+receives:
 
 * ``config.yaml``: the resolved config; ``pyrogen train RUN_DIR/config.yaml`` reproduces it;
 * ``metrics.jsonl`` (or ``.csv``): training metrics every ``train.log_every`` steps and
   validation metrics every ``train.eval_every`` epochs;
-* ``checkpoint.pt``: model, optimiser(s), every RNG state, epoch, step and the position in
+* ``checkpoint.pt`` (the last state) and ``best.pt`` (the best validation of
+  ``train.monitor``): model, optimiser(s), every RNG state, epoch, step and the position in
   the current epoch, and the config it belongs to; checksummed and written atomically;
 * ``samples.png`` (and the family's figures).
 
-Guarantees:
-
-* **Divergence is honest**: a non-finite loss (in training or validation) or non-finite
-  parameters stop the run with :class:`TrainingDiverged`, naming the step, the quantity and the
-  last checkpoint with finite parameters (or saying there is none yet); a checkpoint is never
-  written with non-finite parameters or optimiser state.
-* **Interrupting is safe**: SIGINT (Ctrl-C) and SIGTERM stop at the next step boundary, write
-  a checkpoint and raise :class:`KeyboardInterrupt`; ``train(cfg, resume=True)`` then ends with
-  exactly the parameters of an uninterrupted run on the CPU.
-* **A refused write is one error**: a full disk, a file-size limit or a lost permission while
-  writing a checkpoint, metrics, TensorBoard events, the config and resume record of a resumed
-  run, or the final figures raises :class:`~pyrogen.training.output.RunOutputError` (an
-  ``OSError``) naming the file and the checkpoint that is intact (the previous one: checkpoints,
-  config and records are replaced or appended whole, never left torn).
+Guarantees (the Trainer's, see :mod:`pyrogen.training.trainer`): divergence is honest,
+interrupting is safe (``train(cfg, resume=True)`` then ends with exactly the parameters of an
+uninterrupted run on the CPU), and a refused write is one error:
+:class:`~pyrogen.training.output.RunOutputError` (an ``OSError``) naming the file and the
+checkpoint that is intact.
 
 **Data parallelism.** Launched by ``torchrun`` with ``WORLD_SIZE > 1``, the same loop runs on
 every rank (:mod:`pyrogen.training.distributed`): ``train.batch_size`` is the global batch,
@@ -37,16 +31,10 @@ and can be resumed with the same number of processes.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import signal
-import threading
-import time
-import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -56,24 +44,17 @@ import torch
 
 from pyrogen.build import build, resolve_device
 from pyrogen.config import Config, ConfigError
-from pyrogen.data import Dataset
 from pyrogen.families import family_of
-from pyrogen.inference.base import Learner, lr_factor, set_lr_factor
-from pyrogen.progress import bar as progress_bar
-from pyrogen.progress import interactive
-from pyrogen.progress import line as progress_line
 from pyrogen.runtime import cpu_settings
 from pyrogen.training import distributed
+from pyrogen.training.callbacks import Callback, default_callbacks
 from pyrogen.training.checkpoint import (
     CheckpointError,
-    all_finite,
     check_checkpoint_contents,
     check_checkpoint_fits,
     fixed_differences,
     load_checkpoint,
     remove_orphans,
-    rng_state,
-    save_checkpoint,
     set_rng_state,
 )
 from pyrogen.training.folders import (
@@ -87,125 +68,29 @@ from pyrogen.training.folders import (
     resolved_config,
     stored_config,
 )
-from pyrogen.training.metrics import MetricsWriter, TensorBoardLog, tensorboard_available
+from pyrogen.training.metrics import tensorboard_available
 from pyrogen.training.output import RunOutputError, append_whole, write_atomic
 from pyrogen.training.run import TrainedRun
+from pyrogen.training.trainer import (
+    LoopState,
+    Trainer,
+    TrainingDiverged,
+    TrainingInterrupted,
+    evaluate_split,
+    own_stream,
+    stop_at_step_boundary,
+)
 
-
-class TrainingDiverged(RuntimeError):
-    """A loss or parameter became NaN or infinite; the message names the step, the quantity
-    and the last good checkpoint."""
-
-
-@dataclass
-class LoopState:
-    """Where the run loop is: what a checkpoint must hold besides the learner."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimiser steps taken
-    position: int = 0  # batches consumed in the current epoch
-    permutation: torch.Tensor | None = None  # the current epoch's order of examples
-    best: float | None = None  # the monitored validation metric's best value so far
-    best_step: int | None = None  # the step of best.pt
-    evals_since_best: int = 0  # validations without improvement (early stopping)
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped the run at a step boundary; ``run_dir`` holds its state."""
-
-    def __init__(self, run_dir: Path, saved: bool) -> None:
-        super().__init__(str(run_dir))
-        self.run_dir = run_dir
-        self.saved = saved
-
-
-def evaluate_split(
-    learner: Learner,
-    dataset: Dataset,
-    split: str,
-    batch_size: int,
-    seed: int = 0,
-    labels: bool = False,
-) -> dict[str, float]:
-    """Per-example means of ``learner.evaluate`` over a whole split (fixed preprocessing
-    noise drawn from ``seed``, so repeated evaluations compare like with like; the model's
-    own random draws come from a forked generator, so evaluating never shifts training's
-    random stream)."""
-    x_all = dataset.split(split)
-    y_all = dataset.labels(split) if labels else None
-    n = x_all.shape[0]
-    if distributed.is_distributed():  # each rank its shard, with its own draws
-        start, stop = distributed.shard_range(n)
-        x_all = x_all[start:stop]
-        y_all = None if y_all is None else y_all[start:stop]
-        seed = distributed.rank_seed(seed, "validation") % (1 << 63)
-    gen = torch.Generator().manual_seed(seed)
-    totals: dict[str, float] = {}
-    devices = [dataset.device] if dataset.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for start in range(0, x_all.shape[0], batch_size):
-            x = dataset.process(x_all[start : start + batch_size], gen)
-            y = None if y_all is None else y_all[start : start + batch_size]
-            for key, value in learner.evaluate(x, y).items():
-                totals[key] = totals.get(key, 0.0) + value * x.shape[0]
-    if distributed.is_distributed():
-        totals = distributed.sum_dicts(distributed.all_gather_object(totals))
-    return {key: value / n for key, value in totals.items()}
-
-
-@contextmanager
-def own_stream(seed: int, name: str, device: torch.device) -> Iterator[None]:
-    """Run with torch's global generator(s) seeded from ``seed`` and ``name``, and restored
-    afterwards: optional outputs (figures, TensorBoard) never shift training's random draws,
-    and draw the same samples whether or not anything ran before them."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-        yield
-
-
-@contextmanager
-def stop_at_step_boundary(second_interrupts: bool = True) -> Iterator[Callable[[], int | None]]:
-    """While active, SIGINT and SIGTERM only set a flag, which the loop reads after each step
-    (a signal in the middle of an optimiser update would leave half-updated parameters). A
-    second signal interrupts at once, unless ``second_interrupts`` is false: under torchrun
-    a Ctrl-C reaches each worker twice (from the terminal, then forwarded by torchrun, which
-    kills workers that have not exited 30 s later), and a rank interrupted on its own would
-    leave the others waiting in a collective. Yields a function returning the pending
-    signal."""
-    pending: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: None
-        return
-
-    def handler(signum, frame):  # noqa: ARG001
-        if pending and second_interrupts:
-            raise KeyboardInterrupt
-        pending.append(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield lambda: pending[0] if pending else None
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def _checkpoint_state(
-    cfg: Config,
-    learner: Learner,
-    loop: LoopState,
-    data_gen: torch.Generator,
-    noise_gen: torch.Generator | None = None,
-) -> dict[str, Any]:
-    return {
-        "family": cfg.model.family,
-        "config": cfg.to_dict(),
-        "learner": learner.state_dict(),
-        "loop": dataclasses.asdict(loop),
-        "rng": rng_state(data_gen, noise_gen),
-    }
+__all__ = [
+    "LoopState",
+    "Trainer",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "evaluate_split",
+    "own_stream",
+    "stop_at_step_boundary",
+    "train",
+]
 
 
 def record_resume(run_dir: Path, old: dict[str, Any], cfg: Config, step: int) -> None:
@@ -248,6 +133,7 @@ def train(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     data: Any = None,
     overwrite: bool | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainedRun:
     """Train the model that ``cfg`` describes and return it as a :class:`TrainedRun`.
 
@@ -259,7 +145,9 @@ def train(
     A folder that already holds a run is refused (:class:`RunExistsError`) unless
     ``overwrite`` (default ``output.overwrite``) clears it first, or ``resume`` continues it
     from its last checkpoint. The returned run holds the best checkpoint's model when
-    ``train.monitor`` kept one (``best.pt``), else the last.
+    ``train.monitor`` kept one (``best.pt``), else the last. ``callbacks``: the user's own
+    :class:`~pyrogen.training.callbacks.Callback` objects, called after pyrogen's (metrics,
+    TensorBoard, progress, checkpoints, early stopping, figures).
 
     Example::
 
@@ -278,7 +166,9 @@ def train(
         cfg = replace(cfg, data=replace(cfg.data, name="array", path=None, checksum=None))
     device = resolve_device(cfg.train.device)
     with distributed.session(device):  # torchrun with WORLD_SIZE > 1: data-parallel
-        return _train(cfg, run_dir, resume, quiet, config_path, on_step, data, device, overwrite)
+        return _train(
+            cfg, run_dir, resume, quiet, config_path, on_step, data, device, overwrite, callbacks
+        )
 
 
 def _train(
@@ -291,6 +181,7 @@ def _train(
     data: Any,
     device: torch.device,
     overwrite: bool,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainedRun:
     world = distributed.world_size()
     main = distributed.is_main()
@@ -358,7 +249,7 @@ def _train(
             learner.load_rank_state(own["learner"])
         else:
             set_rng_state(state["rng"], data_gen)
-    t, o = cfg.train, cfg.optim
+    t = cfg.train
     n = dataset.train.shape[0]
     fixed_batches = getattr(learner, "fixed_batch_size", False)
     if world > 1:
@@ -414,245 +305,25 @@ def _train(
     except OSError as e:  # a resumed run's checkpoint is untouched
         intact = run_dir / CHECKPOINT if state is not None else None
         raise RunOutputError.from_error(e, run_dir, intact, loop.step) from None
-    metrics = MetricsWriter(run_dir, cfg.output.metrics_format) if main else _NoMetrics()
     use_tensorboard = cfg.output.tensorboard
-    board = (
-        TensorBoardLog(run_dir)
-        if main and (use_tensorboard or (use_tensorboard is None and tensorboard_available()))
-        else None
+    tensorboard = use_tensorboard or (use_tensorboard is None and tensorboard_available())
+    trainer = Trainer(
+        cfg,
+        stored,
+        run_dir,
+        dataset,
+        learner,
+        callbacks=[*default_callbacks(cfg, monitor, quiet, tensorboard), *callbacks],
+        loop=loop,
+        data_gen=data_gen,
+        noise_gen=noise_gen,
+        uses_labels=family_of(cfg).uses_labels(cfg),
+        resumed_from=run_dir / CHECKPOINT if state is not None else None,
     )
-    uses_labels = family_of(cfg).uses_labels(cfg)
-    train_labels = dataset.labels("train") if uses_labels else None
-    show = not quiet and interactive()
-    bar = progress_bar(total=total, initial=loop.step, quiet=quiet, desc=run_dir.name, leave=True)
-    running: dict[str, float] = {}
-    running_count = 0
-    start_time = time.perf_counter()
-    checkpoint_path = run_dir / CHECKPOINT
-    last_good: list[int | None] = [None]
-
-    def last_checkpoint_text() -> str:
-        if last_good[0] is not None:
-            return (
-                f"the last checkpoint with finite parameters (step {last_good[0]}) is "
-                f"{checkpoint_path}"
-            )
-        if state is not None:
-            return f"the checkpoint this run resumed from is kept in {checkpoint_path}"
-        return "no checkpoint was written yet"
-
-    def output_error(e: OSError, finished: bool = False, what: str = "") -> RunOutputError:
-        """``e`` with the checkpoint that is intact: this run's last, or the one resumed."""
-        if isinstance(e, RunOutputError):
-            return e
-        step = last_good[0]
-        if step is None and state is not None:
-            step = int(state["loop"]["step"])
-        intact = checkpoint_path if step is not None else None
-        return RunOutputError.from_error(e, run_dir, intact, step, finished, what)
-
-    def diverged(what: str) -> TrainingDiverged:
-        return TrainingDiverged(f"{what}; training stopped: {last_checkpoint_text()}")
-
-    def checkpoint(path: Path = checkpoint_path) -> None:
-        learner_state = learner.state_dict()
-        finite = all_finite(learner_state)
-        if world > 1:  # every rank's random states and own learner state; all decide together
-            own = {"rng": rng_state(data_gen, noise_gen), "learner": learner.rank_state()}
-            finite = distributed.all_agree(finite and all_finite(own["learner"]))
-        if not finite:
-            raise diverged(
-                f"parameters or optimiser state became non-finite by step {loop.step} (epoch "
-                f"{loop.epoch + 1})"
-            )
-        record = _checkpoint_state(stored, learner, loop, data_gen, noise_gen)
-        if world > 1:
-            record["world_size"] = world
-            record["ranks"] = distributed.all_gather_object(own)
-        try:
-            distributed.on_main(lambda: save_checkpoint(record, path))
-        except OSError as e:
-            raise output_error(e) from None
-        if path == checkpoint_path:
-            last_good[0] = loop.step
-
-    def improved(valid: dict[str, float]) -> bool:
-        """Update the best value of the monitored metric; whether this validation set it."""
-        if monitor is None:
-            return False
-        name, mode = monitor
-        value = valid[name]
-        better = loop.best is None or (value > loop.best if mode == "max" else value < loop.best)
-        if better:
-            loop.best, loop.best_step, loop.evals_since_best = value, loop.step, 0
-        else:
-            loop.evals_since_best += 1
-        return better
-
-    def samples_figure_to_board() -> None:
-        # its own random stream: the figure never shifts training's draws
-        with own_stream(t.seed, f"tensorboard:{loop.step}", device):
-            figure = TrainedRun(cfg, run_dir, dataset, learner).samples_figure()
-        if figure is not None:
-            board.figure("samples", figure, loop.step)
-
-    in_step = [False]
-    stopped_early = better = False
+    if state is not None:
+        trainer.resumed_step = loop.step
     num_parameters = sum(p.numel() for p in learner.module.parameters())
-    with (
-        stop_at_step_boundary(second_interrupts=world == 1) as pending_signal,
-        cpu_settings(t.num_threads, num_parameters) as threads,
-    ):
-        try:
-            while loop.epoch < t.epochs and loop.step < total and not stopped_early:
-                if loop.permutation is None:
-                    loop.permutation = torch.randperm(n, generator=data_gen)
-                batches = loop.permutation.split(t.batch_size)
-                if fixed_batches and n % t.batch_size:
-                    batches = batches[:-1]  # the learner needs batches of one size
-                if world > 1 and n % t.batch_size and len(batches[-1]) < world:
-                    batches = batches[:-1]  # a piece for every rank, or no step
-                while loop.position < len(batches) and loop.step < total:
-                    in_step[0] = True
-                    if o.schedule != "constant":
-                        factor = lr_factor(
-                            o.schedule, loop.step, total, steps_per_epoch, o.decay, o.min_lr_ratio
-                        )
-                        set_lr_factor(learner.optimizers, factor)
-                    idx = batches[loop.position].to(device)
-                    if world > 1:  # this rank's piece of the global batch
-                        learner.global_batch_size = len(idx)
-                        idx = distributed.shard(idx)
-                    x = dataset.process(dataset.train[idx], noise_gen)
-                    y = None if train_labels is None else train_labels[idx]
-                    try:
-                        out = learner.step(x, y)
-                    except ValueError as e:  # a distribution's arguments became NaN or inf
-                        bad = "invalid values" in str(e) or "nan" in str(e).lower()
-                        if not bad or world > 1:  # a rank cannot leave the others' collectives
-                            raise
-                        out = {"loss": float("nan")}
-                    stop = False
-                    if world > 1:  # global means; any rank's signal stops every rank
-                        out, stop = distributed.reduce_step(
-                            out, len(x), learner.global_batch_size, pending_signal() is not None
-                        )
-                    if not math.isfinite(out["loss"]):
-                        raise diverged(
-                            f"the training loss is {out['loss']} at step {loop.step + 1} "
-                            f"(epoch {loop.epoch + 1})"
-                        )
-                    loop.step += 1
-                    loop.position += 1
-                    in_step[0] = False
-                    for key, value in out.items():
-                        running[key] = running.get(key, 0.0) + value
-                    running_count += 1
-                    if loop.step % t.log_every == 0:
-                        avg = {k: v / running_count for k, v in running.items()}
-                        metrics.write(loop.step, loop.epoch + 1, "train", avg)
-                        if board is not None:
-                            board.write(loop.step, "train", avg)
-                        running.clear()
-                        running_count = 0
-                        bar.set_postfix(loss=f"{avg['loss']:.4g}")
-                    if on_step is not None:
-                        on_step(loop.step, out)
-                    bar.update(1)
-                    if stop or (world == 1 and pending_signal() is not None):
-                        raise KeyboardInterrupt
-                if loop.position >= len(batches):  # the epoch is complete
-                    loop.epoch += 1
-                    loop.position = 0
-                    loop.permutation = None
-                    if t.eval_every and loop.epoch % t.eval_every == 0:
-                        try:
-                            valid = evaluate_split(
-                                learner, dataset, "valid", t.eval_batch_size, labels=uses_labels
-                            )
-                        except ValueError as e:
-                            if "invalid values" not in str(e) and "nan" not in str(e).lower():
-                                raise
-                            valid = {"loss": float("nan")}
-                        bad = [k for k, v in valid.items() if not math.isfinite(v)]
-                        if bad:
-                            raise diverged(
-                                f"validation {bad[0]} is not finite after epoch {loop.epoch} "
-                                f"(step {loop.step})"
-                            )
-                        metrics.write(loop.step, loop.epoch, "valid", valid)
-                        if board is not None:
-                            board.write(loop.step, "valid", valid)
-                            samples_figure_to_board()
-                        text = f"epoch {loop.epoch}/{t.epochs} (step {loop.step}/{total}): " + (
-                            ", ".join(f"valid {k} {v:.4g}" for k, v in valid.items())
-                        )
-                        better = improved(valid)
-                        if better:
-                            text += " (best so far)"
-                        elif t.early_stopping and loop.evals_since_best >= t.early_stopping:
-                            stopped_early = True
-                            text += (
-                                f"; stopping early: no better valid {monitor[0]} in "
-                                f"{loop.evals_since_best} evaluations"
-                            )
-                        if show:
-                            bar.write(text)
-                        progress_line(text, quiet)
-                    if t.checkpoint_every and loop.epoch % t.checkpoint_every == 0:
-                        checkpoint()
-                    if better:  # after the last: a failed best.pt write leaves it current
-                        checkpoint(run_dir / BEST)
-                        better = False
-            checkpoint()
-        except KeyboardInterrupt:
-            saved = not in_step[0]
-            if saved:  # at a step boundary: the state is resumable
-                checkpoint()
-            bar.close()
-            raise TrainingInterrupted(run_dir, saved) from None
-        except OSError as e:  # metrics, TensorBoard or checkpoint: a file of the run folder
-            if e.filename is None or run_dir.resolve() not in Path(e.filename).resolve().parents:
-                raise
-            raise output_error(e) from None
-        finally:
-            bar.close()
-            if board is not None:
-                board.close()
-    summary: dict[str, Any] = {
-        "train_seconds": time.perf_counter() - start_time,
-        "num_threads": threads,
-    }
-    if monitor is not None and loop.best is not None:  # numbers only (metrics.csv)
-        summary.update({f"best_{monitor[0]}": loop.best, "best_step": loop.best_step})
-    if stopped_early:
-        summary["stopped_early"] = 1
-    try:
-        metrics.write(loop.step, loop.epoch, "summary", summary)
-    except OSError as e:
-        raise output_error(e, finished=True, what="the run's summary metrics") from None
-    which = "last"
-    if loop.best_step is not None and loop.best_step != loop.step:  # the best model, not the last
-        learner.load_state_dict(load_checkpoint(run_dir / BEST, map_location=device)["learner"])
-        which = "best"
-    elif loop.best_step is not None:
-        which = "best"
-    run = TrainedRun(cfg, run_dir, dataset, learner, checkpoint=which)
-
-    def figures() -> None:
-        with cpu_settings(t.num_threads, num_parameters), own_stream(t.seed, "figures", device):
-            run.save_figures()
-
-    if cfg.output.figures:
-        try:
-            distributed.on_main(figures)
-        except OSError as e:
-            raise output_error(e, finished=True, what="the figures") from None
-    return run
-
-
-class _NoMetrics:
-    """The metrics writer of ranks other than 0: rank 0 alone writes the run folder."""
-
-    def write(self, *args: Any, **kwargs: Any) -> None:
-        pass
+    with cpu_settings(t.num_threads, num_parameters) as threads:
+        trainer.num_threads = threads
+        trainer.fit(on_step)
+    return trainer.trained_run()
