@@ -135,7 +135,7 @@ class TrainedRun:
             bounds = {"renyi": f"Rényi bound (α = {self.cfg.elbo.alpha:g})", "rws": "IWAE bound"}
             labels["objective"] = bounds.get(self.cfg.elbo.name, "ELBO")
         if self.family == "gan":
-            labels["gan_loss"] = self.cfg.adversarial.generator_loss
+            labels["gan_loss"] = self.cfg.adversarial.loss
         if plots.save_curves(records, curves, title=self.run_dir.name, **labels):
             paths.append(curves)
         return paths + family_of(self.cfg).figures(self, self.run_dir)
