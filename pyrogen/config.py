@@ -767,7 +767,7 @@ def _apply_renamed(raw: dict[str, Any]) -> dict[str, Any]:
             )
         warnings.warn(
             f"'{section}.{old}' is renamed '{section}.{new}'; read as {section}.{new}="
-            f"{_shown(values[old])}",
+            f"{values[old]}",
             FutureWarning,
             stacklevel=4,
         )
