@@ -215,7 +215,7 @@ REGISTRY_KEYS = {
     "guide.name": "GUIDES",
     "elbo.name": "ELBOS",
     "model.flow": "FLOWS",
-    "adversarial.generator_loss": "GAN_LOSSES",
+    "adversarial.loss": "GAN_LOSSES",
 }
 
 

@@ -34,6 +34,7 @@ import math
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -286,7 +287,7 @@ class ELBOConfig:
 class AdversarialConfig:
     """Goodfellow et al.'s Algorithm 1 and its common variants (GAN only)."""
 
-    generator_loss: str = field(
+    loss: str = field(
         default="non_saturating",
         metadata={"doc": "the GAN loss (a name in pyrogen.registry.GAN_LOSSES)"},
     )
@@ -747,10 +748,38 @@ def check_argument(section: type, key: str, value: Any, name: str | None = None)
 # --------------------------------------------------------------------------------------
 
 
+#: keys that were renamed: ``(section, old key) -> new key``. The old key is still read
+#: (configs and run folders written before keep loading), with a FutureWarning naming both.
+RENAMED_KEYS: dict[tuple[str, str], str] = {("adversarial", "generator_loss"): "loss"}
+
+
+def _apply_renamed(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with every old key of :data:`RENAMED_KEYS` moved to its new name (a warning
+    each); a section giving both the old and the new key is refused."""
+    for (section, old), new in RENAMED_KEYS.items():
+        values = raw.get(section)
+        if not isinstance(values, dict) or old not in values:
+            continue
+        if new in values:
+            raise ConfigError(
+                f"'{section}.{old}' is the old name of '{section}.{new}': give only "
+                f"{section}.{new}, not both"
+            )
+        warnings.warn(
+            f"'{section}.{old}' is renamed '{section}.{new}'; read as {section}.{new}="
+            f"{values[old]}",
+            FutureWarning,
+            stacklevel=4,
+        )
+        raw = {**raw, section: {(new if k == old else k): v for k, v in values.items()}}
+    return raw
+
+
 def from_dict(raw: dict[str, Any]) -> Config:
     """Validate a plain nested dict against the schema and return a :class:`Config`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+    raw = _apply_renamed(raw)
     allowed = ["model", *SECTIONS]
     for key in raw:
         if key not in allowed:

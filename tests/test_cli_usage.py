@@ -222,7 +222,7 @@ def test_defaults_lists_registered_names(capsys):
         ("guide.name", registry.GUIDES),
         ("elbo.name", registry.ELBOS),
         ("model.flow", registry.FLOWS),
-        ("adversarial.generator_loss", registry.GAN_LOSSES),
+        ("adversarial.loss", registry.GAN_LOSSES),
     ]:
         assert ", ".join(reg.names()) in " ".join(rows[key]), key
 

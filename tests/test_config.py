@@ -101,8 +101,8 @@ def test_registry_names_are_checked_with_allowed_values(override: str, key: str)
 def test_flow_and_gan_names_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"'model.flow': 'realnpv'; did you mean 'realnvp'"):
         load_config(None, ["model.family=flow", "model.flow=realnpv"])
-    with pytest.raises(ConfigError, match=r"'adversarial.generator_loss'.*allowed"):
-        load_config(None, ["model.family=gan", "adversarial.generator_loss=minmax"])
+    with pytest.raises(ConfigError, match=r"'adversarial.loss'.*allowed"):
+        load_config(None, ["model.family=gan", "adversarial.loss=minmax"])
 
 
 def test_overrides_are_typed_nested_and_win_over_the_file(tmp_path: Path) -> None:

@@ -188,7 +188,7 @@ STEP_CASES = {
     "gan wasserstein gp spectral": SGD
     + ["model.family=gan", "data.name=eight_gaussians", "data.num_train=64"]
     + ["model.latent_dim=2", "model.output=identity", "model.hidden_sizes=[16]"]
-    + ["model.discriminator_hidden_sizes=[16]", "adversarial.generator_loss=wasserstein"]
+    + ["model.discriminator_hidden_sizes=[16]", "adversarial.loss=wasserstein"]
     + ["model.spectral_norm=true"],
     "gan conv batchnorm k2": SGD
     + ["model.family=gan", "data.flatten=false", "model.architecture=conv"]

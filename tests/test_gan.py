@@ -217,7 +217,7 @@ def test_every_generator_loss_trains_from_the_config(loss):
         None,
         TOY
         + [
-            f"adversarial.generator_loss={loss}",
+            f"adversarial.loss={loss}",
             "adversarial.r1_penalty=1.0",
             "model.spectral_norm=true",
             "optim.clip_norm=10.0",

@@ -123,7 +123,7 @@ def schema_cases() -> list[tuple[str, str, object]]:
     for key in ("data.name", "guide.name", "elbo.name"):
         cases.append(("vae", key, "no_such_name"))
     cases.append(("flow", "model.flow", "no_such_flow"))
-    cases.append(("gan", "adversarial.generator_loss", "no_such_loss"))
+    cases.append(("gan", "adversarial.loss", "no_such_loss"))
     return cases
 
 

@@ -185,8 +185,14 @@ def save_density(
 #: the x axis of every curve: one call of the learner's ``step`` (one update of each optimiser)
 STEP_LABEL = "optimiser step"
 NATS = "nats per example"
-#: the GAN losses whose values are binary cross-entropies (nats); the others are in D's units
-_BCE_GAN_LOSSES = ("minimax", "non_saturating")
+
+
+def _in_nats(gan_loss: str | None) -> bool:
+    """Whether the GAN loss ``gan_loss`` is a binary cross-entropy (nats; its ``in_nats``
+    fact); the others are in D's units."""
+    from pyrogen.registry import GAN_LOSSES
+
+    return gan_loss in GAN_LOSSES and GAN_LOSSES.get(gan_loss).in_nats
 
 
 @dataclass(frozen=True)
@@ -270,7 +276,7 @@ def curve_panels(
             panels.append(CurvePanel(title, ylabel, tuple(lines)))
         done |= {"loss", valid_key}
     elif adversarial:
-        unit = NATS if gan_loss in _BCE_GAN_LOSSES else "D's output units"
+        unit = NATS if _in_nats(gan_loss) else "D's output units"
         for key, player, name in (("d_loss", "D", "discriminator"), ("g_loss", "G", "generator")):
             lines = []
             if key in train:

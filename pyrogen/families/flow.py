@@ -4,7 +4,6 @@ bits/dim."""
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +12,21 @@ from torch import nn
 
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
-from pyrogen.families.base import Family, mlp_size, set_options
+from pyrogen.families.base import Family, set_options
 from pyrogen.inference.variational import VariationalLearner
-from pyrogen.models.flow import Flow, make_flow
+from pyrogen.models.flow import Flow, conditioner_networks, make_flow
 from pyrogen.registry import FLOWS, check_name
 
-#: architectures without a closed-form inverse: they cannot score data, so cannot be fitted
-NOT_INVERTIBLE = ("planar", "radial")
-#: architectures with a class-conditional form in Pyro
-CONDITIONAL = ("realnvp", "maf", "iaf", "nsf_autoregressive")
-#: architectures whose layers are MADE networks (hidden layers at least as wide as the data)
-MADE = ("maf", "iaf", "nsf_autoregressive")
+
+def architectures(fact: str) -> list[str]:
+    """The registered flow architectures whose ``fact`` (e.g. ``"conditional"``) is true, in
+    the order they were registered."""
+    return [name for name, arch in FLOWS.items() if getattr(arch, fact)]
+
+
+#: the ``model`` keys a flow architecture may take as options (by the same names)
+MODEL_OPTIONS = ("num_layers", "hidden_sizes", "count_bins", "bound", "normalization",
+                 "permutation")  # fmt: skip
 
 
 class FlowFamily(Family):
@@ -35,10 +38,11 @@ class FlowFamily(Family):
     def validate(self, cfg: Config) -> None:
         m = cfg.model
         check_name(FLOWS, m.flow, "model.flow")
-        if m.flow in NOT_INVERTIBLE:
+        arch = FLOWS.get(m.flow)
+        if not arch.invertible:
             raise ConfigError(
                 f"model.flow={m.flow} has no inverse, so it cannot score (or be fitted to) data "
-                "it did not sample; use realnvp, maf, nsf_coupling, nsf_autoregressive or glow"
+                f"it did not sample; use one of {', '.join(architectures('invertible'))}"
             )
         if cfg.train.precision != 32:
             raise ConfigError(
@@ -48,10 +52,10 @@ class FlowFamily(Family):
                 "scored examples 0.06 nats off on average in bf16, more in higher dimension): "
                 "flows train in float32 (train.precision=32)"
             )
-        if m.conditional and m.flow not in CONDITIONAL:
+        if m.conditional and not arch.conditional:
             raise ConfigError(
                 f"model.conditional=true: model.flow={m.flow} has no class-conditional form "
-                f"here; use one of {', '.join(CONDITIONAL)}"
+                f"here; use one of {', '.join(architectures('conditional'))}"
             )
 
     def check_data(self, cfg: Config, data: Dataset) -> None:
@@ -61,22 +65,9 @@ class FlowFamily(Family):
                 f"flows act on vectors; data.flatten=false keeps examples of shape "
                 f"{tuple(data.event_shape)}: set data.flatten=true"
             )
-        d = data.num_dims
-        if m.flow in MADE and min(m.hidden_sizes) < d:
-            raise ConfigError(
-                f"model.hidden_sizes={list(m.hidden_sizes)}: model.flow={m.flow} uses MADE "
-                f"networks, whose hidden layers must be at least as wide as the data ({d} "
-                f"dimensions); use e.g. model.hidden_sizes=[{max(2 * d, 64)}]"
-            )
-        if m.flow == "glow":
-            shape = data.image_shape
-            if shape is None:
-                raise ConfigError("model.flow=glow needs image data; these data are points")
-            if shape[1] % 2 or shape[2] % 2:
-                raise ConfigError(
-                    f"model.flow=glow squeezes 2x2 pixels: height and width must be even, got "
-                    f"{shape[1]}x{shape[2]}"
-                )
+        problem = FLOWS.get(m.flow).problem(data.num_dims, **self.options(cfg, data))
+        if problem:
+            raise ConfigError(problem)
         if m.conditional:
             if data.num_classes is None:
                 raise ConfigError(
@@ -88,17 +79,22 @@ class FlowFamily(Family):
                     f"{data.num_classes} classes"
                 )
 
+    def options(self, cfg: Config, data: Dataset) -> dict[str, Any]:
+        """The ``model`` keys (and the data's ``image_shape``) that the configured
+        architecture takes: those named like its options."""
+        m = cfg.model
+        values = {k: getattr(m, k) for k in MODEL_OPTIONS}
+        values["hidden_sizes"] = list(m.hidden_sizes)
+        values["image_shape"] = data.image_shape
+        accepted = FLOWS.get(m.flow).options
+        return {k: v for k, v in values.items() if k in accepted}
+
     def estimate_parameters(self, cfg: Config, data: Dataset) -> int:
         m = cfg.model
-        d = data.num_dims
-        per_dim = 4 * m.count_bins if m.flow.startswith("nsf") else 2
         context = m.num_classes if m.conditional else 0
-        one = mlp_size([d + context, *m.hidden_sizes, per_dim * d])
-        if m.flow == "glow":  # 3x3 convolutions over channels
-            c = 4 * (data.image_shape[0] if data.image_shape else 1)
-            w = m.hidden_sizes[0]
-            one = 9 * c * w + w * w + 9 * w * 2 * c
-        return m.num_layers * one
+        options = {k: getattr(m, k) for k in MODEL_OPTIONS}
+        options["image_shape"] = data.image_shape
+        return FLOWS.get(m.flow).num_parameters(data.num_dims, context=context, **options)
 
     def uses_labels(self, cfg: Config) -> bool:
         return bool(cfg.model.conditional)
@@ -106,29 +102,11 @@ class FlowFamily(Family):
     def build_model(self, cfg: Config, data: Dataset) -> Flow:
         m = cfg.model
         num_classes = m.num_classes if m.conditional else None
-        options = {
-            "num_layers": m.num_layers,
-            "hidden_sizes": list(m.hidden_sizes),
-            "count_bins": m.count_bins,
-            "bound": m.bound,
-            "normalization": m.normalization,
-            "permutation": m.permutation,
-            "image_shape": data.image_shape,
-        }
-        accepted = inspect.signature(FLOWS.get(m.flow)).parameters
-        options = {k: v for k, v in options.items() if k in accepted}
-        return make_flow(m.flow, data.num_dims, num_classes=num_classes, **options)
+        return make_flow(m.flow, data.num_dims, num_classes=num_classes, **self.options(cfg, data))
 
     def networks(self, model: nn.Module) -> list[nn.Module]:
-        """The hyper-networks of the layers (coupling and MADE networks)."""
-        out = []
-        for layer in model.layers:
-            inner = getattr(layer, "layer", layer)
-            for name in ("nn", "arn", "hypernet"):
-                net = getattr(inner, name, None)
-                if isinstance(net, nn.Module):
-                    out.append(net)
-        return out
+        """The conditioner networks of the layers (coupling and MADE networks)."""
+        return [net for layer in model.layers for net in conditioner_networks(layer)]
 
     def build_learner(self, cfg: Config, model: nn.Module) -> VariationalLearner:
         o = cfg.optim

@@ -9,7 +9,7 @@ from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
 from pyrogen.families.base import Family, mlp_size, set_options
 from pyrogen.families.vae import conv_shape_problem
-from pyrogen.inference.adversarial import AdversarialLearner
+from pyrogen.inference.adversarial import AdversarialLearner, GANLoss, make_gan_loss
 from pyrogen.models.gan import GAN
 from pyrogen.nets import conv_discriminator, conv_generator, mlp_discriminator, mlp_generator
 from pyrogen.registry import GAN_LOSSES, check_name
@@ -22,13 +22,13 @@ class GANFamily(Family):
     validation_metrics = {"d_loss": None, "g_loss": None, "d_real": None, "d_fake": None}
 
     def curve_labels(self, cfg: Config) -> dict[str, str]:
-        return {"gan_loss": cfg.adversarial.generator_loss}
+        return {"gan_loss": cfg.adversarial.loss}
 
     def validate(self, cfg: Config) -> None:
-        check_name(GAN_LOSSES, cfg.adversarial.generator_loss, "adversarial.generator_loss")
+        check_name(GAN_LOSSES, cfg.adversarial.loss, "adversarial.loss")
         a = cfg.adversarial
         penalty = "adversarial.r1_penalty" if a.r1_penalty else None
-        if GAN_LOSSES.get(a.generator_loss).gradient_penalty and a.gradient_penalty:
+        if self.make_loss(cfg).gradient_penalty:
             penalty = "adversarial.gradient_penalty"
         if cfg.train.precision == "16-mixed" and penalty:
             raise ConfigError(
@@ -97,17 +97,21 @@ class GANFamily(Family):
     def networks(self, model: nn.Module) -> list[nn.Module]:
         return [model.generator, model.discriminator]
 
+    def make_loss(self, cfg: Config) -> GANLoss:
+        """The configured loss, given the ``adversarial`` keys named like its options."""
+        a = cfg.adversarial
+        return make_gan_loss(a.loss, **{k: getattr(a, k) for k in vars(a) if k != "loss"})
+
     def build_learner(self, cfg: Config, model: nn.Module) -> AdversarialLearner:
         a, o = cfg.adversarial, cfg.optim
         return AdversarialLearner(
             model,
-            generator_loss=a.generator_loss,
+            self.make_loss(cfg),
             discriminator_steps=a.discriminator_steps,
             optim=o.name,
             lr_discriminator=o.lr_discriminator,
             momentum=o.momentum,
             weight_decay=o.weight_decay,
-            gradient_penalty=a.gradient_penalty,
             r1_penalty=a.r1_penalty,
             ema_decay=a.ema_decay,
             clip_norm=o.clip_norm,

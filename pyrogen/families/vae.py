@@ -14,7 +14,6 @@ from pyrogen.data import Dataset
 from pyrogen.evaluation.stats import mean_stderr
 from pyrogen.families.base import Family, mlp_size, set_options
 from pyrogen.inference.elbo import check_compatible, make_elbo
-from pyrogen.inference.guides import GUIDE_OPTIONS
 from pyrogen.inference.variational import VariationalLearner
 from pyrogen.models.likelihoods import make_likelihood
 from pyrogen.models.vae import VAE
@@ -33,6 +32,17 @@ def conv_shape_problem(image_shape: tuple[int, ...] | None, key: str) -> str | N
             f"these images are {h}x{w} (use {key}=mlp)"
         )
     return None
+
+
+def guide_options(cfg: Config) -> dict[str, Any]:
+    """The ``guide`` section's values that the configured guide's constructor takes: every
+    key named like one of its :meth:`~pyrogen.inference.guides.AmortisedGuide.options`
+    (``name`` and ``hidden_sizes`` describe the encoder and are never passed)."""
+    g = cfg.guide
+    accepted = GUIDES.get(g.name).options()
+    return {
+        k: getattr(g, k) for k in accepted if k not in ("name", "hidden_sizes") and hasattr(g, k)
+    }
 
 
 class VAEFamily(Family):
@@ -57,10 +67,12 @@ class VAEFamily(Family):
         )
         if problem:
             raise ConfigError(problem)
-        if g.baseline != "none" and g.name != "score_function":
+        guide_cls = GUIDES.get(g.name)
+        if g.baseline != "none" and "baseline" not in guide_cls.options():
+            takers = [n for n, c in GUIDES.items() if "baseline" in c.options()]
             raise ConfigError(
-                f"guide.baseline={g.baseline} applies to guide.name=score_function only (the "
-                f"{g.name} guide is reparameterised: it has no score-function term to reduce)"
+                f"guide.baseline={g.baseline} applies to guide.name={' or '.join(takers)} only "
+                f"(the {g.name} guide takes no baseline: it has no score-function term to reduce)"
             )
         if m.architecture == "conv":
             for key, sizes in [("model", m.hidden_sizes), ("guide", g.hidden_sizes)]:
@@ -69,11 +81,9 @@ class VAEFamily(Family):
                         f"{key}.hidden_sizes=[] (an affine network) applies to "
                         "model.architecture=mlp; the conv encoder and decoder have fixed layers"
                     )
-        if g.name == "iaf" and m.latent_dim < 2:
-            raise ConfigError(
-                f"guide.name=iaf needs model.latent_dim >= 2 (got {m.latent_dim}): an "
-                "autoregressive step on one variable is an affine map (use diagonal_normal)"
-            )
+        problem = guide_cls.problem(m.latent_dim, **guide_options(cfg))
+        if problem:
+            raise ConfigError(problem)
 
     def check_data(self, cfg: Config, data: Dataset) -> None:
         m = cfg.model
@@ -100,9 +110,7 @@ class VAEFamily(Family):
         enc_hidden = g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]
         outputs = z * (2 + g.rank) + z * z  # at least any guide's encoder output
         total = mlp_size([z, *m.hidden_sizes, 2 * d]) + mlp_size([d, *enc_hidden, outputs])
-        if g.name == "iaf":
-            total += g.num_flows * mlp_size([z + max(2 * z, 16), *[max(4 * z, 32)] * 2, 2 * z])
-        return total
+        return total + GUIDES.get(g.name).num_parameters(z, **guide_options(cfg))
 
     def build_model(self, cfg: Config, data: Dataset) -> VAE:
         m, g = cfg.model, cfg.guide
@@ -116,7 +124,7 @@ class VAEFamily(Family):
             }
         likelihood = make_likelihood(m.likelihood, data.event_shape, **gaussian)
         guide_cls = GUIDES.get(g.name)
-        options = {key: getattr(g, key) for key in GUIDE_OPTIONS.get(g.name, ())}
+        options = guide_options(cfg)
         outputs = guide_cls.encoder_outputs(m.latent_dim, **options)
         per_dim = likelihood.outputs_per_dim
         if m.architecture == "conv":
@@ -127,7 +135,7 @@ class VAEFamily(Family):
             hidden = g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]
             encoder = nn.Sequential(nn.Flatten(), MLP(data.num_dims, hidden, outputs, m.activation))
             decoder = MLP(m.latent_dim, m.hidden_sizes, data.num_dims * per_dim, m.activation)
-        if g.name == "score_function" and g.baseline == "neural":
+        if options.get("baseline") == "neural":
             options["baseline_net"] = MLP(data.num_dims, [64], 1, "relu")
         guide = guide_cls(encoder, m.latent_dim, **options)
         return VAE(None, decoder, m.latent_dim, data.event_shape, likelihood, guide=guide)

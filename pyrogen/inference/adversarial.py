@@ -27,9 +27,10 @@ non-saturating one, −σ(−l), stays near −1: the paper's practical fix. An 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -51,10 +52,31 @@ from pyrogen.registry import GAN_LOSSES
 
 class GANLoss:
     """The two players' losses from discriminator logits (batch means); D minimises
-    ``d_loss(real, fake)``, G minimises ``g_loss(fake)``."""
+    ``d_loss(real, fake)``, G minimises ``g_loss(fake)``.
 
-    #: add the WGAN-GP gradient penalty to the discriminator's loss
-    gradient_penalty = False
+    A loss's options are its constructor's parameters (:meth:`options`); an instance is
+    passed to :class:`AdversarialLearner` as it is, so a loss of one's own needs no
+    registration (registering it, ``@GAN_LOSSES.register("name")``, makes it a config name).
+    Facts the rest of pyrogen reads: ``gradient_penalty`` and ``in_nats``.
+    """
+
+    #: weight λ of the WGAN-GP gradient penalty λ E(‖∇d(x̂)‖ − 1)² added to D's loss (0: none)
+    gradient_penalty: float = 0.0
+    #: ``d_loss`` is −V(D, G), a binary cross-entropy in nats (else in D's output units)
+    in_nats: ClassVar[bool] = True
+
+    @classmethod
+    def options(cls) -> dict[str, Any]:
+        """The loss's options and their defaults (its constructor's parameters); a config
+        passes the ``adversarial`` keys of the same names."""
+        if cls.__init__ is object.__init__:
+            return {}
+        params = inspect.signature(cls.__init__).parameters
+        return {
+            k: p.default
+            for k, p in params.items()
+            if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD
+        }
 
     def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """−V(D, G) = −E log D(x) − E log(1 − D(G(z))) = E softplus(−l_x) + E softplus(l_z)."""
@@ -62,6 +84,10 @@ class GANLoss:
 
     def g_loss(self, fake: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.options() if hasattr(self, k))
+        return f"{type(self).__name__}({shown})"
 
 
 @GAN_LOSSES.register("minimax")
@@ -82,11 +108,18 @@ class NonSaturating(GANLoss):
 
 @GAN_LOSSES.register("hinge")
 class Hinge(GANLoss):
-    """Hinge loss (Lim & Ye 2017; Miyato et al. 2018): D minimises E max(0, 1 − d(x)) +
-    E max(0, 1 + d(G(z))), G minimises −E d(G(z))."""
+    """Hinge loss (Lim & Ye 2017; Miyato et al. 2018): D minimises E max(0, m − d(x)) +
+    E max(0, m + d(G(z))) with margin m (1 in the papers), G minimises −E d(G(z))."""
+
+    in_nats = False
+
+    def __init__(self, margin: float = 1.0) -> None:
+        if not (math.isfinite(margin) and margin > 0):
+            raise ValueError(f"bad value for 'margin': {margin!r}; expected a number > 0")
+        self.margin = margin
 
     def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+        return F.relu(self.margin - real).mean() + F.relu(self.margin + fake).mean()
 
     def g_loss(self, fake: torch.Tensor) -> torch.Tensor:
         return -fake.mean()
@@ -95,15 +128,29 @@ class Hinge(GANLoss):
 @GAN_LOSSES.register("wasserstein")
 class Wasserstein(GANLoss):
     """WGAN-GP (Gulrajani et al. 2017): a critic d minimises E d(G(z)) − E d(x) plus
-    λ E (‖∇d(x̂)‖ − 1)² (``adversarial.gradient_penalty`` = λ); G minimises −E d(G(z))."""
+    λ E (‖∇d(x̂)‖ − 1)² (``gradient_penalty`` = λ, ``adversarial.gradient_penalty`` in a
+    config); G minimises −E d(G(z))."""
 
-    gradient_penalty = True
+    in_nats = False
+
+    def __init__(self, gradient_penalty: float = 10.0) -> None:
+        check_argument(AdversarialConfig, "gradient_penalty", gradient_penalty)
+        self.gradient_penalty = gradient_penalty
 
     def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         return fake.mean() - real.mean()
 
     def g_loss(self, fake: torch.Tensor) -> torch.Tensor:
         return -fake.mean()
+
+
+def make_gan_loss(name: str, **options: Any) -> GANLoss:
+    """The loss registered as ``name``, given those of ``options`` its constructor takes
+    (e.g. a config's ``adversarial`` section: ``gradient_penalty`` reaches ``wasserstein``
+    only)."""
+    cls = GAN_LOSSES.get(name)
+    accepted = cls.options()
+    return cls(**{k: v for k, v in options.items() if k in accepted})
 
 
 def gradient_penalty(d: Callable, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -187,12 +234,18 @@ class AdversarialLearner:
         >>> learner = AdversarialLearner(gan, "non_saturating", lr=1e-3)
         >>> sorted(learner.step(torch.randn(64, 2)))
         ['d_fake', 'd_loss', 'd_real', 'g_loss', 'loss']
+        >>> AdversarialLearner(gan, Hinge(margin=0.5)).loss
+        Hinge(margin=0.5)
+
+    ``loss`` is a :class:`GANLoss` instance (with its own options) or a name in
+    ``GAN_LOSSES``; ``gradient_penalty`` (λ) goes to a loss given by name that takes one
+    (``wasserstein``; null: the loss's default, 10) and cannot be given with an instance.
     """
 
     def __init__(
         self,
         gan: GAN,
-        generator_loss: str = "non_saturating",
+        loss: GANLoss | str = "non_saturating",
         discriminator_steps: int = 1,
         optim: str = "adam",
         lr: float = 2e-4,
@@ -200,7 +253,7 @@ class AdversarialLearner:
         betas: tuple[float, float] | list[float] = (0.5, 0.999),
         momentum: float = 0.0,
         weight_decay: float = 0.0,
-        gradient_penalty: float = 10.0,
+        gradient_penalty: float | None = None,
         r1_penalty: float = 0.0,
         ema_decay: float | None = None,
         clip_norm: float | None = None,
@@ -221,10 +274,22 @@ class AdversarialLearner:
             check_argument(section, key, value)
         self.model = gan
         self.module = gan
-        self.generator_loss = generator_loss
-        self.loss: GANLoss = GAN_LOSSES.get(generator_loss)()
+        if isinstance(loss, GANLoss):
+            if gradient_penalty is not None:
+                raise ValueError(
+                    f"gradient_penalty={gradient_penalty} applies to a loss given by name; "
+                    f"give {type(loss).__name__} its own options instead"
+                )
+            self.loss = loss
+        elif isinstance(loss, str):
+            extra = {} if gradient_penalty is None else {"gradient_penalty": gradient_penalty}
+            self.loss = make_gan_loss(loss, **extra)
+        else:
+            raise TypeError(f"loss must be a GANLoss or a name in GAN_LOSSES, not {loss!r}")
+        #: the loss's registered name (its class's name for an unregistered loss)
+        self.generator_loss = GAN_LOSSES.name_of(self.loss) or type(self.loss).__name__
         self.k = discriminator_steps
-        self.gp_weight = gradient_penalty
+        self.gp_weight = self.loss.gradient_penalty
         self.r1_weight = r1_penalty
         self.clip_norm = clip_norm
         if ema_decay is not None:

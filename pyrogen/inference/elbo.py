@@ -38,7 +38,7 @@ from collections.abc import Iterator
 import torch
 from pyro import infer
 
-from pyrogen.registry import ELBOS
+from pyrogen.registry import ELBOS, GUIDES
 
 MAX_PLATE_NESTING = 1  # the data plate; vectorised particles add one dimension to its left
 
@@ -204,14 +204,17 @@ def check_compatible(
     kl_warmup_steps: int = 0,
     baseline: str = "none",
 ) -> str | None:
-    """Why the guide called ``guide`` cannot be trained with the estimator ``elbo`` (with
-    these options), or ``None`` when the pair works. Messages use the config's keys.
+    """Why the guide called ``guide`` (a name in ``GUIDES``) cannot be trained with the
+    estimator ``elbo`` (with these options), or ``None`` when the pair works. Messages use the
+    config's keys. The guide is judged by its facts (``reparameterised``, ``analytic_kl``,
+    whether its options include ``baseline``), never by its name.
 
     Every refusal below was found by running the pair (digits, a few steps):
 
-    * ``mean_field`` with ``score_function``: Pyro raises "All distributions in the guide must
-      be fully reparameterized"; with ``iaf``: no closed-form KL exists, and Pyro would silently
-      fall back to the Monte Carlo term of ``trace``;
+    * ``mean_field`` with a guide that is not reparameterised (``score_function``): Pyro raises
+      "All distributions in the guide must be fully reparameterized"; without an analytic KL
+      (``iaf``): no closed-form KL exists, and Pyro would silently fall back to the Monte Carlo
+      term of ``trace``;
     * ``tail_adaptive`` without vectorised particles: Pyro raises NotImplementedError; with one
       particle it is ``trace``; with ``score_function``: Pyro raises (needs reparameterisation);
     * ``renyi`` with ``score_function``: the encoder receives no gradient at all (RenyiELBO
@@ -226,28 +229,30 @@ def check_compatible(
     """
     g, e = guide, elbo
     k, vec = num_particles, vectorize_particles
-    if e in _MEAN_FIELD and g == "score_function":
+    q = GUIDES.get(g)  # its facts: reparameterised, analytic_kl, options
+    if e in _MEAN_FIELD and not q.reparameterised:
         return (
-            f"elbo.name={e} needs a fully reparameterised guide; guide.name=score_function is not "
+            f"elbo.name={e} needs a fully reparameterised guide; guide.name={g} is not "
             f"(use elbo.name=trace or trace_graph)"
         )
-    if e in _MEAN_FIELD and g == "iaf":
+    if e in _MEAN_FIELD and not q.analytic_kl:
         return (
-            f"elbo.name={e} computes KL(q(z|x) ‖ p(z)) in closed form, which the iaf guide "
-            f"(a flow) does not have: Pyro would silently estimate it by Monte Carlo, which is "
+            f"elbo.name={e} computes KL(q(z|x) ‖ p(z)) in closed form, which the {g} guide "
+            f"does not have: Pyro would silently estimate it by Monte Carlo, which is "
             f"what elbo.name=trace does (use elbo.name=trace)"
         )
-    if g == "score_function" and e in ("renyi", "tail_adaptive"):
+    if not q.reparameterised and e in ("renyi", "tail_adaptive"):
         return (
-            f"elbo.name={e} needs a reparameterised guide: with guide.name=score_function the "
+            f"elbo.name={e} needs a reparameterised guide: with guide.name={g} the "
             f"encoder would get no gradient (use elbo.name=trace, trace_graph or rws)"
         )
-    if g == "score_function" and baseline != "none" and e not in _TRACE_GRAPH:
+    uses_baseline = "baseline" in q.options()
+    if uses_baseline and baseline != "none" and e not in _TRACE_GRAPH:
         return (
             f"guide.baseline={baseline} is used only by TraceGraph_ELBO; with elbo.name={e} "
             f"it would be silently ignored (use elbo.name=trace_graph)"
         )
-    if g == "score_function" and baseline == "decaying_average" and e == "jit_trace_graph":
+    if uses_baseline and baseline == "decaying_average" and e == "jit_trace_graph":
         return (
             "guide.baseline=decaying_average keeps its running average in Pyro's param store, "
             "which the JIT-compiled estimator cannot update (use elbo.name=trace_graph)"

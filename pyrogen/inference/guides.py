@@ -19,8 +19,9 @@ score_function     N(μ(x), diag σ²(x)) marked non-reparameterisable: Pyro's  
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -65,9 +66,22 @@ class AmortisedGuide(nn.Module):
     MLP encoder flattens it first). ``forward(x)`` is the Pyro guide; its parameters are
     announced to Pyro as param sites ``<name>.<path>`` (:mod:`pyrogen.params`), so plain
     ``SVI`` optimises them.
+
+    **Facts** the rest of pyrogen reads instead of testing a guide's name (a new guide sets
+    those that differ from these defaults; CONTRIBUTING.md): ``reparameterised``,
+    ``analytic_kl``, :meth:`options` (from the constructor's signature: a config passes the
+    ``guide`` section's keys of the same names), :meth:`problem` and :meth:`num_parameters`.
     """
 
     infer: dict[str, Any] = {}
+    #: samples carry a reparameterised gradient (z = g_φ(ε, x)); ``False``: Pyro's ELBOs use
+    #: the score-function estimator for the site
+    reparameterised: ClassVar[bool] = True
+    #: torch knows KL(q(z|x) ‖ N(0, I)) in closed form, so ``TraceMeanField_ELBO`` computes it
+    #: exactly (without, Pyro silently falls back to a Monte Carlo estimate)
+    analytic_kl: ClassVar[bool] = True
+    #: constructor parameters a config never sets (they are the family's or built by it)
+    not_options: ClassVar[tuple[str, ...]] = ("encoder", "latent_dim", "name")
 
     def __init__(self, encoder: nn.Module, latent_dim: int, name: str = "guide") -> None:
         super().__init__()
@@ -81,6 +95,29 @@ class AmortisedGuide(nn.Module):
     def encoder_outputs(cls, latent_dim: int, **options: Any) -> int:
         """How many numbers the encoder must output per example."""
         return 2 * latent_dim
+
+    @classmethod
+    def options(cls) -> dict[str, Any]:
+        """The guide's options with their defaults: its constructor's keyword parameters but
+        ``not_options``. A config passes each ``guide`` key of the same name."""
+        params = inspect.signature(cls.__init__).parameters
+        return {
+            k: p.default
+            for k, p in params.items()
+            if k != "self" and k not in cls.not_options and p.kind is p.POSITIONAL_OR_KEYWORD
+        }
+
+    @classmethod
+    def problem(cls, latent_dim: int, **options: Any) -> str | None:
+        """Why this guide cannot take ``latent_dim`` and ``options`` (a config's refusal, in
+        the config's keys), or ``None``."""
+        return None
+
+    @classmethod
+    def num_parameters(cls, latent_dim: int, **options: Any) -> int:
+        """About how many parameters the guide holds besides its encoder (for the memory
+        check before anything is allocated)."""
+        return 0
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
@@ -100,6 +137,7 @@ class AmortisedGuide(nn.Module):
             return pyro.sample("z", self.posterior(x), infer=self.site_infer(x))
 
 
+@GUIDES.register("diagonal_normal", "amortised mean-field Gaussian")
 class DiagonalNormalGuide(AmortisedGuide):
     """q_φ(z | x) = N(μ(x), diag σ²(x)), σ = softplus(·) + 1e-4; the encoder outputs
     (μ, raw σ): 2 × latent_dim numbers."""
@@ -113,6 +151,7 @@ class DiagonalNormalGuide(AmortisedGuide):
         return dist.Normal(loc, scale).to_event(1)
 
 
+@GUIDES.register("low_rank_normal", "Gaussian with low-rank + diagonal covariance")
 class LowRankNormalGuide(AmortisedGuide):
     """q_φ(z | x) = N(μ(x), F(x) F(x)ᵀ + diag d(x)) with F of shape latent_dim × ``rank``; the
     encoder outputs latent_dim × (2 + rank) numbers."""
@@ -135,6 +174,7 @@ class LowRankNormalGuide(AmortisedGuide):
         return dist.LowRankMultivariateNormal(loc, factor, F.softplus(raw_diag) + MIN_SCALE)
 
 
+@GUIDES.register("full_normal", "Gaussian with full covariance")
 class FullNormalGuide(AmortisedGuide):
     """q_φ(z | x) = N(μ(x), L(x) L(x)ᵀ), L lower triangular with a positive diagonal; the
     encoder outputs 2 d + d (d − 1) / 2 numbers for d = latent_dim."""
@@ -159,6 +199,7 @@ class FullNormalGuide(AmortisedGuide):
         return dist.MultivariateNormal(loc, scale_tril=tril + lower)
 
 
+@GUIDES.register("iaf", "diagonal Gaussian + inverse autoregressive flow steps")
 class IAFGuide(AmortisedGuide):
     """z₀ ~ N(μ(x), diag σ²(x)) followed by ``num_flows`` conditional inverse autoregressive
     steps (Pyro's ``ConditionalAffineAutoregressive``) given a context h(x); the encoder outputs
@@ -167,6 +208,9 @@ class IAFGuide(AmortisedGuide):
     Samples are cheap (one pass per step) and the log-density of the guide's own samples is
     exact through Pyro's transform cache; it has no analytic KL, so ``mean_field`` refuses it.
     """
+
+    analytic_kl = False
+    not_options = ("encoder", "latent_dim", "name", "context_dim", "hidden_sizes")
 
     def __init__(
         self,
@@ -196,6 +240,22 @@ class IAFGuide(AmortisedGuide):
         return max(2 * latent_dim, 16)
 
     @classmethod
+    def problem(cls, latent_dim: int, **options: Any) -> str | None:
+        if latent_dim < 2:
+            return (
+                f"guide.name=iaf needs model.latent_dim >= 2 (got {latent_dim}): an "
+                "autoregressive step on one variable is an affine map (use diagonal_normal)"
+            )
+        return None
+
+    @classmethod
+    def num_parameters(cls, latent_dim: int, num_flows: int = 2, **options: Any) -> int:
+        """The flow steps' MADE networks: from z and the context to (μ, σ) of z."""
+        z = latent_dim
+        widths = [z + cls.default_context_dim(z), *[max(4 * z, 32)] * 2, 2 * z]
+        return num_flows * sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+
+    @classmethod
     def encoder_outputs(
         cls, latent_dim: int, context_dim: int | None = None, **options: Any
     ) -> int:
@@ -210,6 +270,7 @@ class IAFGuide(AmortisedGuide):
         return dist.TransformedDistribution(base, [f.condition(context) for f in self.flows])
 
 
+@GUIDES.register("score_function", "non-reparameterised diagonal Gaussian")
 class ScoreFunctionGuide(DiagonalNormalGuide):
     """The diagonal Gaussian guide made non-reparameterisable: gradients by the
     score-function (REINFORCE) estimator ∇_φ ELBO = E_q[(log p(x,z) − log q(z|x) − b) ∇_φ log
@@ -224,6 +285,9 @@ class ScoreFunctionGuide(DiagonalNormalGuide):
 
     Baselines are Pyro's own (``infer={"baseline": ...}``), used by ``TraceGraph_ELBO``.
     """
+
+    reparameterised = False
+    not_options = ("encoder", "latent_dim", "name", "baseline_net")
 
     def __init__(
         self,
@@ -295,17 +359,3 @@ def _kl_correlated_normal_diagonal_normal(q, p):
     m, s = p.base_dist.loc, p.base_dist.scale
     cross = s.log() + 0.5 * math.log(2 * math.pi) + (q.variance + (q.loc - m) ** 2) / (2 * s**2)
     return cross.sum(-1) - q.entropy()
-
-
-GUIDES.add("diagonal_normal", DiagonalNormalGuide, "amortised mean-field Gaussian")
-GUIDES.add("low_rank_normal", LowRankNormalGuide, "Gaussian with low-rank + diagonal covariance")
-GUIDES.add("full_normal", FullNormalGuide, "Gaussian with full covariance")
-GUIDES.add("iaf", IAFGuide, "diagonal Gaussian + inverse autoregressive flow steps")
-GUIDES.add("score_function", ScoreFunctionGuide, "non-reparameterised diagonal Gaussian")
-
-#: the guide section's keys each guide takes as constructor options
-GUIDE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "low_rank_normal": ("rank",),
-    "iaf": ("num_flows",),
-    "score_function": ("baseline", "baseline_beta"),
-}

@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 import torch.nn.functional as F
+from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN, DenseNN
 from torch import nn
 
@@ -71,6 +72,21 @@ Sizes = Sequence[int]
 
 class NotInvertibleError(ValueError):
     """A flow without an inverse was asked for the density of data it did not sample."""
+
+
+def _spline_outputs(options: dict) -> int:
+    """A spline's numbers per dimension: widths, heights, derivatives (and lambdas)."""
+    return 4 * int(options["count_bins"])
+
+
+def _planar_parameters(dim: int, num_layers: int = 5, **_: object) -> int:
+    """u, w (D each) and b per layer."""
+    return num_layers * (2 * dim + 1)
+
+
+def _radial_parameters(dim: int, num_layers: int = 5, **_: object) -> int:
+    """z₀ (D), α and β per layer."""
+    return num_layers * (dim + 2)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -134,6 +150,106 @@ def _made(d: int, context_dim: int | None, hidden_sizes: Sizes, param_dims: list
 LOG_SCALE_CLIP = {"log_scale_min_clip": -6.0, "log_scale_max_clip": 6.0}
 
 
+def _mlp_size(widths: list[int]) -> int:
+    return sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+
+
+class FlowArchitecture:
+    """A registered flow architecture: the function that builds its layers (``build(dim,
+    **options) -> list of modules``) and the facts the rest of pyrogen reads instead of
+    testing its name (CONTRIBUTING.md):
+
+    * :attr:`options`: ``build``'s keyword parameters (but ``dim`` and ``context_dim``) and
+      their defaults; a config passes the ``model`` keys of the same names;
+    * :attr:`conditional`: it has a class-conditional form (``build`` takes ``context_dim``);
+    * :attr:`invertible`: its layers have a closed-form inverse, so it can score (and be
+      fitted to) data it did not sample;
+    * :attr:`made`: its conditioners are MADE networks, whose hidden layers must be at least
+      as wide as the data;
+    * :meth:`num_parameters`: about how many parameters it allocates (the memory check);
+    * :meth:`problem`: why it cannot take data of this shape with these options, or ``None``.
+
+    The networks ``train.compile`` compiles are read off the built layers
+    (:func:`conditioner_networks`), not declared here.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        build: Callable[..., list[nn.Module]],
+        *,
+        invertible: bool = True,
+        made: bool = False,
+        outputs_per_dim: Callable[[dict], int] | None = None,
+        num_parameters: Callable[..., int] | None = None,
+        problem: Callable[..., str | None] | None = None,
+    ) -> None:
+        self.name = name
+        self.build = build
+        self.invertible = invertible
+        self.made = made
+        self._outputs_per_dim = outputs_per_dim
+        self._num_parameters = num_parameters
+        self._problem = problem
+        self.__doc__ = build.__doc__
+
+    @property
+    def options(self) -> dict[str, object]:
+        params = inspect.signature(self.build).parameters
+        return {k: p.default for k, p in params.items() if k not in ("dim", "context_dim")}
+
+    @property
+    def conditional(self) -> bool:
+        return "context_dim" in inspect.signature(self.build).parameters
+
+    def __call__(self, dim: int, **options: object) -> list[nn.Module]:
+        return self.build(dim=dim, **options)
+
+    def num_parameters(self, dim: int, context: int = 0, **options: object) -> int:
+        """About how many parameters ``build(dim, **options)`` allocates: by default
+        ``num_layers`` conditioners, each an MLP from the data (and ``context`` one-hot class
+        numbers) through ``hidden_sizes`` to ``outputs_per_dim`` numbers per dimension (2: a
+        shift and a log-scale)."""
+        options = {**self.options, **options}
+        if self._num_parameters is not None:
+            return self._num_parameters(dim, context=context, **options)
+        per_dim = self._outputs_per_dim(options) if self._outputs_per_dim else 2
+        one = _mlp_size([dim + context, *options["hidden_sizes"], per_dim * dim])
+        return options["num_layers"] * one
+
+    def problem(self, dim: int, **options: object) -> str | None:
+        """Why this architecture cannot take vectors of ``dim`` with these options (the
+        config's refusal, naming ``model.*`` keys), or ``None``."""
+        hidden = list(options.get("hidden_sizes", self.options.get("hidden_sizes", ())))
+        if self.made and min(hidden) < dim:
+            return (
+                f"model.hidden_sizes={hidden}: model.flow={self.name} uses MADE "
+                f"networks, whose hidden layers must be at least as wide as the data ({dim} "
+                f"dimensions); use e.g. model.hidden_sizes=[{max(2 * dim, 64)}]"
+            )
+        return self._problem(dim, **options) if self._problem is not None else None
+
+    def __repr__(self) -> str:
+        return f"FlowArchitecture({self.name!r})"
+
+
+def architecture(name: str, doc: str = "", **facts: object) -> Callable:
+    """Decorator: register the layer-building function ``build`` as the flow architecture
+    ``name`` (a :class:`FlowArchitecture` with these ``facts``) and return ``build`` itself,
+    so ``realnvp(dim, ...)`` stays a plain function::
+
+        @architecture("my_flow", made=True)
+        def my_flow(dim, num_layers=5, hidden_sizes=(64, 64)): ...
+    """
+
+    def wrap(build: Callable[..., list[nn.Module]]) -> Callable[..., list[nn.Module]]:
+        FLOWS.register(name, doc)(FlowArchitecture(name, build, **facts))
+        return build
+
+    return wrap
+
+
+@architecture("realnvp")
 def realnvp(
     dim: int,
     num_layers: int = 5,
@@ -173,6 +289,7 @@ def _autoregressive(dim, num_layers, hidden_sizes, normalization, permutation, c
     return _stack(num_layers, dim, make, normalization, permutation)
 
 
+@architecture("maf", made=True)
 def maf(
     dim: int,
     num_layers: int = 5,
@@ -187,6 +304,7 @@ def maf(
     )
 
 
+@architecture("iaf", made=True)
 def iaf(
     dim: int,
     num_layers: int = 5,
@@ -201,6 +319,7 @@ def iaf(
     )
 
 
+@architecture("nsf_coupling", outputs_per_dim=_spline_outputs)
 def nsf_coupling(
     dim: int,
     num_layers: int = 5,
@@ -226,6 +345,7 @@ def nsf_coupling(
     return _stack(num_layers, dim, make, normalization, permutation)
 
 
+@architecture("nsf_autoregressive", made=True, outputs_per_dim=_spline_outputs)
 def nsf_autoregressive(
     dim: int,
     num_layers: int = 5,
@@ -255,6 +375,7 @@ def nsf_autoregressive(
     return _stack(num_layers, dim, make, normalization, permutation)
 
 
+@architecture("planar", invertible=False, num_parameters=_planar_parameters)
 def planar(dim: int, num_layers: int = 5) -> list[nn.Module]:
     """Planar flow layers z + û tanh(wᵀz + b) (no inverse: scores only its own samples), each
     starting as the identity: Pyro's û = u + (softplus(wᵀu) − 1 − wᵀu) w / |w|² (which keeps
@@ -266,6 +387,7 @@ def planar(dim: int, num_layers: int = 5) -> list[nn.Module]:
     return layers
 
 
+@architecture("radial", invertible=False, num_parameters=_radial_parameters)
 def radial(dim: int, num_layers: int = 5) -> list[nn.Module]:
     """Radial flow layers z + β h(α, r)(z − z₀) (no inverse: scores only its own samples),
     each starting as the identity: Pyro's β = −softplus(α') + softplus(β') is 0 for β' = α'."""
@@ -276,17 +398,64 @@ def radial(dim: int, num_layers: int = 5) -> list[nn.Module]:
     return layers
 
 
-FLOWS.add("realnvp", realnvp)
-FLOWS.add("maf", maf)
-FLOWS.add("iaf", iaf)
-FLOWS.add("nsf_coupling", nsf_coupling)
-FLOWS.add("nsf_autoregressive", nsf_autoregressive)
-FLOWS.add("planar", planar)
-FLOWS.add("radial", radial)
-FLOWS.add("glow", glow, "single-scale Glow for images (squeeze, act-norm, 1x1 conv, coupling)")
+def _glow_problem(dim: int, image_shape: tuple[int, int, int] | None = None, **_: object):
+    if image_shape is None:
+        return "model.flow=glow needs image data; these data are points"
+    if image_shape[1] % 2 or image_shape[2] % 2:
+        return (
+            f"model.flow=glow squeezes 2x2 pixels: height and width must be even, got "
+            f"{image_shape[1]}x{image_shape[2]}"
+        )
+    return None
 
-#: layer types without a closed-form inverse
+
+def _glow_parameters(dim, context=0, num_layers=5, hidden_sizes=(64,), image_shape=None, **_):
+    """3x3 convolutions over the squeezed channels."""
+    c = 4 * (image_shape[0] if image_shape else 1)
+    w = hidden_sizes[0]
+    return num_layers * (9 * c * w + w * w + 9 * w * 2 * c)
+
+
+architecture(
+    "glow",
+    "single-scale Glow for images (squeeze, act-norm, 1x1 conv, coupling)",
+    num_parameters=_glow_parameters,
+    problem=_glow_problem,
+)(glow)
+
+#: Pyro's layer types without a closed-form inverse (a layer of one's own says so with a class
+#: attribute ``invertible = False``)
 NOT_INVERTIBLE = (T.Planar, T.Radial, T.ConditionalPlanar, T.ConditionalRadial, T.Sylvester)
+
+
+def layer_invertible(layer: nn.Module) -> bool:
+    """Whether a flow layer (or the layer an :class:`Inverse` wraps) has a closed-form
+    inverse: its ``invertible`` attribute where it has one, else not one of
+    :data:`NOT_INVERTIBLE`."""
+    inner = layer.layer if isinstance(layer, Inverse) else layer
+    return bool(getattr(inner, "invertible", not isinstance(inner, NOT_INVERTIBLE)))
+
+
+def conditioner_networks(layer: nn.Module) -> list[nn.Module]:
+    """The networks of a flow layer that compute its parameters (coupling and MADE
+    networks), which ``train.compile`` compiles. A layer's ``networks()`` where it defines
+    one (the convention for layers of one's own); for Pyro's transform modules, which cannot,
+    their child modules that hold parameters and are not transforms themselves (``nn``,
+    ``arn``, a spline coupling's hyper-network), looking inside conditional transforms, each
+    network once."""
+    inner = layer.layer if isinstance(layer, Inverse) else layer
+    if callable(getattr(inner, "networks", None)):
+        return list(inner.networks())
+    out: list[nn.Module] = []
+    for child in inner.children():
+        if isinstance(child, ConditionalTransformModule):
+            found = conditioner_networks(child)
+        elif isinstance(child, torch.distributions.Transform):
+            found = []
+        else:
+            found = [child] if any(True for _ in child.parameters()) else []
+        out += [net for net in found if not any(net is seen for seen in out)]
+    return out
 
 
 class StandardNormal(nn.Module):
@@ -346,10 +515,7 @@ class Flow(nn.Module):
         self.base_module = base if isinstance(base, nn.Module) else None
         self._base_distribution = None if isinstance(base, nn.Module) else base
         self.num_classes = num_classes
-        self.has_inverse = not any(
-            isinstance(layer.layer if isinstance(layer, Inverse) else layer, NOT_INVERTIBLE)
-            for layer in self.layers
-        )
+        self.has_inverse = all(layer_invertible(layer) for layer in self.layers)
 
     def _like(self) -> torch.Tensor:
         """A tensor of the flow's device and dtype."""
@@ -450,17 +616,16 @@ def make_flow(name: str, dim: int, num_classes: int | None = None, **options: ob
         >>> make_flow("maf", 2, num_layers=3, hidden_sizes=[32]).log_prob(torch.zeros(1, 2)).shape
         torch.Size([1])
     """
-    build = FLOWS.get(name)
-    accepted = inspect.signature(build).parameters
-    unknown = sorted(set(options) - set(accepted))
+    arch = FLOWS.get(name)
+    unknown = sorted(set(options) - set(arch.options))
     if unknown:
-        allowed = ", ".join(k for k in accepted if k not in ("dim", "context_dim"))
+        allowed = ", ".join(arch.options)
         raise TypeError(f"{name} takes no option {', '.join(unknown)} (options: {allowed})")
     if num_classes is not None:
-        if "context_dim" not in accepted:
+        if not arch.conditional:
             raise ValueError(f"{name} has no class-conditional form")
         options["context_dim"] = num_classes
-    return Flow(build(dim=dim, **options), dim, num_classes=num_classes)
+    return Flow(arch(dim, **options), dim, num_classes=num_classes)
 
 
 def log_prob_brute_force(flow: Flow, x: torch.Tensor) -> torch.Tensor:
@@ -483,6 +648,9 @@ def log_prob_brute_force(flow: Flow, x: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "Flow",
+    "FlowArchitecture",
+    "architecture",
+    "conditioner_networks",
     "Inverse",
     "NotInvertibleError",
     "StandardNormal",
