@@ -81,7 +81,7 @@ def _worker(
     rank: int, world: int, port: int, name: str, args: argparse.Namespace, threads: int, out: str
 ):
     from pyrogen.build import build
-    from pyrogen.training import distributed
+    from pyrogen.parallel import distributed
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1",

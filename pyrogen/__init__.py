@@ -15,21 +15,19 @@ The public surface::
 from pyrogen.build import build, load_config
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import DataError, Dataset, load_dataset
-from pyrogen.evaluation.report import evaluate
 from pyrogen.inference.adversarial import AdversarialLearner
-from pyrogen.inference.guides import (
+from pyrogen.inference.variational import VariationalLearner
+from pyrogen.models.flow import Flow
+from pyrogen.models.gan import GAN
+from pyrogen.models.guides import (
     DiagonalNormalGuide,
     FullNormalGuide,
     IAFGuide,
     LowRankNormalGuide,
     ScoreFunctionGuide,
 )
-from pyrogen.inference.variational import VariationalLearner
-from pyrogen.models.flow import Flow
-from pyrogen.models.gan import GAN
 from pyrogen.models.likelihoods import BernoulliLikelihood, GaussianLikelihood
 from pyrogen.models.vae import VAE
-from pyrogen.registry import populate as _populate
 from pyrogen.training import (
     Callback,
     CheckpointError,
@@ -40,8 +38,7 @@ from pyrogen.training import (
     load,
     train,
 )
-
-_populate()  # fill the registries: every config name is known once pyrogen is imported
+from pyrogen.workflows.evaluate import evaluate
 
 __version__ = "0.1.0"
 

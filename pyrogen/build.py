@@ -22,62 +22,18 @@ from typing import Any
 import pyro
 import torch
 
-from pyrogen import config as schema
 from pyrogen.config import Config, ConfigError
+from pyrogen.config import load_config as read_config
 from pyrogen.data import Dataset, load_dataset
 from pyrogen.families import family_of
 from pyrogen.inference.base import Learner
-from pyrogen.registry import DATASETS, check_name, populate
-
-
-def resolve_device(name: str, key: str = "train.device") -> torch.device:
-    """``auto`` is CUDA when available, else CPU; ``cuda``/``cuda:N`` must exist here. Under
-    ``torchrun`` with several processes on a machine with GPUs, ``auto`` and ``cuda`` are the
-    local rank's GPU (``cuda:LOCAL_RANK``: one process per GPU)."""
-    if name in ("auto", "cuda"):
-        from pyrogen.training.distributed import local_cuda_device
-
-        local = local_cuda_device()
-        if local is not None:
-            return local
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(
-            f"bad value for '{key}': {name!r}; expected auto, cpu, cuda or cuda:N"
-        ) from None
-    if device.type == "cuda" and device.index is not None and _local_processes() > 1:
-        raise ConfigError(
-            f"{key}={name} under torchrun with {_local_processes()} processes on this machine "
-            f"would put every process on the same GPU: use {key}=auto or cuda (one GPU per "
-            "process, cuda:LOCAL_RANK)"
-        )
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{key}={name} but CUDA is not available here (use auto or cpu)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"{key}={name} but only {torch.cuda.device_count()} GPU(s) exist here"
-            )
-    elif device.type != "cpu":
-        raise ConfigError(f"bad value for '{key}': {name!r}; expected auto, cpu, cuda or cuda:N")
-    return device
-
-
-def _local_processes() -> int:
-    """torchrun's ``LOCAL_WORLD_SIZE``: the processes of this run on this machine."""
-    try:
-        return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
+from pyrogen.registry import DATASETS, check_name
+from pyrogen.runtime import resolve_device, tensorboard_available
 
 
 def validate(cfg: Config, has_data: bool = False) -> Config:
     """Every check that can be made before reading data: registry names, combinations, the
     device. ``has_data``: the data come from Python (``pyrogen.train(cfg, data=...)``)."""
-    populate()
     d = cfg.data
     if not has_data:
         check_name(DATASETS, d.name, "data.name")
@@ -96,8 +52,6 @@ def validate(cfg: Config, has_data: bool = False) -> Config:
             f"{device.type} use train.precision=bf16 (or 32)"
         )
     if cfg.output.tensorboard:
-        from pyrogen.training.metrics import tensorboard_available
-
         if not tensorboard_available():
             raise ConfigError(
                 "output.tensorboard=true needs the tensorboard package: pip install tensorboard "
@@ -118,7 +72,7 @@ def load_config(
         >>> cfg.guide.name
         'iaf'
     """
-    return validate(schema.load_config(path, overrides))
+    return validate(read_config(path, overrides))
 
 
 #: bytes per parameter while training: the value, its gradient and Adam's two moments

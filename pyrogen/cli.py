@@ -101,7 +101,7 @@ DISTRIBUTED_COMMANDS = ("train", "evaluate")
 
 def _is_main() -> bool:
     """Rank 0 of a torchrun launch (or a plain process): the one that prints."""
-    from pyrogen.training.distributed import is_main
+    from pyrogen.parallel.distributed import is_main
 
     return is_main()
 
@@ -233,7 +233,6 @@ def format_defaults(family: str | None = None) -> str:
             f"--defaults takes a model family, got {family!r}{hint} (allowed: "
             f"{', '.join(MODEL_CONFIGS)}, or none for all)"
         )
-    registry.populate()
     names = {key: getattr(registry, reg).names() for key, reg in REGISTRY_KEYS.items()}
     table = schema_table(family, names)
     rows = [row for _, section in table for row in section]
@@ -330,8 +329,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from pyrogen.evaluation.compare import compare, format_markdown
-    from pyrogen.evaluation.compare_config import FAMILIES, load_compare_config
+    from pyrogen.workflows.compare import compare, format_markdown
+    from pyrogen.workflows.compare_config import FAMILIES, load_compare_config
 
     paths, overrides = _split_args(args.args)
     if len(paths) != 1:
@@ -712,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help, --version, or a usage error (printed)
         return int(e.code or 0)
     try:
-        from pyrogen.training.distributed import env_world_size
+        from pyrogen.parallel.distributed import env_world_size
 
         if env_world_size() > 1 and args.command not in DISTRIBUTED_COMMANDS:
             raise UsageError(

@@ -2,7 +2,11 @@
 
 A config never imports or evaluates code: every name it may contain (a data set, a guide,
 an ELBO estimator, a flow architecture, a GAN loss, ...) is looked up in a :class:`Registry`
-here, and an unknown name is an error listing the allowed ones.
+here, and an unknown name is an error listing the allowed ones. Each entry registers itself
+where it is defined (``@GUIDES.register("iaf")`` on the class), so adding one edits no list:
+``import pyrogen`` imports every module that defines an entry (the family table imports the
+models and learning methods, and the data package its data sets), so every name is known
+once ``pyrogen`` is imported.
 
 Example::
 
@@ -103,14 +107,3 @@ GUIDES = Registry("guide")
 ELBOS = Registry("ELBO estimator")
 FLOWS = Registry("flow architecture")
 GAN_LOSSES = Registry("GAN loss")
-
-
-def populate() -> None:
-    """Import pyrogen's own modules that register names (idempotent).
-
-    Every entry registers itself where it is defined (``@GUIDES.register("iaf")`` on the
-    class), so adding one edits no list here: the family table imports every module that
-    defines a guide, an estimator, a flow architecture or a GAN loss, and the data package
-    every data set."""
-    import pyrogen.data  # noqa: F401
-    import pyrogen.families  # noqa: F401

@@ -1,4 +1,5 @@
-"""CPU execution settings: how many torch threads, and denormal numbers flushed to zero.
+"""Where and how pyrogen runs: the device (``train.device``, one GPU per torchrun process),
+which optional packages are installed, and CPU settings (torch threads, denormals flushed).
 
 **Threads.** torch's default is one thread per core. On a small model (the toy configs, the
 digits VAE) the work per operation is too small to split, and when anything else keeps a core
@@ -23,6 +24,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+
+from pyrogen.config import ConfigError
 
 #: below this many parameters ``auto`` uses one thread (measured: bench/bench_cpu.py)
 SMALL_MODEL = 1_000_000
@@ -138,3 +141,85 @@ def available_memory(device: torch.device) -> int | None:
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------- the device
+def env_world_size() -> int:
+    """``WORLD_SIZE`` as torchrun sets it (1 when not launched by torchrun)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def env_rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def env_local_rank() -> int:
+    try:
+        return int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def local_cuda_device() -> torch.device | None:
+    """``cuda:LOCAL_RANK`` when launched with several processes on a machine with GPUs (one
+    process per GPU), else ``None``."""
+    if env_world_size() > 1 and torch.cuda.is_available():
+        return torch.device("cuda", env_local_rank() % torch.cuda.device_count())
+    return None
+
+
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """``auto`` is CUDA when available, else CPU; ``cuda``/``cuda:N`` must exist here. Under
+    ``torchrun`` with several processes on a machine with GPUs, ``auto`` and ``cuda`` are the
+    local rank's GPU (``cuda:LOCAL_RANK``: one process per GPU)."""
+    if name in ("auto", "cuda"):
+        local = local_cuda_device()
+        if local is not None:
+            return local
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"bad value for '{key}': {name!r}; expected auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and device.index is not None and _local_processes() > 1:
+        raise ConfigError(
+            f"{key}={name} under torchrun with {_local_processes()} processes on this machine "
+            f"would put every process on the same GPU: use {key}=auto or cuda (one GPU per "
+            "process, cuda:LOCAL_RANK)"
+        )
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}={name} but CUDA is not available here (use auto or cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{key}={name} but only {torch.cuda.device_count()} GPU(s) exist here"
+            )
+    elif device.type != "cpu":
+        raise ConfigError(f"bad value for '{key}': {name!r}; expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _local_processes() -> int:
+    """torchrun's ``LOCAL_WORLD_SIZE``: the processes of this run on this machine."""
+    try:
+        return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+# ---------------------------------------------------------------------------- optional packages
+def tensorboard_available() -> bool:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -11,9 +11,9 @@ import torch
 import pyrogen
 from pyrogen import ConfigError, load_config
 from pyrogen.cli import main
+from pyrogen.runtime import tensorboard_available
 from pyrogen.training import evaluate_split, read_metrics, train
 from pyrogen.training.checkpoint import load_checkpoint
-from pyrogen.training.metrics import tensorboard_available
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,9 +12,9 @@ import pytest
 from pyrogen import load_config
 from pyrogen.cli import main
 from pyrogen.config import ConfigError, EvaluationConfig
-from pyrogen.evaluation.compare import compare
-from pyrogen.evaluation.compare_config import load_compare_config
 from pyrogen.evaluation.report import evaluate_run
+from pyrogen.workflows.compare import compare
+from pyrogen.workflows.compare_config import load_compare_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FAST = ["train.epochs=2", "train.max_steps=20", "train.device=cpu", "train.eval_every=0"]

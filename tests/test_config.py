@@ -31,7 +31,7 @@ def test_every_shipped_config_is_valid_and_round_trips(path: Path, tmp_path: Pat
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("compare_*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_compare_config_is_valid(path: Path) -> None:
-    from pyrogen.evaluation.compare_config import load_compare_config
+    from pyrogen.workflows.compare_config import load_compare_config
 
     cc = load_compare_config(path)
     assert set(cc.runs) == {"vae", "flow", "gan"}

@@ -516,7 +516,7 @@ def test_torchrun_trains_and_one_process_may_not_resume_its_run(tmp_path, capsys
 )
 def test_batches_that_cannot_be_shared_are_refused(monkeypatch, overrides, message):
     from pyrogen.config import ConfigError
-    from pyrogen.training import distributed
+    from pyrogen.parallel import distributed
 
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     cfg = load_config(None, overrides)

@@ -22,9 +22,9 @@ from pyrogen.config import from_dict
 from pyrogen.families import FAMILIES
 from pyrogen.inference.adversarial import AdversarialLearner, GANLoss, Hinge, Wasserstein
 from pyrogen.inference.elbo import check_compatible
-from pyrogen.inference.guides import MIN_SCALE, AmortisedGuide
 from pyrogen.models.flow import FlowArchitecture, architecture, log_prob_brute_force, make_flow
 from pyrogen.models.gan import GAN
+from pyrogen.models.guides import MIN_SCALE, AmortisedGuide
 from pyrogen.nets import mlp_discriminator, mlp_generator
 from pyrogen.registry import FLOWS, GAN_LOSSES, GUIDES
 

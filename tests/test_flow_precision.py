@@ -21,9 +21,8 @@ import torch
 
 from pyrogen.models.flow import Flow, NotInvertibleError, make_flow
 from pyrogen.models.flow_layers import StaticLayer
-from pyrogen.registry import FLOWS, populate
+from pyrogen.registry import FLOWS
 
-populate()
 ARCHITECTURES = FLOWS.names()
 ROUND_TRIP, LOG_P = 3e-5, 1e-4
 

@@ -30,7 +30,7 @@ from pyrogen.training import read_metrics
 def test_importing_pyrogen_keeps_the_callers_matplotlib_backend():
     code = (
         "import matplotlib; before = matplotlib.get_backend(); "
-        "import pyrogen, pyrogen.evaluation.plots, pyrogen.evaluation.compare; "
+        "import pyrogen, pyrogen.evaluation.plots, pyrogen.workflows.compare; "
         "import pyrogen.evaluation.gradients; "
         "assert matplotlib.get_backend() == before == 'svg', matplotlib.get_backend()"
     )

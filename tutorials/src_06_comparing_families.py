@@ -15,8 +15,8 @@ from pathlib import Path
 import pyro
 from IPython.display import Image, Markdown, display
 
-from pyrogen.evaluation.compare import compare, format_markdown
-from pyrogen.evaluation.compare_config import load_compare_config
+from pyrogen.workflows.compare import compare, format_markdown
+from pyrogen.workflows.compare_config import load_compare_config
 
 QUICK = os.environ.get("PYROGEN_QUICK", "0") == "1"
 # where runs and figures go (CI points this at a temporary folder)

@@ -33,7 +33,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from torch import nn
 
-from pyrogen.inference.guides import NonReparameterizedNormal
+from pyrogen.models.guides import NonReparameterizedNormal
 
 Groups = dict[str, list[torch.Tensor]]
 

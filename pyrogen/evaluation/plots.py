@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -187,12 +188,14 @@ STEP_LABEL = "optimiser step"
 NATS = "nats per example"
 
 
-def _in_nats(gan_loss: str | None) -> bool:
-    """Whether the GAN loss ``gan_loss`` is a binary cross-entropy (nats; its ``in_nats``
-    fact); the others are in D's units."""
-    from pyrogen.registry import GAN_LOSSES
+def _in_nats(gan_loss: Any) -> bool:
+    """Whether the GAN loss (a ``GANLoss`` object, or the name of a registered one) is a
+    binary cross-entropy (nats; its ``in_nats`` fact); the others are in D's units."""
+    if isinstance(gan_loss, str):
+        from pyrogen.registry import GAN_LOSSES
 
-    return gan_loss in GAN_LOSSES and GAN_LOSSES.get(gan_loss).in_nats
+        gan_loss = GAN_LOSSES.get(gan_loss) if gan_loss in GAN_LOSSES else None
+    return bool(getattr(gan_loss, "in_nats", False))
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,7 @@ def _metric_keys(records: list[dict], split: str) -> list[str]:
 def curve_panels(
     records: list[dict],
     objective: str = "ELBO",
-    gan_loss: str | None = None,
+    gan_loss: Any = None,
 ) -> list[CurvePanel]:
     """The panels of :func:`curves_figure` for a run's metric records, one sign convention:
     log-likelihood-like quantities in nats per example, higher is better (a VAE's training
@@ -337,7 +340,7 @@ def curves_figure(
     records: list[dict],
     title: str | None = None,
     objective: str = "ELBO",
-    gan_loss: str | None = None,
+    gan_loss: Any = None,
 ) -> Figure | None:
     """The metric records of a run against the optimiser step, one panel per quantity
     (:func:`curve_panels`): every y axis says what it shows and in which unit; ``None``
@@ -380,7 +383,7 @@ def save_curves(
     path: str | os.PathLike,
     title: str | None = None,
     objective: str = "ELBO",
-    gan_loss: str | None = None,
+    gan_loss: Any = None,
 ) -> bool:
     """:func:`curves_figure` saved as a PNG; returns False when there is nothing to draw."""
     fig = curves_figure(records, title, objective, gan_loss)

@@ -10,15 +10,18 @@ importance-sampled                yes
 Parzen window             yes     yes    yes
 =======================  ======  =====  =====
 
-The family table (:mod:`pyrogen.families`) says which estimators a family has; Parzen
-windows score any sampler. Each value is a mean over the split's examples with its standard
+The estimators follow from what the model is (:func:`model_kind`): a latent-variable Pyro
+program with a guide gets the ELBO and importance sampling, a flow its exact density, and
+Parzen windows score any sampler. Each value is a mean over the split's examples with its standard
 error, in nats per example. Each estimator draws from its own random stream (seeded from
 ``evaluation.seed`` and the estimator's name), so asking for one more estimator never changes
 another's number.
 
-:func:`evaluate` takes a trained run (from a config) or a model or learner built in Python
-(``pyrogen.evaluate(learner, data=x_test, valid=x_valid)``); it picks the estimators by the
-model's class, so the two give the same numbers on the same examples and seed.
+:func:`evaluate_run` scores a trained run (anything with ``cfg``, ``dataset``, ``learner``,
+``model`` and ``sample``: :class:`~pyrogen.training.run.TrainedRun`), :func:`evaluate_model` a
+model or learner built in Python (``pyrogen.evaluate(learner, data=x_test, valid=x_valid)``);
+both pick the estimators by the model's class, so they give the same numbers on the same
+examples and seed.
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) the examples are shared among the processes in chunks
 that draw from their own streams (:mod:`pyrogen.evaluation.streams`); the per-example values
@@ -36,12 +39,71 @@ import torch
 from pyrogen.config import ConfigError, EvaluationConfig
 from pyrogen.evaluation.stats import mean_stderr
 from pyrogen.evaluation.streams import own_stream, per_example
-from pyrogen.families import family_of
+from pyrogen.parallel import distributed
 from pyrogen.progress import line
 from pyrogen.runtime import cpu_settings
-from pyrogen.training import distributed
 
-__all__ = ["evaluate", "evaluate_run", "format_report", "own_stream", "parse_bound", "parzen"]
+__all__ = [
+    "evaluate_model",
+    "evaluate_run",
+    "format_report",
+    "model_kind",
+    "own_stream",
+    "parse_bound",
+    "parzen",
+]
+
+
+def model_kind(model: torch.nn.Module) -> str:
+    """``"vae"`` (a latent-variable model with an amortised guide), ``"flow"`` (an exact
+    density) or ``"gan"`` (a sampler without a likelihood), by the model's class; a
+    ``TypeError`` for anything else."""
+    from pyrogen.models.flow import Flow
+    from pyrogen.models.gan import GAN
+    from pyrogen.models.vae import VAE
+
+    for cls, kind in ((VAE, "vae"), (Flow, "flow"), (GAN, "gan")):
+        if isinstance(model, cls):
+            return kind
+    raise TypeError(f"pyrogen.evaluate takes {ACCEPTED}; got {type(model).__name__}")
+
+
+def likelihood_estimates(
+    run: Any, x: torch.Tensor, y: torch.Tensor | None, ev: EvaluationConfig
+) -> dict[str, dict[str, Any]]:
+    """The model's own log-likelihood estimates of the stored examples ``x``: for a VAE the
+    ELBO and IS log p(x) with K = ``ev.is_samples`` (nats per example, in the data set's
+    stored space: the model's log-density plus the log-determinant of the preprocessing;
+    each chunk of examples with its own noise) and any bounds ``ev.bounds``; for a flow the
+    exact log-likelihood (and bits/dim for images); for a GAN nothing."""
+    kind = model_kind(run.model)
+    if kind == "flow":
+        from pyrogen.evaluation.flow_metrics import flow_log_likelihood
+
+        return flow_log_likelihood(run.model, x, run.dataset, y=y, seed=ev.seed)
+    if kind != "vae":
+        return {}
+    from pyrogen.evaluation.loglik import elbo_and_importance_log_likelihood
+    from pyrogen.evaluation.streams import CHUNK
+
+    vae = run.model
+
+    def chunk(start: int, stop: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        xp = run.dataset.process(x[start:stop], gen)
+        elbo, logp = elbo_and_importance_log_likelihood(
+            vae.model, vae.guide, xp, num_samples=ev.is_samples, batch_size=CHUNK, quiet=True
+        )
+        log_det = run.dataset.log_det_jacobian(xp).to(elbo.dtype)
+        return {"elbo": elbo + log_det, "logp": logp + log_det}
+
+    values = per_example(x.shape[0], chunk, ev.seed, "vae", x.device, quiet=ev.quiet)
+    out = {
+        "elbo": mean_stderr(values["elbo"]),
+        "importance_sampled": {**mean_stderr(values["logp"]), "K": ev.is_samples},
+    }
+    for spec in ev.bounds:
+        out.update(estimator_bound(run, x, spec, ev.seed))
+    return out
 
 
 def _split(run: Any, ev: EvaluationConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -66,27 +128,25 @@ def evaluate_run(run: Any, evaluation: EvaluationConfig | None = None) -> dict[s
     """A dict ``{"family", "split", "num_examples", "parameters", "estimates": {name: {mean,
     stderr, n, ...}}}`` (``stderr`` is ``None`` where it cannot be estimated)."""
     ev = evaluation or EvaluationConfig()
-    family = family_of(run.cfg)
-    if ev.bounds and not family.has_bounds:
-        raise ConfigError(
-            f"bounds ({', '.join(ev.bounds)}) apply to VAE runs, not to a {family.name}"
-        )
+    kind = model_kind(run.model)
+    if ev.bounds and kind != "vae":
+        raise ConfigError(f"bounds ({', '.join(ev.bounds)}) apply to VAE runs, not to a {kind}")
     x, y = _split(run, ev)
-    return _report(run, family, x, y, ev, ev.split)
+    return _report(run, x, y, ev, ev.split)
 
 
 def _report(
-    run: Any, family: Any, x: torch.Tensor, y: torch.Tensor | None, ev: EvaluationConfig,
-    split: str, with_parzen: bool = True,
+    run: Any, x: torch.Tensor, y: torch.Tensor | None, ev: EvaluationConfig, split: str,
+    with_parzen: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
-    """The family's estimates and Parzen's on the stored examples ``x``, with units."""
+    """The model's estimates and Parzen's on the stored examples ``x``, with units."""
     run.learner.module.eval()
     device = x.device
     with (
         distributed.session(device),
         cpu_settings(ev.num_threads, count_parameters(run.learner.module)),
     ):
-        estimates = dict(family.evaluate(run, x, y, ev))
+        estimates = dict(likelihood_estimates(run, x, y, ev))
         if with_parzen:
             estimates["parzen"] = parzen(run, x, ev)
     discrete = run.dataset.is_binary()
@@ -95,7 +155,7 @@ def _report(
         probability = discrete and name not in ("parzen", "exact", "exact_model_space")
         est.setdefault("kind", "discrete" if probability else "density")
     return {
-        "family": family.name,
+        "family": model_kind(run.model),
         "split": split,
         "num_examples": int(x.shape[0]),
         "parameters": count_parameters(run.learner.module),
@@ -124,25 +184,19 @@ class _PythonRun:
 ACCEPTED = "a TrainedRun (pyrogen.train / pyrogen.load), a VAE, Flow or GAN, or their learner"
 
 
-def _model_and_module(obj: Any) -> tuple[torch.nn.Module, torch.nn.Module, str]:
-    """The generative model, the module of every trained network, and the family name, by
-    the model's class (a learner is anything holding such a ``model`` and a ``module``)."""
-    from pyrogen.models.flow import Flow
-    from pyrogen.models.gan import GAN
-    from pyrogen.models.vae import VAE
-
-    classes = ((VAE, "vae"), (Flow, "flow"), (GAN, "gan"))
-    model = obj
-    module = obj
-    if not isinstance(obj, VAE | Flow | GAN):
-        model = getattr(obj, "model", None)
-        module = getattr(obj, "module", None)
-        if not isinstance(module, torch.nn.Module):
-            model = None
-    for cls, name in classes:
-        if isinstance(model, cls):
-            return model, module, name
-    raise TypeError(f"pyrogen.evaluate takes {ACCEPTED}; got {type(obj).__name__}")
+def _model_and_module(obj: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The generative model and the module of every trained network (a learner is anything
+    holding such a ``model`` and a ``module``)."""
+    model, module = obj, obj
+    if not isinstance(obj, torch.nn.Module) or not hasattr(obj, "sample"):
+        model, module = getattr(obj, "model", None), getattr(obj, "module", None)
+    if not isinstance(module, torch.nn.Module) or not isinstance(model, torch.nn.Module):
+        raise TypeError(f"pyrogen.evaluate takes {ACCEPTED}; got {type(obj).__name__}")
+    try:
+        model_kind(model)  # a VAE, Flow or GAN
+    except TypeError:
+        raise TypeError(f"pyrogen.evaluate takes {ACCEPTED}; got {type(obj).__name__}") from None
+    return model, module
 
 
 def _as_tensor(value: Any, name: str, device: torch.device) -> torch.Tensor:
@@ -152,7 +206,7 @@ def _as_tensor(value: Any, name: str, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_model(
     obj: Any,
     evaluation: EvaluationConfig | None = None,
     *,
@@ -160,10 +214,9 @@ def evaluate(
     valid: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Every log-likelihood estimate the model's family has, as :func:`evaluate_run` returns.
-
-    ``obj`` is a trained run (its ``evaluation.split`` is scored), or a model or learner built
-    in Python: a :class:`~pyrogen.models.vae.VAE` (ELBO and importance-sampled log p(x)), a
+    """Every log-likelihood estimate the model has, as :func:`evaluate_run` returns, for a
+    model or learner built in Python: a :class:`~pyrogen.models.vae.VAE` (ELBO and
+    importance-sampled log p(x)), a
     :class:`~pyrogen.models.flow.Flow` (exact log p(x)) or a :class:`~pyrogen.models.gan.GAN`
     (no likelihood of its own), or the learner that trains one. Then ``data`` holds the
     examples to score, in the model's space (shape ``(N, *event_shape)``), ``labels`` their
@@ -178,17 +231,7 @@ def evaluate(
         >>> learner = pyrogen.VariationalLearner(flow)  # doctest: +SKIP
         >>> pyrogen.evaluate(learner, data=x_test)["estimates"]["exact"]  # doctest: +SKIP
     """
-    from pyrogen.families import FAMILIES
-    from pyrogen.training.run import TrainedRun
-
-    if isinstance(obj, TrainedRun):
-        if data is not None or valid is not None or labels is not None:
-            raise TypeError(
-                "pyrogen.evaluate(run) scores the run's evaluation.split; data=, valid= and "
-                "labels= are for a model or learner built in Python"
-            )
-        return evaluate_run(obj, evaluation)
-    model, module, name = _model_and_module(obj)
+    model, module = _model_and_module(obj)
     ev = evaluation or EvaluationConfig()
     if data is None:
         raise TypeError(
@@ -224,7 +267,7 @@ def evaluate(
     )
     x, y = _at_most(x, y, ev)
     run = _PythonRun(model, module, dataset)
-    return _report(run, FAMILIES[name], x, y, ev, "data", with_parzen=valid is not None)
+    return _report(run, x, y, ev, "data", with_parzen=valid is not None)
 
 
 def parzen(run: Any, x: torch.Tensor, ev: EvaluationConfig) -> dict[str, Any]:
@@ -269,9 +312,8 @@ def parse_bound(spec: str) -> tuple[str, int]:
         raise ConfigError(
             f"a bound is NAME or NAME:K with K an integer in [1, {1 << 20}], got {spec!r}"
         )
-    from pyrogen.registry import ELBOS, check_name, populate
+    from pyrogen.registry import ELBOS, check_name
 
-    populate()
     check_name(ELBOS, name, "--bound")  # names the nearest estimator and the allowed ones
     return name, particles
 

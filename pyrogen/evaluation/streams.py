@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 import torch
 
-from pyrogen.training import distributed
+from pyrogen.parallel import distributed
 
 #: examples per chunk of evaluation (and per importance-sampling batch)
 CHUNK = 100

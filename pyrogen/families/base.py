@@ -7,10 +7,8 @@ The run loop, evaluation, ``compare`` and the CLI ask :data:`pyrogen.families.FA
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from pyrogen.config import Config, ConfigError
@@ -25,8 +23,6 @@ class Family:
     name: str = ""
     #: what the family's ``log-likelihood`` columns mean, for tables
     description: str = ""
-    #: whether ``evaluate`` computes extra bounds of Pyro's estimators (``evaluation.bounds``)
-    has_bounds: bool = False
     #: the validation metrics the learner reports, each with the direction that is better
     #: (``"max"``, ``"min"``, or ``None`` where neither is: a GAN's losses)
     validation_metrics: dict[str, str | None] = {}
@@ -96,26 +92,6 @@ class Family:
     def uses_labels(self, cfg: Config) -> bool:
         """Whether the model takes the class labels ``y`` (a class-conditional flow)."""
         return False
-
-    # ------------------------------------------------------------------ evaluation
-    def evaluate(self, run: Any, x: torch.Tensor, y: torch.Tensor | None, options: Any) -> dict:
-        """The family's own log-likelihood estimates of the stored examples ``x`` (a dict of
-        ``{name: {"mean", "stderr", "n", ...}}``); Parzen windows are common to all."""
-        return {}
-
-    def figures(self, run: Any, out_dir: Path) -> list[Path]:
-        """Figures beyond the common samples figure."""
-        return []
-
-    def samples_figure(self, run: Any, n: int) -> Any:
-        """The family's own samples figure of ``n`` draws, or ``None`` for the common one (an
-        image grid, or points over the test data in 2-D)."""
-        return None
-
-    def curve_labels(self, cfg: Config) -> dict[str, str]:
-        """Keyword arguments of :func:`pyrogen.evaluation.plots.save_curves` that name what
-        the family's training loss is (e.g. ``objective``, ``gan_loss``)."""
-        return {}
 
 
 def set_options(optim: Any) -> dict[str, Any]:

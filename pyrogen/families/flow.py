@@ -4,10 +4,8 @@ bits/dim."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from pyrogen.config import Config, ConfigError
@@ -119,19 +117,3 @@ class FlowFamily(Family):
             precision=cfg.train.precision,
             **set_options(o),
         )
-
-    def evaluate(self, run: Any, x: torch.Tensor, y: torch.Tensor | None, options: Any) -> dict:
-        from pyrogen.evaluation.flow_metrics import flow_log_likelihood
-
-        return flow_log_likelihood(run.model, x, run.dataset, y=y, seed=options.seed)
-
-    def figures(self, run: Any, out_dir: Path) -> list[Path]:
-        ds = run.dataset
-        if ds.kind != "points" or ds.num_dims != 2:
-            return []
-        from pyrogen.evaluation import plots
-
-        path = out_dir / "density.png"
-        lim = float(ds.test.abs().max()) * 1.1
-        plots.save_density(run.model.log_prob, path, data=ds.test, lim=lim, device=ds.device)
-        return [path]

@@ -21,9 +21,6 @@ class GANFamily(Family):
     #: a GAN's losses measure the game, not the generator's quality: no default monitor
     validation_metrics = {"d_loss": None, "g_loss": None, "d_real": None, "d_fake": None}
 
-    def curve_labels(self, cfg: Config) -> dict[str, str]:
-        return {"gan_loss": cfg.adversarial.loss}
-
     def validate(self, cfg: Config) -> None:
         check_name(GAN_LOSSES, cfg.adversarial.loss, "adversarial.loss")
         a = cfg.adversarial

@@ -3,15 +3,12 @@ inference with one of Pyro's estimators; ELBO and importance-sampled log p(x).""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
-from pyrogen.evaluation.stats import mean_stderr
 from pyrogen.families.base import Family, mlp_size, set_options
 from pyrogen.inference.elbo import check_compatible, make_elbo
 from pyrogen.inference.variational import VariationalLearner
@@ -36,7 +33,7 @@ def conv_shape_problem(image_shape: tuple[int, ...] | None, key: str) -> str | N
 
 def guide_options(cfg: Config) -> dict[str, Any]:
     """The ``guide`` section's values that the configured guide's constructor takes: every
-    key named like one of its :meth:`~pyrogen.inference.guides.AmortisedGuide.options`
+    key named like one of its :meth:`~pyrogen.models.guides.AmortisedGuide.options`
     (``name`` and ``hidden_sizes`` describe the encoder and are never passed)."""
     g = cfg.guide
     accepted = GUIDES.get(g.name).options()
@@ -48,7 +45,6 @@ def guide_options(cfg: Config) -> dict[str, Any]:
 class VAEFamily(Family):
     name = "vae"
     description = "variational autoencoder: ELBO and importance-sampled log p(x)"
-    has_bounds = True
     validation_metrics = {"elbo": "max"}
     monitor = "elbo"
 
@@ -163,70 +159,3 @@ class VAEFamily(Family):
             precision=cfg.train.precision,
             **set_options(o),
         )
-
-    def evaluate(self, run: Any, x: torch.Tensor, y: torch.Tensor | None, options: Any) -> dict:
-        """ELBO and IS log p(x) with K = ``options.is_samples`` (nats per example, in the data
-        set's stored space: the model's log-density plus the log-determinant of the
-        preprocessing, e.g. of ``data.standardize``; binarised or dequantised images as the
-        model sees them; each chunk of examples with its own noise), and any extra bounds
-        ``options.bounds`` (in the model's space)."""
-        from pyrogen.evaluation.loglik import elbo_and_importance_log_likelihood
-        from pyrogen.evaluation.report import estimator_bound
-        from pyrogen.evaluation.streams import CHUNK, per_example
-
-        vae = run.model
-
-        def chunk(start: int, stop: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-            xp = run.dataset.process(x[start:stop], gen)
-            elbo, logp = elbo_and_importance_log_likelihood(
-                vae.model, vae.guide, xp, num_samples=options.is_samples, batch_size=CHUNK,
-                quiet=True,
-            )  # fmt: skip
-            log_det = run.dataset.log_det_jacobian(xp).to(elbo.dtype)
-            return {"elbo": elbo + log_det, "logp": logp + log_det}
-
-        values = per_example(x.shape[0], chunk, options.seed, "vae", x.device, quiet=options.quiet)
-        out = {
-            "elbo": mean_stderr(values["elbo"]),
-            "importance_sampled": {**mean_stderr(values["logp"]), "K": options.is_samples},
-        }
-        for spec in options.bounds:
-            out.update(estimator_bound(run, x, spec, options.seed))
-        return out
-
-    def curve_labels(self, cfg: Config) -> dict[str, str]:
-        # the bound whose negative the training loss is (the ELBO for most estimators)
-        bounds = {"renyi": f"Rényi bound (α = {cfg.elbo.alpha:g})", "rws": "IWAE bound"}
-        return {"objective": bounds.get(cfg.elbo.name, "ELBO")}
-
-    def samples_figure(self, run: Any, n: int) -> Any:
-        """For a Bernoulli likelihood on images, the binary draws x ~ p(x | z) beside the
-        decoder means E[x | z] of the same z: binary draws alone read as failure."""
-        from pyrogen.evaluation import plots
-
-        ds = run.dataset
-        if ds.kind != "image" or run.cfg.model.likelihood != "bernoulli":
-            return None
-        run.learner.module.eval()
-        draws, means = run.model.sample_with_mean(n)
-        panels = [
-            (ds.to_data_space(draws), "draws x ~ p(x | z)"),
-            (ds.to_data_space(means), "decoder means E[x | z] (the same z)"),
-        ]
-        title = f"{n} z ~ p(z) of the VAE (Bernoulli likelihood)"
-        return plots.image_grids_figure(panels, ds.image_shape, title=title)
-
-    def figures(self, run: Any, out_dir: Path) -> list[Path]:
-        if run.dataset.kind != "image":
-            return []
-        from pyrogen.evaluation.plots import save_image_grid
-        from pyrogen.evaluation.vae_figures import save_vae_figures
-
-        ds = run.dataset
-        x = ds.process(ds.test[:16], torch.Generator().manual_seed(0))
-        n = run.cfg.output.num_samples
-        means = ds.to_data_space(run.model.sample_mean(n))
-        path = out_dir / "sample_means.png"
-        title = f"decoder means E[x | z] of {n} z ~ p(z) (not samples: samples.png has those)"
-        save_image_grid(means, ds.image_shape, path, title=title)
-        return [path, *save_vae_figures(run.model, x, ds.image_shape, out_dir)]

@@ -388,7 +388,7 @@ class AdversarialLearner:
         """Train data-parallel over the default process group (the run loop calls this under
         ``torchrun``; see the class docstring). Constructing the two DDP modules broadcasts
         rank 0's parameters and buffers."""
-        from pyrogen.training import distributed, sync_layers
+        from pyrogen.parallel import distributed, sync_layers
 
         device = device_of(self.model)
         sync_layers.convert(self.model.generator, device)

@@ -282,12 +282,12 @@ class VariationalLearner:
     def data_parallel(self) -> None:
         """Train data-parallel over the default process group (the run loop calls this under
         ``torchrun``): layers that normalise with batch statistics use the global batch
-        (:mod:`pyrogen.training.sync_layers`), and DDP wraps :meth:`objective`. Constructing
+        (:mod:`pyrogen.parallel.sync_layers`), and DDP wraps :meth:`objective`. Constructing
         DDP broadcasts rank 0's parameters, so every rank starts from the same ones.
 
         Buffers are not re-broadcast at each step: a VAE's and a flow's are constants or
         statistics of the global batch (batch norm, act-norm), equal on every rank."""
-        from pyrogen.training import distributed, sync_layers
+        from pyrogen.parallel import distributed, sync_layers
 
         sync_layers.convert(self.module, device_of(self.module))
         self.world_size = distributed.world_size()

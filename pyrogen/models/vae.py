@@ -7,7 +7,7 @@
 
 A VAE is built from plain arguments: an encoder and a decoder (any ``nn.Module``s), the
 latent dimension, the shape of one example and a likelihood. The encoder becomes the guide
-(``vae.guide``; by default the diagonal Gaussian :class:`~pyrogen.inference.guides.
+(``vae.guide``; by default the diagonal Gaussian :class:`~pyrogen.models.guides.
 DiagonalNormalGuide`, or pass any guide built on the encoder). ``vae.model`` and ``vae.guide``
 are Pyro programs whose parameters are announced as param sites (:mod:`pyrogen.params`), so
 Pyro's own tools work on them unchanged::
@@ -35,7 +35,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrogen.inference.guides import AmortisedGuide, DiagonalNormalGuide
+from pyrogen.models.guides import AmortisedGuide, DiagonalNormalGuide
 from pyrogen.models.likelihoods import Likelihood, as_shape, make_likelihood
 from pyrogen.params import declare_params
 

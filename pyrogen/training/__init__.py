@@ -11,12 +11,11 @@
 * :mod:`~pyrogen.training.run`: :class:`TrainedRun` and ``load(run_dir)``;
 * :mod:`~pyrogen.training.folders`: run folders as append-only history (refused, overwritten
   or resumed; default names that never collide; paths stored relative to the folder);
-* :mod:`~pyrogen.training.distributed`: data-parallel runs under ``torchrun`` (process group,
-  sharding, reductions), with :mod:`~pyrogen.training.sync_layers` (batch statistics of the
+* :mod:`~pyrogen.parallel.distributed`: data-parallel runs under ``torchrun`` (process group,
+  sharding, reductions), with :mod:`~pyrogen.parallel.sync_layers` (batch statistics of the
   global batch).
 """
 
-from pyrogen.training.callbacks import Callback
 from pyrogen.training.checkpoint import CheckpointError
 from pyrogen.training.folders import BEST, CHECKPOINT, CONFIG, RunExistsError
 from pyrogen.training.loop import train
@@ -24,6 +23,7 @@ from pyrogen.training.metrics import read_metrics
 from pyrogen.training.output import RunOutputError
 from pyrogen.training.run import TrainedRun, load
 from pyrogen.training.trainer import (
+    Callback,
     Trainer,
     TrainingDiverged,
     TrainingInterrupted,

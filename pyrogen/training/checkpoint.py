@@ -549,6 +549,6 @@ def set_rng_state(
 
 
 def _one_device_per_process() -> bool:
-    from pyrogen.training.distributed import is_distributed
+    from pyrogen.parallel.distributed import is_distributed
 
     return is_distributed()

@@ -21,7 +21,7 @@ uninterrupted run on the CPU), and a refused write is one error:
 checkpoint that is intact.
 
 **Data parallelism.** Launched by ``torchrun`` with ``WORLD_SIZE > 1``, the same loop runs on
-every rank (:mod:`pyrogen.training.distributed`): ``train.batch_size`` is the global batch,
+every rank (:mod:`pyrogen.parallel.distributed`): ``train.batch_size`` is the global batch,
 each rank steps on its piece of it, with its own preprocessing and model noise, through the
 learner's DDP modules; the step's metrics and the pending-signal flag are all-reduced after
 every step, so every rank logs the same means, stops at the same step boundary and diverges
@@ -42,12 +42,12 @@ from typing import Any
 import pyro
 import torch
 
-from pyrogen.build import build, resolve_device
+from pyrogen.build import build
 from pyrogen.config import Config, ConfigError
 from pyrogen.families import family_of
-from pyrogen.runtime import cpu_settings
-from pyrogen.training import distributed
-from pyrogen.training.callbacks import Callback, default_callbacks
+from pyrogen.parallel import distributed
+from pyrogen.runtime import cpu_settings, resolve_device, tensorboard_available
+from pyrogen.training.callbacks import default_callbacks
 from pyrogen.training.checkpoint import (
     CheckpointError,
     check_checkpoint_contents,
@@ -68,10 +68,10 @@ from pyrogen.training.folders import (
     resolved_config,
     stored_config,
 )
-from pyrogen.training.metrics import tensorboard_available
 from pyrogen.training.output import RunOutputError, append_whole, write_atomic
 from pyrogen.training.run import TrainedRun
 from pyrogen.training.trainer import (
+    Callback,
     LoopState,
     Trainer,
     TrainingDiverged,

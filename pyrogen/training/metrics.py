@@ -53,14 +53,6 @@ class MetricsWriter:
         append_whole(self.path, text.encode())
 
 
-def tensorboard_available() -> bool:
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class TensorBoardLog:
     """TensorBoard event files in ``run_dir/tensorboard``: every metric line as scalars
     (``train/loss``, ``valid/elbo``, ...) and the samples figure at each evaluation. Open with

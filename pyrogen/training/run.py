@@ -6,12 +6,15 @@ import os
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
 from pyrogen.config import Config
 from pyrogen.data import Dataset
-from pyrogen.families import family_of
+from pyrogen.evaluation.figures import curve_labels, model_figures, samples_figure
+from pyrogen.evaluation.plots import save_curves
 from pyrogen.inference.base import Learner
 from pyrogen.training.folders import BEST, CHECKPOINT, CONFIG, resolved_config
+from pyrogen.training.metrics import read_metrics
 
 #: ``--checkpoint`` choices: the best validation (``best.pt``) or the last state
 CHECKPOINTS = ("best", "last")
@@ -87,44 +90,27 @@ class TrainedRun:
         return self.dataset.to_data_space(means(n))
 
     @torch.no_grad()
-    def samples_figure(self, num_samples: int | None = None):
+    def samples_figure(self, num_samples: int | None = None) -> Figure | None:
         """A figure of the model's samples: an image grid (for a Bernoulli VAE, the draws
         x ~ p(x | z) beside the decoder means E[x | z] of the same z), or samples over the test
         data in 2-D (``None`` for other points)."""
-        from pyrogen.evaluation import plots
-
-        ds = self.dataset
-        n = num_samples or self.cfg.output.num_samples
-        figure = family_of(self.cfg).samples_figure(self, n)
-        if figure is not None:  # the family's own (a Bernoulli VAE's draws beside its means)
-            return figure
-        if ds.kind == "image":
-            title = f"{n} samples x ~ p(x) of the {self.family}"
-            return plots.image_grid_figure(self.sample(n), ds.image_shape, title=title)
-        if ds.num_dims == 2:
-            lim = float(ds.test.abs().max()) * 1.1
-            title = f"{max(n, 2000)} samples of the {self.family}"
-            return plots.points_figure(self.sample(max(n, 2000)), ds.test, title, lim)
-        return None
+        return samples_figure(self, num_samples or self.cfg.output.num_samples)
 
     @torch.no_grad()
     def save_figures(self, num_samples: int | None = None) -> list[Path]:
         """``samples.png`` (an image grid, or samples over the data in 2-D), ``curves.png``
-        (the metrics against the step) and the family's own figures."""
-        from pyrogen.evaluation import plots
-        from pyrogen.training.metrics import read_metrics
-
+        (the metrics against the step, labelled by what the learner optimises) and the
+        figures the model's kind has (:func:`~pyrogen.evaluation.figures.model_figures`)."""
         paths = []
         figure = self.samples_figure(num_samples)
         if figure is not None:
             figure.savefig(self.run_dir / "samples.png", dpi=100, bbox_inches="tight")
             paths.append(self.run_dir / "samples.png")
         curves = self.run_dir / "curves.png"
-        records = read_metrics(self.run_dir)
-        labels = family_of(self.cfg).curve_labels(self.cfg)
-        if plots.save_curves(records, curves, title=self.run_dir.name, **labels):
+        labels = curve_labels(self.learner)
+        if save_curves(read_metrics(self.run_dir), curves, title=self.run_dir.name, **labels):
             paths.append(curves)
-        return paths + family_of(self.cfg).figures(self, self.run_dir)
+        return paths + model_figures(self, self.run_dir)
 
 
 def load(
@@ -140,8 +126,9 @@ def load(
     run kept one. A run trained on an array passed from Python reads it back from the run
     folder's ``data.npz`` (or from ``data``, which must be the same array); the folder may
     have been moved or copied."""
-    from pyrogen.build import build, resolve_device
+    from pyrogen.build import build
     from pyrogen.config import ConfigError, load_config
+    from pyrogen.runtime import resolve_device
     from pyrogen.training.checkpoint import (
         check_checkpoint_contents,
         check_checkpoint_fits,

@@ -40,12 +40,11 @@ import torch
 from pyrogen.config import Config
 from pyrogen.data import Dataset
 from pyrogen.inference.base import Learner, lr_factor, set_lr_factor
-from pyrogen.training import distributed
+from pyrogen.parallel import distributed
 from pyrogen.training.checkpoint import all_finite, rng_state, save_checkpoint
 from pyrogen.training.output import RunOutputError
 
 if TYPE_CHECKING:
-    from pyrogen.training.callbacks import Callback
     from pyrogen.training.run import TrainedRun
 
 
@@ -154,6 +153,51 @@ def is_invalid_distribution(e: ValueError) -> bool:
     loss diverged), as opposed to a user's mistake."""
     text = str(e)
     return "invalid values" in text or "nan" in text.lower()
+
+
+class Callback:
+    """Hooks of a run, each called with the trainer (in the order the callbacks are given).
+
+    * ``on_fit_start(trainer)``: the run folder exists; nothing was trained yet (or, resumed,
+      since the checkpoint);
+    * ``on_train_batch_end(trainer, metrics)``: after each optimiser step (``metrics``: the
+      step's per-example values, e.g. ``loss``; ``trainer.loop.step`` counts the steps);
+    * ``on_train_metrics(trainer, means)``: every ``train.log_every`` steps, the means of the
+      steps' metrics since the last call;
+    * ``on_validation_end(trainer, metrics)``: after each validation (``train.eval_every``);
+      append to ``trainer.notes`` to add to the progress line;
+    * ``on_epoch_end(trainer)``: after each epoch (and its validation);
+    * ``teardown(trainer)``: always, when the loop ends for any reason (close files);
+    * ``on_fit_end(trainer)``: after the last checkpoint of a completed run; add to
+      ``trainer.summary`` what the run's summary record should hold;
+    * ``on_summary(trainer, summary)``: last, with every callback's summary entries.
+
+    Set ``trainer.should_stop = True`` to end the run after the current epoch.
+    """
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        pass
+
+    def on_train_batch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        pass
+
+    def on_train_metrics(self, trainer: Trainer, means: dict[str, float]) -> None:
+        pass
+
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        pass
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        pass
+
+    def teardown(self, trainer: Trainer) -> None:
+        pass
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        pass
+
+    def on_summary(self, trainer: Trainer, summary: dict[str, Any]) -> None:
+        pass
 
 
 class Trainer:

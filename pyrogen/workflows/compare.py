@@ -20,11 +20,10 @@ from typing import Any
 
 import torch
 
-from pyrogen.evaluation.compare_config import CompareConfig
-from pyrogen.evaluation.report import evaluate_run
-from pyrogen.families import family_of
+from pyrogen.evaluation.report import evaluate_run, model_kind
 from pyrogen.progress import line, steps
 from pyrogen.training import TrainedRun, load, read_metrics, train
+from pyrogen.workflows.compare_config import CompareConfig
 
 COLUMNS = [
     ("family", "family"),
@@ -102,7 +101,7 @@ def compare(
     samples = {}
     for family, run in steps(runs.items(), "compare: evaluating", quiet=quiet):
         # extra bounds (evaluation.bounds) are a VAE's: the other families skip them
-        has_bounds = family_of(run.cfg).has_bounds
+        has_bounds = model_kind(run.model) == "vae"
         result = evaluate_run(run, ev if has_bounds else replace(ev, bounds=[]))
         torch.manual_seed(0)
         draw = run.sample_means if ev.samples == "means" else run.sample

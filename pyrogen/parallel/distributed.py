@@ -20,7 +20,7 @@ communicates by other means than ``torch.distributed``'s own collectives.
   :func:`broadcast_object` (the run folder's name, rank 0's errors).
 * :func:`global_moments`: the mean and variance of a batch over every rank, differentiable
   (``torch.distributed.nn.functional.all_reduce``), for the layers that normalise with batch
-  statistics (:mod:`pyrogen.training.sync_layers`).
+  statistics (:mod:`pyrogen.parallel.sync_layers`).
 """
 
 from __future__ import annotations
@@ -36,30 +36,14 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from pyrogen.runtime import env_rank, env_world_size
+
 T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------- who am I
-def env_world_size() -> int:
-    """``WORLD_SIZE`` as torchrun sets it (1 when not launched by torchrun)."""
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
-
-
-def env_rank() -> int:
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
-
-
-def env_local_rank() -> int:
-    try:
-        return int(os.environ.get("LOCAL_RANK", "0"))
-    except ValueError:
-        return 0
+# torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK) is read in pyrogen.runtime, with the
+# device of each process; the group's view of it is below.
 
 
 def is_initialized() -> bool:
@@ -83,14 +67,6 @@ def is_main() -> bool:
     """Rank 0 of the group, or, before a group exists, of torchrun's environment: the process
     that writes files and prints."""
     return rank() == 0 if is_initialized() else env_rank() == 0
-
-
-def local_cuda_device() -> torch.device | None:
-    """``cuda:LOCAL_RANK`` when launched with several processes on a machine with GPUs (one
-    process per GPU), else ``None``."""
-    if env_world_size() > 1 and torch.cuda.is_available():
-        return torch.device("cuda", env_local_rank() % torch.cuda.device_count())
-    return None
 
 
 # ---------------------------------------------------------------------------- the group

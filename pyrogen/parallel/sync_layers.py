@@ -9,7 +9,7 @@ PyTorch's ``SyncBatchNorm`` idea: compute the statistics over every rank's piece
 * ``torch.nn`` batch norm layers become ``torch.nn.SyncBatchNorm`` on CUDA (PyTorch's own);
   ``SyncBatchNorm`` runs on GPUs only, so on the CPU (``gloo``) they become
   :class:`GlobalBatchNorm` layers, the same computation through
-  :func:`~pyrogen.training.distributed.global_moments`;
+  :func:`~pyrogen.parallel.distributed.global_moments`;
 * Pyro's ``BatchNorm`` transform (flows' ``model.normalization=batchnorm``) becomes
   :class:`SyncBatchNormTransform`: global mean and variance, in the inverse pass and in its
   log-determinant;
@@ -29,7 +29,7 @@ from pyro.distributions import transforms as T
 from torch import nn
 
 from pyrogen.models.flow_layers import ActNorm
-from pyrogen.training.distributed import global_moments, is_distributed
+from pyrogen.parallel.distributed import global_moments, is_distributed
 
 
 class SyncBatchNormTransform(T.BatchNorm):

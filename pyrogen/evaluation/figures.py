@@ -1,0 +1,77 @@
+"""The figures of a trained run, chosen by what its model is: every run's samples (an image
+grid, or points over the test data in 2-D; a Bernoulli VAE's binary draws beside the decoder
+means of the same z) and training curves; a VAE's decoder means, reconstructions,
+interpolations and manifold on images; a 2-D flow's density."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from pyro.infer import RenyiELBO, ReweightedWakeSleep
+
+from pyrogen.evaluation import plots
+from pyrogen.evaluation.report import model_kind
+from pyrogen.evaluation.vae_figures import save_vae_figures
+from pyrogen.models.likelihoods import BernoulliLikelihood
+
+
+def samples_figure(run: Any, n: int) -> Figure | None:
+    """``n`` samples x ~ p(x) of ``run``'s model: an image grid (for a Bernoulli VAE, the
+    draws x ~ p(x | z) beside the decoder means E[x | z] of the same z: binary draws alone
+    read as failure), or samples over the test data in 2-D; ``None`` for other points."""
+    ds, kind = run.dataset, model_kind(run.model)
+    if ds.kind == "image":
+        if kind == "vae" and isinstance(run.model.likelihood, BernoulliLikelihood):
+            run.learner.module.eval()
+            draws, means = run.model.sample_with_mean(n)
+            panels = [
+                (ds.to_data_space(draws), "draws x ~ p(x | z)"),
+                (ds.to_data_space(means), "decoder means E[x | z] (the same z)"),
+            ]
+            title = f"{n} z ~ p(z) of the VAE (Bernoulli likelihood)"
+            return plots.image_grids_figure(panels, ds.image_shape, title=title)
+        title = f"{n} samples x ~ p(x) of the {kind}"
+        return plots.image_grid_figure(run.sample(n), ds.image_shape, title=title)
+    if ds.num_dims == 2:
+        lim = float(ds.test.abs().max()) * 1.1
+        title = f"{max(n, 2000)} samples of the {kind}"
+        return plots.points_figure(run.sample(max(n, 2000)), ds.test, title, lim)
+    return None
+
+
+def curve_labels(learner: Any) -> dict[str, Any]:
+    """What the learner's training loss is the negative of, for :func:`plots.save_curves`:
+    the ``objective`` of a variational learner (the ELBO, or the Rényi / IWAE bound of its
+    estimator), the ``gan_loss`` of an adversarial one."""
+    elbo = getattr(learner, "elbo", None)
+    if isinstance(elbo, RenyiELBO):
+        return {"objective": f"Rényi bound (α = {elbo.alpha:g})"}
+    if isinstance(elbo, ReweightedWakeSleep):
+        return {"objective": "IWAE bound"}
+    loss = getattr(learner, "loss", None)
+    if loss is not None and not callable(getattr(loss, "differentiable_loss", None)):
+        return {"gan_loss": loss}
+    return {}
+
+
+@torch.no_grad()
+def model_figures(run: Any, out_dir: Path) -> list[Path]:
+    """The figures beyond samples and curves that the model's kind has (see the module)."""
+    ds, kind = run.dataset, model_kind(run.model)
+    if kind == "vae" and ds.kind == "image":
+        x = ds.process(ds.test[:16], torch.Generator().manual_seed(0))
+        n = run.cfg.output.num_samples
+        means = ds.to_data_space(run.model.sample_mean(n))
+        path = out_dir / "sample_means.png"
+        title = f"decoder means E[x | z] of {n} z ~ p(z) (not samples: samples.png has those)"
+        plots.save_image_grid(means, ds.image_shape, path, title=title)
+        return [path, *save_vae_figures(run.model, x, ds.image_shape, out_dir)]
+    if kind == "flow" and ds.kind == "points" and ds.num_dims == 2:
+        path = out_dir / "density.png"
+        lim = float(ds.test.abs().max()) * 1.1
+        plots.save_density(run.model.log_prob, path, data=ds.test, lim=lim, device=ds.device)
+        return [path]
+    return []
