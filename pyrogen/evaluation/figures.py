@@ -15,7 +15,9 @@ from pyro.infer import RenyiELBO, ReweightedWakeSleep
 from pyrogen.evaluation import plots
 from pyrogen.evaluation.report import model_kind
 from pyrogen.evaluation.vae_figures import save_vae_figures
+from pyrogen.models.flow import Flow
 from pyrogen.models.likelihoods import BernoulliLikelihood
+from pyrogen.models.vae import VAE
 
 
 def samples_figure(run: Any, n: int) -> Figure | None:
@@ -24,7 +26,7 @@ def samples_figure(run: Any, n: int) -> Figure | None:
     read as failure), or samples over the test data in 2-D; ``None`` for other points."""
     ds, kind = run.dataset, model_kind(run.model)
     if ds.kind == "image":
-        if kind == "vae" and isinstance(run.model.likelihood, BernoulliLikelihood):
+        if isinstance(run.model, VAE) and isinstance(run.model.likelihood, BernoulliLikelihood):
             run.learner.module.eval()
             draws, means = run.model.sample_with_mean(n)
             panels = [
@@ -60,8 +62,8 @@ def curve_labels(learner: Any) -> dict[str, Any]:
 @torch.no_grad()
 def model_figures(run: Any, out_dir: Path) -> list[Path]:
     """The figures beyond samples and curves that the model's kind has (see the module)."""
-    ds, kind = run.dataset, model_kind(run.model)
-    if kind == "vae" and ds.kind == "image":
+    ds, model = run.dataset, run.model
+    if isinstance(model, VAE) and ds.kind == "image":
         x = ds.process(ds.test[:16], torch.Generator().manual_seed(0))
         n = run.cfg.output.num_samples
         means = ds.to_data_space(run.model.sample_mean(n))
@@ -69,7 +71,7 @@ def model_figures(run: Any, out_dir: Path) -> list[Path]:
         title = f"decoder means E[x | z] of {n} z ~ p(z) (not samples: samples.png has those)"
         plots.save_image_grid(means, ds.image_shape, path, title=title)
         return [path, *save_vae_figures(run.model, x, ds.image_shape, out_dir)]
-    if kind == "flow" and ds.kind == "points" and ds.num_dims == 2:
+    if isinstance(model, Flow) and ds.kind == "points" and ds.num_dims == 2:
         path = out_dir / "density.png"
         lim = float(ds.test.abs().max()) * 1.1
         plots.save_density(run.model.log_prob, path, data=ds.test, lim=lim, device=ds.device)

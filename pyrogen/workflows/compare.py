@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from pyrogen.evaluation.report import evaluate_run, model_kind
+from pyrogen.evaluation.report import evaluate_run, has_bounds
 from pyrogen.progress import line, steps
 from pyrogen.training import TrainedRun, load, read_metrics, train
 from pyrogen.workflows.compare_config import CompareConfig
@@ -101,8 +101,8 @@ def compare(
     samples = {}
     for family, run in steps(runs.items(), "compare: evaluating", quiet=quiet):
         # extra bounds (evaluation.bounds) are a VAE's: the other families skip them
-        has_bounds = model_kind(run.model) == "vae"
-        result = evaluate_run(run, ev if has_bounds else replace(ev, bounds=[]))
+        bounds = has_bounds(run.model)
+        result = evaluate_run(run, ev if bounds else replace(ev, bounds=[]))
         torch.manual_seed(0)
         draw = run.sample_means if ev.samples == "means" else run.sample
         fake = draw(real.shape[0])
