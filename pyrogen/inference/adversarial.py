@@ -37,15 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyrogen.config import AdversarialConfig, OptimConfig, check_argument
-from pyrogen.inference.base import (
-    autocast,
-    data_parallel,
-    device_of,
-    grad_scaler,
-    make_optimizer,
-    poisoned,
-    precision_dtype,
-)
+from pyrogen.inference.base import data_parallel, device_of, make_optimizer, precision_dtype
+from pyrogen.inference.step import GuardedStep
 from pyrogen.models.gan import GAN
 from pyrogen.registry import GAN_LOSSES
 
@@ -204,7 +197,9 @@ class AdversarialLearner:
 
     **Safety.** A non-finite loss or gradient of either player cancels the whole call: D's
     update is undone if G's step fails after it, buffers (batch-norm statistics, spectral-norm
-    vectors) are put back, no counter moves, and ``loss`` is NaN so the run loop stops.
+    vectors) are put back, no counter moves, and ``loss`` is NaN so the run loop stops. Each
+    player's update is one :class:`~pyrogen.inference.step.GuardedStep` (autocast, its own
+    gradient scaler, DDP share, clipping, cancel on a non-finite loss or gradient).
 
     **Data parallelism** (:meth:`data_parallel`): D and G are wrapped by two DDP modules, one
     per player, so each phase's backward pass all-reduces exactly the parameters it updates.
@@ -291,30 +286,47 @@ class AdversarialLearner:
         self.k = discriminator_steps
         self.gp_weight = self.loss.gradient_penalty
         self.r1_weight = r1_penalty
-        self.clip_norm = clip_norm
         if ema_decay is not None:
             gan.enable_ema(ema_decay)
         lr_d = lr if lr_discriminator is None else lr_discriminator
-        self.opt_d = make_optimizer(
+        opt_d = make_optimizer(
             gan.discriminator.parameters(), optim, lr_d, betas, momentum, weight_decay
         )
-        self.opt_g = make_optimizer(
-            gan.generator.parameters(), optim, lr, betas, momentum, weight_decay
-        )
+        opt_g = make_optimizer(gan.generator.parameters(), optim, lr, betas, momentum, weight_decay)
+        # one guarded step per player (each float16 player has its own gradient scaler)
+        self._guards = {
+            "d": GuardedStep(opt_d, precision, clip_norm),
+            "g": GuardedStep(opt_g, precision, clip_norm),
+        }
         self.num_steps = 0  # discriminator updates (calls of step that succeeded)
         self.num_g_steps = 0
         self._undo = _Undo()
-        # mixed precision (float16: one gradient scaler per player) and data parallelism
+        # mixed precision and data parallelism
         self.precision = precision
         self._dtype = precision_dtype(precision)
-        self._scalers: dict[str, torch.amp.GradScaler] = {}
-        self._scaler_states: dict[str, Any] = {}
         self._ddp_d: nn.Module | None = None
         self._ddp_g: nn.Module | None = None
         self.world_size = 1
         #: under DDP: the examples of the current step over all ranks (set by the run loop;
         #: ``None``: every rank's piece has the same size)
         self.global_batch_size: int | None = None
+
+    @property
+    def opt_d(self) -> torch.optim.Optimizer:
+        return self._guards["d"].optimizer
+
+    @property
+    def opt_g(self) -> torch.optim.Optimizer:
+        return self._guards["g"].optimizer
+
+    @property
+    def clip_norm(self) -> float | None:
+        return self._guards["d"].clip_norm
+
+    @clip_norm.setter
+    def clip_norm(self, clip_norm: float | None) -> None:
+        for guard in self._guards.values():
+            guard.clip_norm = clip_norm
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
@@ -346,37 +358,6 @@ class AdversarialLearner:
             loss = loss + 0.5 * self.r1_weight * r1_penalty(d, real)
         return loss, l_real, l_fake
 
-    def _backward(
-        self,
-        loss: torch.Tensor,
-        opt: torch.optim.Optimizer,
-        scaler: torch.amp.GradScaler | None = None,
-    ) -> torch.Tensor:
-        """Gradients of ``loss`` for ``opt``'s parameters only; returns their global norm."""
-        params = [p for group in opt.param_groups for p in group["params"]]
-        opt.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward(inputs=params)
-        else:
-            scaler.scale(loss).backward(inputs=params)
-            scaler.unscale_(opt)
-        return nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-
-    def _apply(
-        self,
-        opt: torch.optim.Optimizer,
-        grad_norm: torch.Tensor,
-        scaler: torch.amp.GradScaler | None = None,
-    ) -> None:
-        if self.clip_norm is not None:
-            params = [p for group in opt.param_groups for p in group["params"]]
-            nn.utils.clip_grads_with_norm_(params, self.clip_norm, grad_norm)
-        if scaler is None:
-            opt.step()
-        else:  # skips the update when the gradients overflowed
-            scaler.step(opt)
-            scaler.update()
-
     def _cancel(self, out: dict[str, float]) -> dict[str, float]:
         self.opt_d.zero_grad(set_to_none=True)
         self.opt_g.zero_grad(set_to_none=True)
@@ -396,40 +377,29 @@ class AdversarialLearner:
         self.world_size = distributed.world_size()
         self._ddp_d = data_parallel(_DiscriminatorObjective(self))
         self._ddp_g = data_parallel(_GeneratorObjective(self))
+        for guard in self._guards.values():
+            guard.distributed = True
 
     def _discriminator_objective(
         self, real: torch.Tensor, fake: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`discriminator_loss` in the configured precision (float32 results)."""
+        """:meth:`discriminator_loss`, in float32 under autocast (the guarded step runs it
+        under autocast in the configured precision)."""
+        loss, l_real, l_fake = self.discriminator_loss(real, fake)
         if self._dtype is None:
-            return self.discriminator_loss(real, fake)
-        with autocast(self._dtype, real.device):
-            loss, l_real, l_fake = self.discriminator_loss(real, fake)
+            return loss, l_real, l_fake
         return loss.float(), l_real.float(), l_fake.float()
 
     def _generator_objective(self, n: int) -> torch.Tensor:
         """G's loss on n fresh samples, through D."""
-        with autocast(self._dtype, device_of(self.model)):
-            return self.loss.g_loss(self.model.discriminate(self._generate(n))).float()
+        return self.loss.g_loss(self.model.discriminate(self._generate(n)))
 
-    def _for_backward(self, loss: torch.Tensor, n: int) -> torch.Tensor:
-        """Under DDP, this rank's batch mean times n W / B: DDP's average over the W ranks is
-        then the gradient of the mean over the B examples of the union batch. A rank whose loss
-        is not finite poisons every rank's averaged gradient (all then cancel the step)."""
-        if self.world_size == 1:
-            return loss
+    def _share(self, n: int) -> float:
+        """Under DDP, the factor of this rank's batch mean, n W / B: DDP's average over the W
+        ranks is then the gradient of the mean over the B examples of the union batch
+        (1 when ``global_batch_size`` is unset: every rank's piece has the same size)."""
         total = self.global_batch_size
-        share = 1.0 if total is None else n * self.world_size / total
-        return poisoned(loss, loss) * share
-
-    def _scaler(self, player: str) -> torch.amp.GradScaler | None:
-        if self._dtype != torch.float16:
-            return None
-        if player not in self._scalers:
-            self._scalers[player] = grad_scaler(device_of(self.model))
-            if player in self._scaler_states:
-                self._scalers[player].load_state_dict(self._scaler_states[player])
-        return self._scalers[player]
+        return 1.0 if total is None else n * self.world_size / total
 
     def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
         """One D step on ``x``; every k-th call also one G step (see the class docstring)."""
@@ -442,44 +412,37 @@ class AdversarialLearner:
             self._undo.save([*buffers, *gan.discriminator.parameters()], (self.opt_d,))
         else:
             self._undo.save(buffers)
+        share = self._share(n)
 
         # D ascends V: data labelled 1, fresh samples labelled 0
-        with torch.no_grad(), autocast(self._dtype, x.device):
+        with torch.no_grad(), self._guards["d"].autocast():
             fake = self._generate(n)
-        d_objective = self._ddp_d if self._ddp_d is not None else self._discriminator_objective
-        d_loss, l_real, l_fake = d_objective(x.reshape(fake.shape), fake)
-        scaler_d = self._scaler("d")
-        d_norm = self._backward(self._for_backward(d_loss, n), self.opt_d, scaler_d)
-        stats = torch.stack(
-            [
-                d_loss.detach(),
-                d_norm,
-                torch.sigmoid(l_real.detach()).mean(),
-                torch.sigmoid(l_fake.detach()).mean(),
-                self.loss.g_loss(l_fake.detach()),
-            ]
-        ).tolist()  # the one host sync of the D step
-        out = {"loss": stats[0], "d_loss": stats[0], "g_loss": stats[4]}
-        out.update(d_real=stats[2], d_fake=stats[3])
-        # with a gradient scaler, overflowing gradients are the scaler's business (it skips)
-        if not all(map(math.isfinite, stats[: 1 if scaler_d else 2])):
+        real = x.reshape(fake.shape)
+        d_objective = self._ddp_d or self._discriminator_objective
+
+        def d_forward() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+            d_loss, l_real, l_fake = d_objective(real, fake)
+            l_real, l_fake = l_real.detach(), l_fake.detach()
+            reports = [torch.sigmoid(l_real).mean(), torch.sigmoid(l_fake).mean()]
+            return d_loss, d_loss.detach(), [*reports, self.loss.g_loss(l_fake)]
+
+        d = self._guards["d"].step(d_forward, share)
+        out = {"loss": d.value, "d_loss": d.value, "g_loss": d.extras[2]}
+        out.update(d_real=d.extras[0], d_fake=d.extras[1])
+        if not d.stepped:
             return self._cancel(out)
-        self._apply(self.opt_d, d_norm, scaler_d)
 
         if g_step:  # G descends its loss on fresh z against the updated D
-            if self._ddp_g is not None:
-                g_loss = self._ddp_g(n)
-            elif self._dtype is not None:
-                g_loss = self._generator_objective(n)
-            else:
-                g_loss = self.loss.g_loss(gan.discriminate(self._generate(n)))
-            scaler_g = self._scaler("g")
-            g_norm = self._backward(self._for_backward(g_loss, n), self.opt_g, scaler_g)
-            g_value, g_norm_value = torch.stack([g_loss.detach(), g_norm]).tolist()
-            out["g_loss"] = g_value
-            if not (math.isfinite(g_value) and (scaler_g or math.isfinite(g_norm_value))):
+            g_objective = self._ddp_g or self._generator_objective
+
+            def g_forward() -> tuple[torch.Tensor, torch.Tensor]:
+                g_loss = g_objective(n)
+                return g_loss, g_loss.detach()
+
+            g = self._guards["g"].step(g_forward, share)
+            out["g_loss"] = g.value
+            if not g.stepped:
                 return self._cancel(out)
-            self._apply(self.opt_g, g_norm, scaler_g)
             gan.update_ema()
             self.num_g_steps += 1
         self.num_steps += 1
@@ -517,8 +480,8 @@ class AdversarialLearner:
             "discriminator_steps": self.k,
         }
         if self._dtype == torch.float16:  # the gradient scalers' scales and growth trackers
-            state["scalers"] = {**self._scaler_states}
-            state["scalers"].update({k: v.state_dict() for k, v in self._scalers.items()})
+            scalers = {player: g.scaler_state() for player, g in self._guards.items()}
+            state["scalers"] = {k: v for k, v in scalers.items() if v is not None}
         return state
 
     def rank_state(self) -> dict[str, Any]:
@@ -535,9 +498,7 @@ class AdversarialLearner:
         self.num_steps = int(state["num_steps"])
         self.num_g_steps = int(state["num_g_steps"])
         for player, scaler_state in state.get("scalers", {}).items():
-            self._scaler_states[player] = scaler_state
-            if player in self._scalers:
-                self._scalers[player].load_state_dict(scaler_state)
+            self._guards[player].load_scaler_state(scaler_state)
 
 
 class _DiscriminatorObjective(nn.Module):

@@ -16,6 +16,7 @@ fill the same parameters' gradients through it.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -28,17 +29,16 @@ from pyro.infer import ELBO, Trace_ELBO, TraceTailAdaptive_ELBO
 from pyro.infer.util import is_validation_enabled
 from torch import nn
 from torch.distributions import constraints
+from torch.overrides import TorchFunctionMode
 
 from pyrogen.inference.base import (
     ZeroValue,
-    autocast,
     data_parallel,
     device_of,
-    grad_scaler,
     make_optimizer,
-    poisoned,
     precision_dtype,
 )
+from pyrogen.inference.step import GuardedStep
 from pyrogen.params import param_statements
 
 
@@ -113,9 +113,14 @@ class VariationalLearner:
     examples, so each rank differentiates W times its sum and DDP's average over the W ranks
     is the gradient of the sum over the union batch, as one process computes it. Estimators
     that differentiate inside Pyro (``loss_and_grads``: ``trace_graph``, ``renyi``,
-    ``rws``) run with ``Tensor.backward`` deferred (:func:`deferred_backward`): the surrogate
-    they would differentiate is returned by the DDP forward and differentiated after it, so
-    DDP's hooks see the backward pass.
+    ``rws``) run with their ``backward`` calls deferred (:func:`deferred_backward`, also in
+    mixed precision): the surrogate they would differentiate is returned by the DDP forward
+    and differentiated after it, so DDP's hooks see the backward pass.
+
+    Every step, whatever the estimator, precision or data parallelism, is one
+    :class:`~pyrogen.inference.step.GuardedStep` of :meth:`objective` (autocast, gradient
+    scaler, DDP share, clipping, and no update when the loss or the gradients are not
+    finite).
 
     Example::
 
@@ -148,10 +153,12 @@ class VariationalLearner:
         self.loss_module = self.elbo(model, guide) if has_differentiable_loss(self.elbo) else None
         owned = any(m is guide for m in model.modules())
         self.module = model if owned else nn.ModuleDict({"model": model, "guide": guide})
-        self.optimizer = make_optimizer(
-            self.module.parameters(), optim, lr, betas, momentum, weight_decay
+        # autocast, gradient scaler, DDP share, clipping, NaN-cancel: one guarded step
+        self._guard = GuardedStep(
+            make_optimizer(self.module.parameters(), optim, lr, betas, momentum, weight_decay),
+            precision,
+            clip_norm,
         )
-        self.clip_norm = clip_norm
         self.kl_warmup_steps = kl_warmup_steps
         self.num_steps = 0
         # Pyro keeps a decaying-average baseline per position in the batch: it needs batches
@@ -165,13 +172,32 @@ class VariationalLearner:
         # JIT looks parameters up by their sites' names: those need pyrogen's param statements;
         # the ELBOModule path optimises the module's parameters directly and does not
         self._needs_statements = is_jit(self.elbo) or self.loss_module is None
-        # mixed precision and data parallelism (off: the steps above, unchanged)
+        # mixed precision and data parallelism
         self.precision = precision
         self._dtype = precision_dtype(precision)
-        self._scaler: torch.amp.GradScaler | None = None
-        self._scaler_state: dict[str, Any] | None = None
         self._ddp: nn.Module | None = None
         self.world_size = 1
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self._guard.optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        self._guard.optimizer = optimizer
+
+    @property
+    def clip_norm(self) -> float | None:
+        return self._guard.clip_norm
+
+    @clip_norm.setter
+    def clip_norm(self, clip_norm: float | None) -> None:
+        self._guard.clip_norm = clip_norm
+
+    @property
+    def _scaler(self) -> torch.amp.GradScaler | None:
+        """The float16 gradient scaler, once the first 16-mixed step has created it."""
+        return self._guard.scaler
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
@@ -214,27 +240,16 @@ class VariationalLearner:
         self._compiled = True
 
     def _loss_value(self, args: tuple, backward: bool = True) -> torch.Tensor:
-        """−ELBO of the batch, with the parameters' gradients filled in when ``backward``."""
-        if self.loss_module is not None:
-            loss = self.loss_module(*args)
-            if not backward:
-                return loss.detach()
-            if not self.reports_loss:
-                # TraceTailAdaptive_ELBO's loss is inf + (surrogate − surrogate.item()): its
-                # gradient is right but its value is not an ELBO, so report a Trace_ELBO
-                # estimate of the same batch instead
-                loss.backward()
-                with torch.no_grad():
-                    return torch.as_tensor(self.eval_elbo.loss(self.model, self.guide, *args))
-            if torch.isfinite(loss):
-                loss.backward()
-            return loss.detach()
+        """−ELBO of the batch (``NaN`` for a ``loss_and_grads`` estimator without ``backward``),
+        with the parameters' gradients filled in when ``backward``."""
         if not backward:
-            return torch.as_tensor(float("nan"))
-        loss = self.elbo.loss_and_grads(self.model, self.guide, *args)
-        if isinstance(loss, tuple):  # ReweightedWakeSleep: (wake-θ loss, wake-φ loss)
-            loss = loss[0]
-        return torch.as_tensor(float(loss))
+            if self.loss_module is None:
+                return torch.as_tensor(float("nan"))
+            return self.loss_module(*args).detach()
+        surrogate, value = self.objective(*args)
+        if surrogate.requires_grad:
+            surrogate.backward()
+        return value
 
     @contextmanager
     def _step_context(self, args: tuple, beta: float) -> Iterator[None]:
@@ -256,25 +271,25 @@ class VariationalLearner:
             yield
 
     def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
-        if self._ddp is not None or self._dtype is not None:
-            return self._objective_step(x, y)
+        """One guarded step of :meth:`objective` (under DDP: of the DDP module wrapping it,
+        each rank differentiating W times its sum, so DDP's average is the gradient of the
+        sum over the union batch). A non-finite loss or gradient leaves the parameters
+        untouched and reports a non-finite ``loss``."""
         self.module.train()
         args = (x,) if y is None else (x, y)
-        self.optimizer.zero_grad(set_to_none=True)
         beta = self.kl_beta
+        objective = self._ddp or self.objective
         with self._step_context(args, beta):
-            loss = self._loss_value(args)
-        value = loss.item() / x.shape[0]
-        metrics = {"loss": value}
+            done = self._guard.step(lambda: objective(*args), share=self.world_size)
+        metrics = {"loss": done.value / x.shape[0]}
         if self.kl_warmup_steps:
             metrics["kl_beta"] = beta
-        if not torch.isfinite(loss):
-            self.optimizer.zero_grad(set_to_none=True)
-            return metrics  # the run loop stops; parameters are left untouched
+        if not done.stepped:  # the run loop stops; parameters are left untouched
+            if math.isfinite(done.value):  # the gradients were not (under DDP: some rank's)
+                metrics["loss"] = float("nan")
+            return metrics
         if self.clip_norm is not None:
-            norm = nn.utils.clip_grad_norm_(self.module.parameters(), self.clip_norm)
-            metrics["grad_norm"] = float(norm)
-        self.optimizer.step()
+            metrics["grad_norm"] = done.grad_norm
         self.num_steps += 1
         return metrics
 
@@ -292,77 +307,40 @@ class VariationalLearner:
         sync_layers.convert(self.module, device_of(self.module))
         self.world_size = distributed.world_size()
         self._ddp = data_parallel(_Objective(self), broadcast_buffers=False)
+        self._guard.distributed = True
 
     def objective(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(surrogate, value)`` for a batch: the tensor whose gradient is the estimator's
-        (summed over the batch), and −ELBO of the batch to report. For ELBOModule estimators
-        both are the loss; for ``loss_and_grads`` ones the surrogate is what Pyro would have
-        differentiated (:func:`deferred_backward`). The forward pass runs under
-        ``torch.autocast`` for ``bf16`` and ``16-mixed``; the values are float32."""
-        with autocast(self._dtype, device_of(self.module)):
-            if self.loss_module is not None:
-                loss = self.loss_module(*args).float()
-                if self.reports_loss:
-                    return loss, loss.detach()
-                # tail-adaptive: the value is +inf by design; report a Trace_ELBO estimate
-                with torch.no_grad():
-                    value = torch.as_tensor(self.eval_elbo.loss(self.model, self.guide, *args))
-                return ZeroValue.apply(loss), value
+        (summed over the batch), and −ELBO of the batch to report.
+
+        * ELBOModule estimators (``differentiable_loss``): both are the loss, except for the
+          tail-adaptive loss, whose value is +inf by design: its surrogate carries the
+          gradient with value 0 (:class:`~pyrogen.inference.base.ZeroValue`) and the value
+          reported is a ``Trace_ELBO`` estimate of the same batch;
+        * ``loss_and_grads`` estimators: in one float32 process Pyro differentiates its
+          surrogate itself (the gradients are filled here, the surrogate returned is a
+          constant 0); under DDP or in mixed precision its ``backward`` calls are deferred
+          (:func:`deferred_backward`) and the surrogate is the sum of what they would have
+          differentiated.
+
+        :meth:`step` runs it under autocast for ``bf16`` and ``16-mixed``."""
+        if self.loss_module is not None:
+            loss = self.loss_module(*args)
+            if self.reports_loss:
+                return loss, loss.detach()
+            with torch.no_grad():
+                value = torch.as_tensor(self.eval_elbo.loss(self.model, self.guide, *args))
+            return ZeroValue.apply(loss), value
+        if self._ddp is None and self._dtype is None:
+            value = self.elbo.loss_and_grads(self.model, self.guide, *args)
+            surrogate = torch.zeros(())
+        else:
             with deferred_backward() as surrogates:
                 value = self.elbo.loss_and_grads(self.model, self.guide, *args)
+            surrogate = sum(s.float() for s in surrogates) if surrogates else torch.zeros(())
         if isinstance(value, tuple):  # ReweightedWakeSleep: (wake-θ loss, wake-φ loss)
             value = value[0]
-        surrogate = sum(s.float() for s in surrogates) if surrogates else torch.zeros(())
         return surrogate, torch.as_tensor(float(value))
-
-    def _objective_step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
-        """:meth:`step` through :meth:`objective`: under DDP (each rank differentiates W times
-        its sum, so DDP's average is the sum's gradient over the union batch) and/or in mixed
-        precision (the backward pass outside autocast, float16 with a gradient scaler)."""
-        self.module.train()
-        args = (x,) if y is None else (x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self._dtype == torch.float16 and self._scaler is None:
-            self._scaler = grad_scaler(device_of(self.module))
-            if self._scaler_state:
-                self._scaler.load_state_dict(self._scaler_state)
-        beta = self.kl_beta
-        with self._step_context(args, beta):
-            surrogate, value = (self._ddp or self.objective)(*args)
-            finite = bool(torch.isfinite(value))
-            if self._ddp is not None:  # every rank joins the all-reduce, finite or not
-                surrogate = poisoned(surrogate, value)
-            if (finite or self._ddp is not None) and surrogate.requires_grad:
-                if self.world_size != 1:
-                    surrogate = surrogate * self.world_size
-                if self._scaler is not None:
-                    surrogate = self._scaler.scale(surrogate)
-                surrogate.backward()
-        metrics = {"loss": float(value) / x.shape[0]}
-        if self.kl_warmup_steps:
-            metrics["kl_beta"] = beta
-        if not finite:
-            self.optimizer.zero_grad(set_to_none=True)
-            return metrics  # the run loop stops; parameters are left untouched
-        if self._scaler is not None:
-            self._scaler.unscale_(self.optimizer)
-        params = [p for p in self.module.parameters() if p.grad is not None]
-        norm = nn.utils.get_total_norm([p.grad for p in params])
-        if self._scaler is None and not torch.isfinite(norm):
-            # under DDP: some rank's loss or gradient was not finite (the averaged gradients
-            # are NaN on every rank), so every rank stops here
-            self.optimizer.zero_grad(set_to_none=True)
-            return {**metrics, "loss": float("nan")}
-        if self.clip_norm is not None:
-            nn.utils.clip_grads_with_norm_(params, self.clip_norm, norm)
-            metrics["grad_norm"] = float(norm)
-        if self._scaler is not None:  # skips the update when the gradients overflowed
-            self._scaler.step(self.optimizer)
-            self._scaler.update()
-        else:
-            self.optimizer.step()
-        self.num_steps += 1
-        return metrics
 
     def rank_state(self) -> dict[str, Any]:
         """What differs between ranks under DDP: the decaying-average baselines (each rank
@@ -395,7 +373,7 @@ class VariationalLearner:
             "param_store": self._baselines(),
         }
         if self._dtype == torch.float16:  # the gradient scaler's scale and growth tracker
-            state["scaler"] = self._scaler.state_dict() if self._scaler else self._scaler_state
+            state["scaler"] = self._guard.scaler_state()
         return state
 
     def _baselines(self) -> dict[str, torch.Tensor]:
@@ -410,9 +388,7 @@ class VariationalLearner:
         self.num_steps = int(state["num_steps"])
         self.load_rank_state(state)
         if state.get("scaler"):
-            if self._scaler is not None:
-                self._scaler.load_state_dict(state["scaler"])
-            self._scaler_state = state["scaler"]
+            self._guard.load_scaler_state(state["scaler"])
 
 
 @contextmanager
@@ -440,25 +416,40 @@ class _Objective(nn.Module):
         return self.learner.objective(*args)
 
 
+class _DeferredBackward(TorchFunctionMode):
+    """A torch function mode in which ``Tensor.backward`` records its tensor (times its
+    ``gradient``, if given) instead of differentiating it; every other function runs as
+    usual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recorded: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        if func is torch.Tensor.backward:
+            tensor = args[0]
+            gradient = kwargs.get("gradient", args[1] if len(args) > 1 else None)
+            self.recorded.append(tensor if gradient is None else (tensor * gradient).sum())
+            return None
+        return func(*args, **kwargs)
+
+
 @contextmanager
 def deferred_backward() -> Iterator[list[torch.Tensor]]:
-    """While active, ``Tensor.backward`` records the tensor it is called on (times its
-    ``gradient``, if given) instead of differentiating it; yields the list of recorded tensors.
+    """While active (in this thread, inside the ``with`` block only), ``Tensor.backward``
+    records the tensor it is called on (times its ``gradient``, if given) instead of
+    differentiating it; yields the list of recorded tensors.
 
     Pyro's ``loss_and_grads`` estimators build a surrogate loss and call ``backward`` on it
     themselves. Under DDP the backward pass must follow the DDP forward pass that computed
     the loss (DDP's gradient hooks are armed at the end of its forward), so pyrogen runs
     ``loss_and_grads`` inside the wrapped module's forward with backward deferred, returns
     the sum of the recorded surrogates, and differentiates it after the forward. The sum's
-    gradient is the sum of the gradients the calls would have accumulated."""
-    recorded: list[torch.Tensor] = []
-    original = torch.Tensor.backward
+    gradient is the sum of the gradients the calls would have accumulated.
 
-    def record(tensor, gradient=None, retain_graph=None, create_graph=False, inputs=None):  # noqa: ARG001
-        recorded.append(tensor if gradient is None else (tensor * gradient).sum())
-
-    torch.Tensor.backward = record
-    try:
-        yield recorded
-    finally:
-        torch.Tensor.backward = original
+    The deferral is a :class:`~torch.overrides.TorchFunctionMode` (``Tensor.backward``
+    consults the active modes before differentiating): nothing is patched, so the class
+    attribute ``torch.Tensor.backward`` and other threads are untouched."""
+    with _DeferredBackward() as mode:
+        yield mode.recorded
