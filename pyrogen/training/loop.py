@@ -31,7 +31,6 @@ and can be resumed with the same number of processes.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -78,6 +77,7 @@ from pyrogen.training.trainer import (
     TrainingInterrupted,
     evaluate_split,
     own_stream,
+    steps_per_epoch,
     stop_at_step_boundary,
 )
 
@@ -184,46 +184,19 @@ def _train(
     callbacks: Sequence[Callback] = (),
 ) -> TrainedRun:
     world = distributed.world_size()
-    main = distributed.is_main()
-    quiet = quiet or not main  # rank 0 alone shows progress
+    quiet = quiet or not distributed.is_main()  # rank 0 alone shows progress
     default_name = run_dir is None and cfg.output.name is None and not resume
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg, config_path)
     if world > 1:  # rank 0's name (it holds a timestamp)
         run_dir = Path(distributed.broadcast_object(str(run_dir)))
     state = None
     if resume:
-        cfg = resolved_config(cfg, run_dir)  # its own files, wherever the folder is now
-        state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
-        check_checkpoint_contents(state, run_dir / CHECKPOINT, resume=True)
-        saved_world = int(state.get("world_size", 1))
-        if saved_world != world:
-            raise CheckpointError(
-                f"{run_dir / CHECKPOINT} was written by a run on {saved_world} process(es); "
-                f"resume it on {saved_world} (torchrun --nproc_per_node=...), not {world}: the "
-                "order of the data and every rank's random streams depend on the number of "
-                "processes"
-            )
-        if state.get("family") != cfg.family or not isinstance(state.get("config"), dict):
-            check_checkpoint_fits(state, cfg, run_dir / CHECKPOINT)
-        if cfg.data.standardize is None:  # auto: what the run was trained with
-            saved = state["config"].get("data", {}).get("standardize")
-            cfg = replace(cfg, data=replace(cfg.data, standardize=saved))
-        changed = fixed_differences(state["config"], stored_config(cfg, run_dir).to_dict())
-        if changed:
-            raise ConfigError(
-                "a resumed run cannot change what defines its model and data: "
-                + "; ".join(changed[:4])
-                + " (start a new run for that)"
-            )
+        cfg, state = _open_resumed(cfg, run_dir, device, world)
     else:
         distributed.main_first(lambda: check_new_run_dir(run_dir, overwrite))
     # rank 0 first: it downloads missing files, and its errors reach every rank
     dataset, learner = distributed.main_first(lambda: build(cfg, device, data=data))
-    if dataset.checksum is not None and cfg.data.checksum is None:
-        path = str(Path(cfg.data.path).resolve()) if cfg.data.path else None
-        cfg = replace(cfg, data=replace(cfg.data, path=path, checksum=dataset.checksum))
-    if cfg.data.standardize is None:  # the resolved auto value goes into config.yaml
-        cfg = replace(cfg, data=replace(cfg.data, standardize=dataset.shift is not None))
+    cfg = _with_data_facts(cfg, dataset)
     monitor = family_of(cfg).monitor_of(cfg)
     data_gen = torch.Generator().manual_seed(cfg.train.seed)  # the order of the examples
     noise_gen = data_gen  # the preprocessing's noise (binarisation, dequantisation)
@@ -232,79 +205,19 @@ def _train(
         pyro.set_rng_seed(distributed.rank_seed(cfg.train.seed, "model") % (1 << 32))
     loop = LoopState()
     if state is not None:
-        check_checkpoint_contents(state, run_dir / CHECKPOINT, learner, resume=True)
-        learner.load_state_dict(state["learner"])
-        loop = LoopState(**state["loop"])
-        n = dataset.train.shape[0]
-        if loop.permutation is not None and not torch.equal(
-            loop.permutation.long().sort().values.cpu(), torch.arange(n)
-        ):
-            raise CheckpointError(
-                f"{run_dir / CHECKPOINT}: loop.permutation is not an order of the {n} training "
-                "examples (was it edited or written by another version?)"
-            )
-        if world > 1:
-            own = state["ranks"][distributed.rank()]
-            set_rng_state(own["rng"], data_gen, noise_gen)
-            learner.load_rank_state(own["learner"])
-        else:
-            set_rng_state(state["rng"], data_gen)
-    t = cfg.train
-    n = dataset.train.shape[0]
-    fixed_batches = getattr(learner, "fixed_batch_size", False)
+        loop = _restore(state, run_dir / CHECKPOINT, learner, dataset, data_gen, noise_gen)
     if world > 1:
-        distributed.check_batches(t.batch_size, fixed_batches)
+        distributed.check_batches(cfg.train.batch_size, getattr(learner, "fixed_batch_size", False))
         learner.data_parallel()
-    steps_per_epoch = n // t.batch_size if fixed_batches else math.ceil(n / t.batch_size)
-    if not fixed_batches and 0 < n % t.batch_size < world:
-        steps_per_epoch -= 1  # a last batch with fewer examples than processes is skipped
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            f"train.batch_size={t.batch_size} is larger than the {n} training examples, and "
-            "this guide's baseline needs full batches: lower train.batch_size"
-        )
-    total = t.epochs * steps_per_epoch
-    if t.max_steps is not None:
-        total = min(total, t.max_steps)
-    if state is not None and (loop.step >= total or loop.epoch >= t.epochs):
-        raise ConfigError(
-            f"{run_dir} has already reached its target (epoch {loop.epoch} of train.epochs="
-            f"{t.epochs}, step {loop.step} of {total}): nothing to resume; raise train.epochs "
-            "or train.max_steps to continue it"
-        )
-    if state is not None and t.early_stopping and loop.evals_since_best >= t.early_stopping:
-        raise ConfigError(
-            f"{run_dir} stopped early ({loop.evals_since_best} evaluations without a better "
-            f"{monitor[0] if monitor else 'metric'}): raise train.early_stopping to continue it"
-        )
+    _check_steps_left(cfg, dataset, learner, loop, state is not None, run_dir, monitor)
     # everything that can fail on the user's input has been checked: the run starts
     distributed.barrier()  # every rank has read the run folder before rank 0 writes it
-
-    def start_run_folder() -> Path:  # rank 0 alone writes the run folder
-        folder = run_dir
-        if state is None:
-            folder = claim_run_dir(run_dir, overwrite, default_name)
-        remove_orphans(folder, CHECKPOINT)
-        remove_orphans(folder, BEST)
-        if data is not None:
-            _save_user_data(data, folder / DATA)
-        return folder
-
-    run_dir = Path(distributed.broadcast_object(str(distributed.on_main(start_run_folder))))
+    fresh = state is None
+    run_dir = _start_folder(run_dir, fresh, overwrite, default_name, data)
     if data is not None:
         cfg = replace(cfg, data=replace(cfg.data, path=str((run_dir / DATA).resolve())))
     stored = stored_config(cfg, run_dir)  # what config.yaml and the checkpoints hold
-
-    def write_config() -> None:
-        if state is not None:
-            record_resume(run_dir, state["config"], stored, loop.step)
-        write_atomic(run_dir / CONFIG, stored.to_yaml().encode())  # a failed write keeps the old
-
-    try:
-        distributed.on_main(write_config)
-    except OSError as e:  # a resumed run's checkpoint is untouched
-        intact = run_dir / CHECKPOINT if state is not None else None
-        raise RunOutputError.from_error(e, run_dir, intact, loop.step) from None
+    _write_config(run_dir, stored, None if fresh else state["config"], loop.step)
     use_tensorboard = cfg.output.tensorboard
     tensorboard = use_tensorboard or (use_tensorboard is None and tensorboard_available())
     trainer = Trainer(
@@ -318,12 +231,153 @@ def _train(
         data_gen=data_gen,
         noise_gen=noise_gen,
         uses_labels=family_of(cfg).uses_labels(cfg),
-        resumed_from=run_dir / CHECKPOINT if state is not None else None,
+        resumed_from=None if fresh else run_dir / CHECKPOINT,
     )
-    if state is not None:
-        trainer.resumed_step = loop.step
+    trainer.resumed_step = None if fresh else loop.step
     num_parameters = sum(p.numel() for p in learner.module.parameters())
-    with cpu_settings(t.num_threads, num_parameters) as threads:
+    with cpu_settings(cfg.train.num_threads, num_parameters) as threads:
         trainer.num_threads = threads
         trainer.fit(on_step)
     return trainer.trained_run()
+
+
+def _open_resumed(
+    cfg: Config, run_dir: Path, device: torch.device, world: int
+) -> tuple[Config, dict[str, Any]]:
+    """The config of a resumed run (its files found where the folder is now; the automatic
+    choices it was trained with) and its last checkpoint, refused in one line if it does not
+    fit: written by another number of processes, another family, or a change to what
+    defines the model and data."""
+    path = run_dir / CHECKPOINT
+    cfg = resolved_config(cfg, run_dir)  # its own files, wherever the folder is now
+    state = load_checkpoint(path, map_location=device)
+    check_checkpoint_contents(state, path, resume=True)
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != world:
+        raise CheckpointError(
+            f"{path} was written by a run on {saved_world} process(es); resume it on "
+            f"{saved_world} (torchrun --nproc_per_node=...), not {world}: the order of the data "
+            "and every rank's random streams depend on the number of processes"
+        )
+    if state.get("family") != cfg.family or not isinstance(state.get("config"), dict):
+        check_checkpoint_fits(state, cfg, path)
+    if cfg.data.standardize is None:  # auto: what the run was trained with
+        saved = state["config"].get("data", {}).get("standardize")
+        cfg = replace(cfg, data=replace(cfg.data, standardize=saved))
+    changed = fixed_differences(state["config"], stored_config(cfg, run_dir).to_dict())
+    if changed:
+        raise ConfigError(
+            "a resumed run cannot change what defines its model and data: "
+            + "; ".join(changed[:4])
+            + " (start a new run for that)"
+        )
+    return cfg, state
+
+
+def _with_data_facts(cfg: Config, dataset: Any) -> Config:
+    """``cfg`` with what the data told: the user's file by its absolute path and checksum,
+    and ``data.standardize`` resolved (config.yaml records it)."""
+    d = cfg.data
+    if dataset.checksum is not None and d.checksum is None:
+        path = str(Path(d.path).resolve()) if d.path else None
+        d = replace(d, path=path, checksum=dataset.checksum)
+    if d.standardize is None:
+        d = replace(d, standardize=dataset.shift is not None)
+    return replace(cfg, data=d)
+
+
+def _restore(
+    state: dict[str, Any],
+    path: Path,
+    learner: Any,
+    dataset: Any,
+    data_gen: torch.Generator,
+    noise_gen: torch.Generator,
+) -> LoopState:
+    """Put the learner, the loop and every random stream where the checkpoint has them."""
+    check_checkpoint_contents(state, path, learner, resume=True)
+    learner.load_state_dict(state["learner"])
+    loop = LoopState(**state["loop"])
+    n = dataset.train.shape[0]
+    if loop.permutation is not None and not torch.equal(
+        loop.permutation.long().sort().values.cpu(), torch.arange(n)
+    ):
+        raise CheckpointError(
+            f"{path}: loop.permutation is not an order of the {n} training examples (was it "
+            "edited or written by another version?)"
+        )
+    if distributed.is_distributed():
+        own = state["ranks"][distributed.rank()]
+        set_rng_state(own["rng"], data_gen, noise_gen)
+        learner.load_rank_state(own["learner"])
+    else:
+        set_rng_state(state["rng"], data_gen)
+    return loop
+
+
+def _check_steps_left(
+    cfg: Config,
+    dataset: Any,
+    learner: Any,
+    loop: LoopState,
+    resumed: bool,
+    run_dir: Path,
+    monitor: tuple[str, str] | None,
+) -> None:
+    """Refuse a batch size no step can be made with, and a resumed run with nothing left to
+    do (its target reached, or stopped early with the same patience)."""
+    t = cfg.train
+    n = dataset.train.shape[0]
+    fixed = getattr(learner, "fixed_batch_size", False)
+    per_epoch = steps_per_epoch(n, t.batch_size, fixed, distributed.world_size())
+    if per_epoch == 0:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} is larger than the {n} training examples, and "
+            "this guide's baseline needs full batches: lower train.batch_size"
+        )
+    total = t.epochs * per_epoch if t.max_steps is None else min(t.epochs * per_epoch, t.max_steps)
+    if resumed and (loop.step >= total or loop.epoch >= t.epochs):
+        raise ConfigError(
+            f"{run_dir} has already reached its target (epoch {loop.epoch} of train.epochs="
+            f"{t.epochs}, step {loop.step} of {total}): nothing to resume; raise train.epochs "
+            "or train.max_steps to continue it"
+        )
+    if resumed and t.early_stopping and loop.evals_since_best >= t.early_stopping:
+        raise ConfigError(
+            f"{run_dir} stopped early ({loop.evals_since_best} evaluations without a better "
+            f"{monitor[0] if monitor else 'metric'}): raise train.early_stopping to continue it"
+        )
+
+
+def _start_folder(
+    run_dir: Path, fresh: bool, overwrite: bool, default_name: bool, data: Any
+) -> Path:
+    """Rank 0 claims (a new run) or reopens (a resumed one) the run folder and saves the
+    user's arrays there; every rank gets the folder's final name."""
+
+    def start() -> str:
+        folder = claim_run_dir(run_dir, overwrite, default_name) if fresh else run_dir
+        remove_orphans(folder, CHECKPOINT)
+        remove_orphans(folder, BEST)
+        if data is not None:
+            _save_user_data(data, folder / DATA)
+        return str(folder)
+
+    return Path(distributed.broadcast_object(distributed.on_main(start)))
+
+
+def _write_config(
+    run_dir: Path, stored: Config, resumed_config: dict[str, Any] | None, step: int
+) -> None:
+    """config.yaml (atomically) and, for a resumed run, what the resume changed."""
+
+    def write() -> None:
+        if resumed_config is not None:
+            record_resume(run_dir, resumed_config, stored, step)
+        write_atomic(run_dir / CONFIG, stored.to_yaml().encode())  # a failed write keeps the old
+
+    try:
+        distributed.on_main(write)
+    except OSError as e:  # a resumed run's checkpoint is untouched
+        intact = run_dir / CHECKPOINT if resumed_config is not None else None
+        raise RunOutputError.from_error(e, run_dir, intact, step) from None

@@ -148,6 +148,16 @@ def stop_at_step_boundary(second_interrupts: bool = True) -> Iterator[Callable[[
             signal.signal(s, h)
 
 
+def steps_per_epoch(n: int, batch_size: int, fixed_batches: bool, world: int) -> int:
+    """Optimiser steps in an epoch of ``n`` examples: the last, smaller batch counts unless
+    the learner needs batches of one size (``fixed_batches``) or it has fewer examples than
+    the ``world`` processes (a piece for every rank, or no step)."""
+    steps = n // batch_size if fixed_batches else math.ceil(n / batch_size)
+    if not fixed_batches and 0 < n % batch_size < world:
+        steps -= 1
+    return steps
+
+
 def is_invalid_distribution(e: ValueError) -> bool:
     """Whether a ``ValueError`` is a distribution refusing NaN or infinite arguments (the
     loss diverged), as opposed to a user's mistake."""
@@ -258,10 +268,7 @@ class Trainer:
     # ------------------------------------------------------------------ the run
     def _steps_per_epoch(self) -> int:
         n, b = self.dataset.train.shape[0], self.cfg.train.batch_size
-        steps = n // b if self.fixed_batches else math.ceil(n / b)
-        if not self.fixed_batches and 0 < n % b < self.world:
-            steps -= 1  # a last batch with fewer examples than processes is skipped
-        return steps
+        return steps_per_epoch(n, b, self.fixed_batches, self.world)
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
