@@ -22,8 +22,7 @@ from typing import Any
 import pyro
 import torch
 
-from pyrogen.config import Config, ConfigError
-from pyrogen.config import load_config as read_config
+from pyrogen.config import Config, ConfigError, read_config
 from pyrogen.data import Dataset, load_dataset
 from pyrogen.families import family_of
 from pyrogen.inference.base import Learner
@@ -64,7 +63,7 @@ def load_config(
     path: str | os.PathLike | None = None, overrides: list[str] | None = None
 ) -> Config:
     """Read a YAML config with ``key=value`` overrides and check everything that can be
-    checked before reading data (:func:`pyrogen.config.load_config` checks the schema only).
+    checked before reading data (:func:`pyrogen.config.read_config` checks the schema only).
 
     Example::
 

@@ -28,7 +28,7 @@ from pyrogen.config import (
     MODEL_CONFIGS,
     SECTIONS,
     ConfigError,
-    load_config,
+    read_config,
 )
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -271,7 +271,7 @@ def test_any_bytes_as_a_config_give_a_config_or_a_config_error(content):
     with tempfile.NamedTemporaryFile(suffix=".yaml", delete=False) as f:
         f.write(content)
     try:
-        load_config(f.name)
+        read_config(f.name)
         TALLY["random file accepted"] += 1
     except ConfigError as e:
         assert "\n" not in str(e).strip()
@@ -287,7 +287,7 @@ def test_any_bytes_as_a_config_give_a_config_or_a_config_error(content):
 )
 def test_any_override_value_gives_a_config_or_a_config_error(key, text):
     try:
-        load_config(None, [f"{key}={text}"])
+        read_config(None, [f"{key}={text}"])
     except ConfigError as e:
         assert "\n" not in str(e).strip() and len(str(e)) < 800
 

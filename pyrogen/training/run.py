@@ -127,7 +127,7 @@ def load(
     folder's ``data.npz`` (or from ``data``, which must be the same array); the folder may
     have been moved or copied."""
     from pyrogen.build import build
-    from pyrogen.config import ConfigError, load_config
+    from pyrogen.config import ConfigError, read_config
     from pyrogen.runtime import resolve_device
     from pyrogen.training.checkpoint import (
         check_checkpoint_contents,
@@ -146,7 +146,7 @@ def load(
             f"{run_dir} has no best checkpoint ({BEST}): its run kept only the last (train."
             "monitor was none, or it never validated); use --checkpoint last"
         )
-    cfg = load_config(run_dir / CONFIG)
+    cfg = read_config(run_dir / CONFIG)
     dev = resolve_device(device or cfg.train.device, "--device" if device else "train.device")
     state = load_checkpoint(path, map_location=dev)
     check_checkpoint_contents(state, path)  # its sections, before building anything

@@ -1,0 +1,83 @@
+"""The VAE family's sections: ``model`` (``model.family=vae``), ``guide`` (the amortised
+q(z | x)) and ``elbo`` (which of Pyro's ELBO estimators trains it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pyrogen.config.schema import MAX_COUNT, MAX_STEPS, MAX_WIDTH, num, sizes
+
+
+@dataclass
+class VAEModelConfig:
+    """z ~ N(0, I); x ~ likelihood(decoder(z))."""
+
+    family: Literal["vae"] = field(
+        default="vae", metadata={"doc": "the model family: vae, flow or gan"}
+    )
+    latent_dim: int = num(2, ge=1, le=MAX_WIDTH, doc="dimension of z")
+    likelihood: Literal["bernoulli", "gaussian"] = field(
+        default="bernoulli", metadata={"doc": "p(x | z): bernoulli (binary data) or gaussian"}
+    )
+    scale: Literal["decoder", "learned", "fixed"] = field(
+        default="decoder",
+        metadata={"doc": "gaussian: sigma from the decoder, one learned per dimension, or fixed"},
+    )
+    fixed_scale: float = num(0.1, gt=0.0, le=1e6, doc="gaussian, scale=fixed: sigma")
+    min_scale: float = num(1e-3, ge=0.0, le=1e3, doc="gaussian: floor added to sigma")
+    architecture: Literal["mlp", "conv"] = field(
+        default="mlp", metadata={"doc": "decoder (and encoder) networks: MLP or conv"}
+    )
+    hidden_sizes: list[int] = sizes(
+        256, 256, min_len=0, doc="decoder layer widths (conv: channels); []: an affine decoder"
+    )
+    activation: Literal["relu", "tanh", "softplus", "elu", "leaky_relu"] = field(
+        default="relu", metadata={"doc": "nonlinearity of the networks"}
+    )
+
+
+@dataclass
+class GuideConfig:
+    """The amortised variational family q(z | x) (VAE only)."""
+
+    name: str = field(
+        default="diagonal_normal",
+        metadata={"doc": "the guide q(z | x) (a name in pyrogen.registry.GUIDES)"},
+    )
+    hidden_sizes: list[int] | None = field(
+        default=None,
+        metadata={
+            "ge": 1,
+            "le": MAX_WIDTH,
+            "max_len": 64,
+            "min_len": 0,
+            "doc": "encoder layer widths; default: the decoder's, reversed; []: affine",
+        },
+    )
+    rank: int = num(2, ge=1, le=MAX_WIDTH, doc="low_rank_normal: rank of the covariance factor")
+    num_flows: int = num(2, ge=1, le=256, doc="iaf: number of inverse autoregressive steps")
+    baseline: Literal["none", "decaying_average", "neural"] = field(
+        default="none", metadata={"doc": "score-function estimators: variance-reducing baseline"}
+    )
+    baseline_beta: float = num(0.9, ge=0.0, lt=1.0, doc="decay of the decaying-average baseline")
+
+
+@dataclass
+class ELBOConfig:
+    """Which of Pyro's ELBO estimators trains the model, and its options."""
+
+    name: str = field(
+        default="trace", metadata={"doc": "the ELBO estimator (a name in pyrogen.registry.ELBOS)"}
+    )
+    num_particles: int = num(1, ge=1, le=MAX_COUNT, doc="samples of z per example in each estimate")
+    vectorize_particles: bool = field(
+        default=False, metadata={"doc": "draw the particles in one vectorised pass"}
+    )
+    alpha: float = num(0.0, ge=-1e3, le=1e3, doc="renyi: alpha = 0 is the IWAE bound")
+    tail_adaptive_beta: float = num(
+        -1.0, ge=-1.0, lt=0.0, doc="tail_adaptive: rank exponent β of the weights"
+    )
+    kl_warmup_steps: int = num(
+        0, ge=0, le=MAX_STEPS, doc="KL weight β from 0 to 1 over these steps"
+    )
