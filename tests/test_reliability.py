@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import pyrogen.training.loop as loop
+import pyrogen.training.trainer as trainer
 from pyrogen import load_config
 from pyrogen.cli import main
 from pyrogen.training import TrainingDiverged, train
@@ -228,7 +229,7 @@ def test_orphan_temporaries_of_a_killed_write_are_removed_by_the_next_run(tmp_pa
 def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(
     tmp_path, capsys, monkeypatch
 ):
-    real_save = loop.save_checkpoint
+    real_save = trainer.save_checkpoint
     calls = {"n": 0}
 
     def save(state, path):
@@ -237,7 +238,7 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(
             raise OSError(28, "No space left on device", str(path))
         real_save(state, path)
 
-    monkeypatch.setattr(loop, "save_checkpoint", save)
+    monkeypatch.setattr(trainer, "save_checkpoint", save)
     run = tmp_path / "r"
     argv = ["train", "configs/flow_moons.yaml", "train.epochs=3", "train.checkpoint_every=1"]
     assert main([*argv, "--run-dir", str(run), "--quiet"]) == 1
