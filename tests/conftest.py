@@ -55,16 +55,16 @@ CONFIGS = ROOT / "configs"
 VAE_DIGITS = str(CONFIGS / "vae_digits.yaml")
 
 
-def tiny(family: str, *extra: str, width: int = 16) -> list[str]:
+def tiny(family: str, *extra: str, width: int = 16, latent: int = 2) -> list[str]:
     """The smallest model of ``family`` ("vae", "flow" or "gan"): one hidden layer of
-    ``width`` units (both players for a GAN), a 2-d latent space, then ``extra``."""
+    ``width`` units (both players for a GAN), a ``latent``-d latent space, then ``extra``."""
     hidden = f"model.hidden_sizes=[{width}]"
     models = {
-        "vae": [hidden, "model.latent_dim=2"],
+        "vae": [hidden, f"model.latent_dim={latent}"],
         "flow": ["model.family=flow", hidden],
         "gan": [
             "model.family=gan",
-            "model.latent_dim=2",
+            f"model.latent_dim={latent}",
             "model.output=identity",
             hidden,
             f"model.discriminator_hidden_sizes=[{width}]",
@@ -79,6 +79,9 @@ TINY_GAN = tiny("gan")
 # the 2-d toy data sets the flow and the GAN are tried on
 MOONS = "data.name=moons"
 EIGHT_GAUSSIANS = "data.name=eight_gaussians"
+POINTS = [MOONS, "data.num_train=64", "data.num_valid=32", "data.num_test=32"]
+# a VAE on real-valued points needs a Gaussian likelihood
+GAUSSIAN = "model.likelihood=gaussian"
 # a small run on the digits (VAE) and the toy points (flow, GAN): 10 steps an epoch on the digits
 # (1257 / 128), 4 on the points (512 / 128); the resume tests compare runs of these bit for bit
 SMALL_RUN = ["train.batch_size=128", "train.log_every=5", "train.device=cpu", "train.seed=3"]

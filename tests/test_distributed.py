@@ -158,7 +158,7 @@ def common_noise(offset: int):
 
 # ----------------------------------------------------------------------------- one step
 SGD = ["optim.name=sgd", "optim.lr=1e-3", "optim.momentum=0.9", "train.device=cpu", "train.seed=5"]
-VAE = SGD + ["data.binarize=static", *tiny("vae", "model.latent_dim=3")]
+VAE = SGD + ["data.binarize=static", *tiny("vae", latent=3)]
 GAN = SGD + tiny("gan", EIGHT_GAUSSIANS, "data.num_train=64")
 STEP_CASES = {
     "vae trace": VAE,
@@ -267,10 +267,10 @@ RUN += [
     "train.batch_size=75",
 ]  # 4 steps an epoch (38 + 37), 1 skipped
 RUN_CASES = {
-    "vae": RUN + ["data.binarize=dynamic", *tiny("vae", "model.latent_dim=3")],
+    "vae": RUN + ["data.binarize=dynamic", *tiny("vae", latent=3)],
     # each rank keeps the running averages of its positions in the batch (3 steps an epoch)
     "vae_baseline": RUN
-    + ["data.binarize=dynamic", *tiny("vae", "model.latent_dim=3")]
+    + ["data.binarize=dynamic", *tiny("vae", latent=3)]
     + ["guide.name=score_function", "guide.baseline=decaying_average", "elbo.name=trace_graph"]
     + ["train.batch_size=76"],
     "flow": RUN
@@ -395,7 +395,7 @@ def test_runs_on_two_ranks_agree_write_once_stop_together_and_resume_exactly(two
 
 # ----------------------------------------------------------------------------- evaluation
 EVAL_RUNS = {
-    "vae": ["data.binarize=dynamic", *tiny("vae", "model.latent_dim=3")],
+    "vae": ["data.binarize=dynamic", *tiny("vae", latent=3)],
     "flow": tiny("flow", "model.num_layers=2", "data.dequantize=true", "data.logit_lambda=1e-6"),
     "gan": tiny("gan", EIGHT_GAUSSIANS),
 }
