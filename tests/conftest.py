@@ -74,8 +74,6 @@ def tiny(family: str, *extra: str, width: int = 16, latent: int = 2) -> list[str
 
 
 TINY_VAE = tiny("vae")
-TINY_FLOW = tiny("flow")
-TINY_GAN = tiny("gan")
 # the 2-d toy data sets the flow and the GAN are tried on
 MOONS = "data.name=moons"
 EIGHT_GAUSSIANS = "data.name=eight_gaussians"
