@@ -9,6 +9,8 @@ uninterrupted run) would flake, so the thread pool is warmed up once here.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import matplotlib
 import pyro
@@ -42,3 +44,117 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------ shared per-family mini-configs
+# Test files import these as ``from conftest import ...`` (pytest puts tests/ on sys.path, as it
+# has no __init__.py). Overrides are merged as a dict, later keys winning, so a test narrows a
+# family's mini-config by appending its own ``key=value`` items.
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+VAE_DIGITS = str(CONFIGS / "vae_digits.yaml")
+
+
+def tiny(family: str, *extra: str, width: int = 16, latent: int = 2) -> list[str]:
+    """The smallest model of ``family`` ("vae", "flow" or "gan"): one hidden layer of
+    ``width`` units (both players for a GAN), a ``latent``-d latent space, then ``extra``."""
+    hidden = f"model.hidden_sizes=[{width}]"
+    models = {
+        "vae": [hidden, f"model.latent_dim={latent}"],
+        "flow": ["model.family=flow", hidden],
+        "gan": [
+            "model.family=gan",
+            f"model.latent_dim={latent}",
+            "model.output=identity",
+            hidden,
+            f"model.discriminator_hidden_sizes=[{width}]",
+        ],
+    }
+    return [*models[family], *extra]
+
+
+TINY_VAE = tiny("vae")
+# the 2-d toy data sets the flow and the GAN are tried on
+MOONS = "data.name=moons"
+EIGHT_GAUSSIANS = "data.name=eight_gaussians"
+POINTS = [MOONS, "data.num_train=64", "data.num_valid=32", "data.num_test=32"]
+# a VAE on real-valued points needs a Gaussian likelihood
+GAUSSIAN = "model.likelihood=gaussian"
+# a small run on the digits (VAE) and the toy points (flow, GAN): 10 steps an epoch on the digits
+# (1257 / 128), 4 on the points (512 / 128); the resume tests compare runs of these bit for bit
+SMALL_RUN = ["train.batch_size=128", "train.log_every=5", "train.device=cpu", "train.seed=3"]
+SMALL_RUNS = {
+    "vae": SMALL_RUN + ["data.binarize=dynamic", *tiny("vae", width=32)],
+    "flow": SMALL_RUN
+    + tiny("flow", "model.flow=realnvp", "model.num_layers=2", MOONS, "data.num_train=512"),
+    "gan": SMALL_RUN
+    + tiny("gan", EIGHT_GAUSSIANS, "data.num_train=512")
+    + ["adversarial.discriminator_steps=2", "adversarial.ema_decay=0.9"],
+}
+# a few epochs of the digits config, validated every epoch (20 steps an epoch)
+DIGITS_RUN = TINY_VAE + ["train.eval_every=1", "train.log_every=5", "train.device=cpu"]
+
+
+# ------------------------------------------------------------------ comparing states
+def state_of(run) -> dict[str, torch.Tensor]:
+    """A copy of a trained run's module parameters and buffers."""
+    return {k: v.detach().clone() for k, v in run.learner.module.state_dict().items()}
+
+
+def flat(state, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor and number in a nested state dict (optimiser states included)."""
+    out: dict[str, torch.Tensor] = {}
+    items = state.items() if isinstance(state, dict) else enumerate(state)
+    for k, v in items:
+        key = f"{prefix}/{k}"
+        if isinstance(v, dict | list | tuple):
+            out.update(flat(v, key))
+        elif isinstance(v, torch.Tensor):
+            out[key] = v
+        elif isinstance(v, int | float | bool):
+            out[key] = torch.tensor(v)
+    return out
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str = "") -> None:
+    """The same keys and, key by key, bit-identical tensors."""
+    assert a.keys() == b.keys(), what
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{what}: {k}" if what else k
+
+
+def same_tensors(a, b) -> bool:
+    """Nested dicts, lists and tuples equal to the bit, tensors of the same dtype."""
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+# ------------------------------------------------------------------ interfering with a step
+def build_with_step_hook(real_build: Callable, hook: Callable) -> Callable:
+    """A stand-in for ``loop.build`` whose learner calls ``hook(n, learner, run_step)`` for its
+    n-th step (n from 1); ``run_step()`` takes the real step and returns its output, which the
+    hook returns."""
+
+    def build(cfg, device, data=None):
+        dataset, learner = real_build(cfg, device, data=data)
+        real_step, calls = learner.step, {"n": 0}
+
+        def step(x, y=None):
+            calls["n"] += 1
+            return hook(calls["n"], learner, lambda: real_step(x, y))
+
+        learner.step = step
+        return dataset, learner
+
+    return build
+
+
+def fill_first_parameter(learner, value: float) -> None:
+    """Make the model's first parameter tensor ``value`` everywhere (inf or nan)."""
+    with torch.no_grad():
+        next(learner.model.parameters()).fill_(value)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import pyrogen
+from conftest import CONFIGS, DIGITS_RUN, EIGHT_GAUSSIANS, TINY_VAE, VAE_DIGITS, same_tensors, tiny
 from pyrogen import ConfigError, load_config
 from pyrogen.cli import main
 from pyrogen.runtime import tensorboard_available
@@ -17,31 +18,12 @@ from pyrogen.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
-VAE = str(ROOT / "configs" / "vae_digits.yaml")
-TINY = [
-    "model.hidden_sizes=[16]",
-    "model.latent_dim=2",
-    "train.epochs=4",
-    "train.eval_every=1",
-    "train.log_every=5",
-    "train.device=cpu",
-    "output.num_samples=4",
-]
+VAE = VAE_DIGITS
+TINY = DIGITS_RUN + ["train.epochs=4", "output.num_samples=4"]
 
 
 def valid_rows(run_dir: Path) -> list[dict]:
     return [r for r in read_metrics(run_dir) if r["split"] == "valid"]
-
-
-def same_tensors(a, b) -> bool:
-    if torch.is_tensor(a):
-        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
 
 
 # ------------------------------------------------------------------ best and last
@@ -139,23 +121,14 @@ def test_early_stopping_stops_after_its_patience(tmp_path):
 def test_bad_monitor_settings_are_one_line_errors(overrides, message):
     path = VAE
     if overrides[0] == "gan":
-        path, overrides = str(ROOT / "configs" / "gan_toy.yaml"), overrides[1:]
+        path, overrides = str(CONFIGS / "gan_toy.yaml"), overrides[1:]
     with pytest.raises(ConfigError, match=message):
-        load_config(path, TINY[2:] + overrides)
+        load_config(path, TINY[len(TINY_VAE) :] + overrides)
 
 
 def test_a_gan_keeps_the_last_unless_told_what_is_better(tmp_path):
-    base = [
-        "model.family=gan",
-        "data.name=eight_gaussians",
-        "data.num_train=256",
-        "model.latent_dim=2",
-        "model.output=identity",
-        "model.hidden_sizes=[8]",
-        "model.discriminator_hidden_sizes=[8]",
-        "train.epochs=2",
-        "train.device=cpu",
-    ]
+    base = tiny("gan", EIGHT_GAUSSIANS, "data.num_train=256", width=8)
+    base += ["train.epochs=2", "train.device=cpu"]
     run = train(load_config(None, base), tmp_path / "a", quiet=True)
     assert run.checkpoint == "last" and not (tmp_path / "a" / "best.pt").exists()
     told = load_config(None, base + ["train.monitor=g_loss", "train.monitor_mode=min"])

@@ -3,12 +3,11 @@ records, can stop the run, and never change its numbers."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 import pyrogen
+from conftest import DIGITS_RUN, VAE_DIGITS
 from pyrogen import load_config
 from pyrogen.training import read_metrics, train
 from pyrogen.training.checkpoint import load_checkpoint
@@ -16,18 +15,8 @@ from pyrogen.training.trainer import own_stream
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
-VAE = str(ROOT / "configs" / "vae_digits.yaml")
-TINY = [
-    "model.hidden_sizes=[16]",
-    "model.latent_dim=2",
-    "train.epochs=3",
-    "train.eval_every=1",
-    "train.log_every=5",
-    "train.device=cpu",
-    "output.tensorboard=false",
-    "output.figures=false",
-]
+VAE = VAE_DIGITS
+TINY = DIGITS_RUN + ["train.epochs=3", "output.tensorboard=false", "output.figures=false"]
 
 
 class Recorder(pyrogen.Callback):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import pyrogen
+from conftest import tiny
 from pyrogen.cli import main
 from pyrogen.training.checkpoint import (
     CheckpointError,
@@ -29,43 +30,23 @@ TINY = ["train.epochs=1", "train.device=cpu", "train.seed=1"]
 RUNS = {
     "vae": (
         "configs/vae_digits.yaml",
-        TINY
-        + [
-            "model.hidden_sizes=[16]",
-            "guide.hidden_sizes=[16]",
-            "model.latent_dim=2",
-            "data.num_train=200",
-            "train.batch_size=100",
-        ],
+        TINY + tiny("vae", "guide.hidden_sizes=[16]", "data.num_train=200", "train.batch_size=100"),
     ),
     # a score-function guide with a decaying-average baseline: the learner's param store is
     # empty when built and filled by training (no false positive on lazily made state)
     "vae_baseline": (
         "configs/vae_digits.yaml",
         TINY
-        + [
-            "model.hidden_sizes=[16]",
-            "model.latent_dim=2",
-            "guide.name=score_function",
-            "guide.baseline=decaying_average",
-            "elbo.name=trace_graph",
-            "data.num_train=200",
-            "train.batch_size=100",
-        ],
+        + tiny("vae", "guide.name=score_function", "guide.baseline=decaying_average")
+        + ["elbo.name=trace_graph", "data.num_train=200", "train.batch_size=100"],
     ),
     "flow": (
         "configs/flow_moons.yaml",
-        TINY + ["model.num_layers=2", "model.hidden_sizes=[8]", "data.num_train=256"],
+        TINY + tiny("flow", "model.num_layers=2", "data.num_train=256", width=8),
     ),
     "gan": (
         "configs/gan_toy.yaml",
-        TINY
-        + [
-            "model.hidden_sizes=[8]",
-            "model.discriminator_hidden_sizes=[8]",
-            "data.num_train=256",
-            "train.batch_size=128",
-        ],
+        TINY + tiny("gan", "data.num_train=256", "train.batch_size=128", width=8),
     ),
 }
 

@@ -26,6 +26,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import pyrogen.inference.adversarial as adversarial
+from conftest import (
+    EIGHT_GAUSSIANS,
+    MOONS,
+    assert_same,
+    build_with_step_hook,
+    fill_first_parameter,
+    flat,
+    tiny,
+)
 from pyrogen import load_config
 from pyrogen.build import build
 
@@ -149,7 +158,8 @@ def common_noise(offset: int):
 
 # ----------------------------------------------------------------------------- one step
 SGD = ["optim.name=sgd", "optim.lr=1e-3", "optim.momentum=0.9", "train.device=cpu", "train.seed=5"]
-VAE = SGD + ["data.binarize=static", "model.latent_dim=3", "model.hidden_sizes=[16]"]
+VAE = SGD + ["data.binarize=static", *tiny("vae", latent=3)]
+GAN = SGD + tiny("gan", EIGHT_GAUSSIANS, "data.num_train=64")
 STEP_CASES = {
     "vae trace": VAE,
     "vae jit_trace": VAE + ["elbo.name=jit_trace"],
@@ -166,30 +176,20 @@ STEP_CASES = {
     "vae tail_adaptive": VAE
     + ["elbo.name=tail_adaptive", "elbo.num_particles=3", "elbo.vectorize_particles=true"],
     "vae trace bf16": VAE + ["train.precision=bf16"],
-    "gan r1 bf16": SGD
-    + ["model.family=gan", "data.name=eight_gaussians", "data.num_train=64"]
-    + ["model.latent_dim=2", "model.output=identity", "model.hidden_sizes=[16]"]
-    + ["model.discriminator_hidden_sizes=[16]", "adversarial.r1_penalty=1.0"]
-    + ["train.precision=bf16"],
+    "gan r1 bf16": GAN + ["adversarial.r1_penalty=1.0", "train.precision=bf16"],
     "vae conv gaussian": SGD
     + ["data.flatten=false", "model.architecture=conv", "model.likelihood=gaussian"]
     + ["model.latent_dim=3"],
     "flow realnvp batchnorm": SGD
-    + ["model.family=flow", "data.name=moons", "data.num_train=64", "model.num_layers=2"]
-    + ["model.hidden_sizes=[16]", "model.normalization=batchnorm"],
+    + tiny(
+        "flow", MOONS, "data.num_train=64", "model.num_layers=2", "model.normalization=batchnorm"
+    ),
     "flow maf actnorm dequantized": SGD
-    + ["model.family=flow", "model.flow=maf", "model.num_layers=2", "model.hidden_sizes=[64]"]
-    + ["model.normalization=actnorm", "data.dequantize=true", "data.logit_lambda=1e-6"],
-    "gan r1 ema": SGD
-    + ["model.family=gan", "data.name=eight_gaussians", "data.num_train=64"]
-    + ["model.latent_dim=2", "model.output=identity", "model.hidden_sizes=[16]"]
-    + ["model.discriminator_hidden_sizes=[16]", "adversarial.r1_penalty=1.0"]
-    + ["adversarial.ema_decay=0.9"],
-    "gan wasserstein gp spectral": SGD
-    + ["model.family=gan", "data.name=eight_gaussians", "data.num_train=64"]
-    + ["model.latent_dim=2", "model.output=identity", "model.hidden_sizes=[16]"]
-    + ["model.discriminator_hidden_sizes=[16]", "adversarial.loss=wasserstein"]
-    + ["model.spectral_norm=true"],
+    + tiny("flow", "model.flow=maf", "model.num_layers=2", "model.normalization=actnorm", width=64)
+    + ["data.dequantize=true", "data.logit_lambda=1e-6"],
+    "gan r1 ema": GAN + ["adversarial.r1_penalty=1.0", "adversarial.ema_decay=0.9"],
+    "gan wasserstein gp spectral": GAN
+    + ["adversarial.loss=wasserstein", "model.spectral_norm=true"],
     "gan conv batchnorm k2": SGD
     + ["model.family=gan", "data.flatten=false", "model.architecture=conv"]
     + ["model.latent_dim=4", "model.hidden_sizes=[8,4]", "model.discriminator_hidden_sizes=[4,8]"]
@@ -267,20 +267,19 @@ RUN += [
     "train.batch_size=75",
 ]  # 4 steps an epoch (38 + 37), 1 skipped
 RUN_CASES = {
-    "vae": RUN + ["data.binarize=dynamic", "model.latent_dim=3", "model.hidden_sizes=[16]"],
+    "vae": RUN + ["data.binarize=dynamic", *tiny("vae", latent=3)],
     # each rank keeps the running averages of its positions in the batch (3 steps an epoch)
     "vae_baseline": RUN
-    + ["data.binarize=dynamic", "model.latent_dim=3", "model.hidden_sizes=[16]"]
+    + ["data.binarize=dynamic", *tiny("vae", latent=3)]
     + ["guide.name=score_function", "guide.baseline=decaying_average", "elbo.name=trace_graph"]
     + ["train.batch_size=76"],
     "flow": RUN
-    + ["model.family=flow", "model.flow=realnvp", "model.num_layers=2", "data.name=moons"]
-    + ["model.hidden_sizes=[16]", "model.normalization=batchnorm"],
+    + tiny(
+        "flow", "model.flow=realnvp", "model.num_layers=2", MOONS, "model.normalization=batchnorm"
+    ),
     "gan": RUN
-    + ["model.family=gan", "data.name=eight_gaussians", "model.latent_dim=2"]
-    + ["model.output=identity", "model.hidden_sizes=[16]", "model.discriminator_hidden_sizes=[16]"]
-    + ["adversarial.discriminator_steps=2", "adversarial.ema_decay=0.9"]
-    + ["adversarial.r1_penalty=0.1"],
+    + tiny("gan", EIGHT_GAUSSIANS, "adversarial.discriminator_steps=2", "adversarial.ema_decay=0.9")
+    + ["adversarial.r1_penalty=0.1"],  # last: a test drops it
 }
 STOP_AT = 6  # rank 1 alone receives SIGTERM after step 6 (mid-epoch 2), twice (as torchrun
 # forwards a Ctrl-C that the workers also received from the terminal)
@@ -337,21 +336,12 @@ def _runs(rank: int, root_path: Path) -> dict[str, object]:
     # divergence on rank 1 alone: a parameter becomes infinite before its step 3
     real_build = loop.build
 
-    def build_blowing_up(cfg, device, data=None):
-        dataset, learner = real_build(cfg, device, data=data)
-        real_step, calls = learner.step, {"n": 0}
+    def blow_up_on_rank_1(n, learner, run_step):
+        if n == 3 and rank == 1:
+            fill_first_parameter(learner, float("inf"))
+        return run_step()
 
-        def step(x, y=None):
-            calls["n"] += 1
-            if calls["n"] == 3 and rank == 1:
-                with torch.no_grad():
-                    next(learner.model.parameters()).fill_(float("inf"))
-            return real_step(x, y)
-
-        learner.step = step
-        return dataset, learner
-
-    loop.build = build_blowing_up
+    loop.build = build_with_step_hook(real_build, blow_up_on_rank_1)
     try:
         train(load_config(None, RUN_CASES["vae"]), root_path / "diverged", quiet=True)
         results["diverged"] = None
@@ -363,27 +353,6 @@ def _runs(rank: int, root_path: Path) -> dict[str, object]:
     return results
 
 
-def flat(state, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Every tensor and number in a nested state dict (optimiser states included)."""
-    out: dict[str, torch.Tensor] = {}
-    items = state.items() if isinstance(state, dict) else enumerate(state)
-    for k, v in items:
-        key = f"{prefix}/{k}"
-        if isinstance(v, dict | list | tuple):
-            out.update(flat(v, key))
-        elif isinstance(v, torch.Tensor):
-            out[key] = v
-        elif isinstance(v, int | float | bool):
-            out[key] = torch.tensor(v)
-    return out
-
-
-def assert_equal(a: dict, b: dict, what: str) -> None:
-    assert a.keys() == b.keys(), what
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{what}: {k}"
-
-
 @pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")
 def test_runs_on_two_ranks_agree_write_once_stop_together_and_resume_exactly(two_ranks):
     root, results = two_ranks
@@ -391,10 +360,10 @@ def test_runs_on_two_ranks_agree_write_once_stop_together_and_resume_exactly(two
     for family in RUN_CASES:
         r0, r1 = ranks[0][family], ranks[1][family]
         # every rank holds the same parameters and optimiser state
-        assert_equal(r0["full"], r1["full"], f"{family}: ranks")
+        assert_same(r0["full"], r1["full"], f"{family}: ranks")
         shared = {k: v for k, v in flat(r0["full_learner"]).items() if "param_store" not in k}
         other = {k: v for k, v in flat(r1["full_learner"]).items() if "param_store" not in k}
-        assert_equal(shared, other, f"{family}: ranks")  # (baselines are each rank's own)
+        assert_same(shared, other, f"{family}: ranks")  # (baselines are each rank's own)
         # a signal to one rank stops both at the same step boundary, one checkpoint for both
         assert r0["stopped"] and r1["stopped"], family
         assert r0["stopped_at"] == STOP_AT + 1, family  # seen by both after the next step
@@ -404,8 +373,8 @@ def test_runs_on_two_ranks_agree_write_once_stop_together_and_resume_exactly(two
             assert r0["baselines"][0][name].shape == (38,)  # 76 positions, 38 a rank
             assert not torch.equal(r0["baselines"][0][name], r0["baselines"][1][name])
         # the 2-rank run resumed with 2 ranks is the uninterrupted 2-rank run
-        assert_equal(r0["resumed"], r0["full"], f"{family}: resumed")
-        assert_equal(flat(r0["resumed_learner"]), flat(r0["full_learner"]), f"{family}: resumed")
+        assert_same(r0["resumed"], r0["full"], f"{family}: resumed")
+        assert_same(flat(r0["resumed_learner"]), flat(r0["full_learner"]), f"{family}: resumed")
     # non-finite loss on rank 1 alone stops both ranks, naming the step
     for r in range(WORLD):
         assert ranks[r]["diverged"] and "at step 3" in ranks[r]["diverged"], ranks[r]["diverged"]
@@ -426,11 +395,9 @@ def test_runs_on_two_ranks_agree_write_once_stop_together_and_resume_exactly(two
 
 # ----------------------------------------------------------------------------- evaluation
 EVAL_RUNS = {
-    "vae": ["data.binarize=dynamic", "model.latent_dim=3", "model.hidden_sizes=[16]"],
-    "flow": ["model.family=flow", "model.num_layers=2", "model.hidden_sizes=[16]"]
-    + ["data.dequantize=true", "data.logit_lambda=1e-6"],
-    "gan": ["model.family=gan", "data.name=eight_gaussians", "model.latent_dim=2"]
-    + ["model.output=identity", "model.hidden_sizes=[16]", "model.discriminator_hidden_sizes=[16]"],
+    "vae": ["data.binarize=dynamic", *tiny("vae", latent=3)],
+    "flow": tiny("flow", "model.num_layers=2", "data.dequantize=true", "data.logit_lambda=1e-6"),
+    "gan": tiny("gan", EIGHT_GAUSSIANS),
 }
 
 
@@ -538,7 +505,7 @@ def test_bf16_runs_train_and_resume_exactly(tmp_path, family, monkeypatch):
     assert all(math.isfinite(r["loss"]) for r in read_metrics(tmp_path / "full") if "loss" in r)
     train(load_config(None, base + ["train.max_steps=5"]), tmp_path / "part", quiet=True)
     resumed = train(load_config(None, base), tmp_path / "part", resume=True, quiet=True)
-    assert_equal(_state(full.learner), _state(resumed.learner), family)
+    assert_same(_state(full.learner), _state(resumed.learner), family)
 
 
 def test_float16_with_a_gradient_scaler_checkpoints_the_scaler():

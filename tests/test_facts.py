@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pyro.nn import DenseNN
 from torch import nn
 
+from conftest import GAUSSIAN, POINTS
 from pyrogen import ConfigError, load_config
 from pyrogen.build import build
 from pyrogen.config import from_dict
@@ -30,9 +31,8 @@ from pyrogen.registry import FLOWS, GAN_LOSSES, GUIDES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-POINTS = ["data.name=moons", "data.num_train=64", "data.num_valid=32", "data.num_test=32"]
 RUN = ["train.device=cpu", "train.seed=0"]
-VAE = ["model.hidden_sizes=[8]", "model.likelihood=gaussian", *POINTS]
+VAE = ["model.hidden_sizes=[8]", GAUSSIAN, *POINTS]
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Predictive
 
+from conftest import assert_same
 from pyrogen import ConfigError, load_config
 from pyrogen.build import build
 from pyrogen.data.toy import eight_gaussian_centres
@@ -278,12 +279,6 @@ def _snapshot(learner: AdversarialLearner) -> dict[str, torch.Tensor]:
     return out
 
 
-def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-
-
 @pytest.mark.parametrize("warm", [False, True])
 def test_nan_in_either_player_leaves_everything_untouched(warm, monkeypatch):
     """A NaN in D's loss stops before any update; a NaN in G's loss (after D's update)
@@ -296,13 +291,13 @@ def test_nan_in_either_player_leaves_everything_untouched(warm, monkeypatch):
 
     out = learner.step(dataset.train[:64] * float("nan"))  # D's loss is NaN
     assert math.isnan(out["loss"])
-    _assert_same(before, _snapshot(learner))
+    assert_same(before, _snapshot(learner))
 
     g_loss = learner.loss.g_loss
     monkeypatch.setattr(learner.loss, "g_loss", lambda fake: g_loss(fake) * math.nan)
     out = learner.step(dataset.train[:64])  # D updates, then G's loss is NaN
     assert math.isnan(out["loss"]) and math.isnan(out["g_loss"]) and math.isfinite(out["d_loss"])
-    _assert_same(before, _snapshot(learner))
+    assert_same(before, _snapshot(learner))
     assert (learner.num_steps, learner.num_g_steps) == counters
 
 
@@ -358,7 +353,7 @@ def test_resume_from_a_state_dict_equals_uninterrupted_training():
     torch.set_rng_state(state["rng"])
     for x in batches[7:]:
         resumed.step(x)
-    _assert_same(_snapshot(full), _snapshot(resumed))
+    assert_same(_snapshot(full), _snapshot(resumed))
     assert (resumed.num_steps, resumed.num_g_steps) == (12, 6)
 
 

@@ -13,18 +13,12 @@ import pytest
 import torch
 from torch.distributions import kl_divergence
 
+from conftest import tiny
 from pyrogen import ConfigError, load_config
 from pyrogen.build import build
 from pyrogen.inference.elbo import check_compatible
 
-TINY = [
-    "data.name=digits",
-    "data.binarize=dynamic",
-    "model.latent_dim=3",
-    "model.hidden_sizes=[16]",
-    "train.device=cpu",
-    "train.batch_size=32",
-]
+TINY = ["data.binarize=dynamic", *tiny("vae", latent=3), "train.device=cpu", "train.batch_size=32"]
 
 GUIDES = [
     ("diagonal_normal", []),

@@ -17,6 +17,7 @@ from pyro.infer import SVI, Importance, Predictive, Trace_ELBO
 from torch import nn
 
 import pyrogen
+from conftest import GAUSSIAN, tiny
 from pyrogen import VAE, IAFGuide, VariationalLearner, load_config
 from pyrogen.build import build
 from pyrogen.cli import main
@@ -187,16 +188,9 @@ def two_blobs(n: int = 600, dim: int = 3, seed: int = 0) -> np.ndarray:
 
 
 FAMILY_OVERRIDES = {
-    "vae": ["model.likelihood=gaussian", "model.latent_dim=2", "model.hidden_sizes=[32]"],
-    "flow": ["model.family=flow", "model.flow=realnvp", "model.hidden_sizes=[32]"],
-    "gan": [
-        "model.family=gan",
-        "model.latent_dim=2",
-        "model.output=identity",
-        "model.hidden_sizes=[32]",
-        "model.discriminator_hidden_sizes=[32]",
-        "adversarial.r1_penalty=0.1",
-    ],
+    "vae": [GAUSSIAN, *tiny("vae", width=32)],
+    "flow": tiny("flow", "model.flow=realnvp", width=32),
+    "gan": tiny("gan", "adversarial.r1_penalty=0.1", width=32),
 }
 
 

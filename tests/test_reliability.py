@@ -14,6 +14,7 @@ import torch
 
 import pyrogen.training.loop as loop
 import pyrogen.training.trainer as trainer
+from conftest import SMALL_RUNS, assert_same, build_with_step_hook, fill_first_parameter, state_of
 from pyrogen import load_config
 from pyrogen.cli import main
 from pyrogen.training import TrainingDiverged, train
@@ -21,48 +22,10 @@ from pyrogen.training.checkpoint import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-COMMON = ["train.batch_size=128", "train.log_every=5", "train.device=cpu", "train.seed=3"]
 FAMILIES = {
-    "vae": COMMON + ["data.binarize=dynamic", "model.latent_dim=2", "model.hidden_sizes=[32]"],
-    "vae_jit": COMMON
-    + [
-        "data.binarize=dynamic",
-        "model.latent_dim=2",
-        "model.hidden_sizes=[32]",
-        "elbo.name=jit_trace",
-    ],
-    "flow": COMMON
-    + [
-        "model.family=flow",
-        "model.flow=realnvp",
-        "model.num_layers=2",
-        "data.name=moons",
-        "model.hidden_sizes=[16]",
-        "data.num_train=512",
-    ],
-    "gan": COMMON
-    + [
-        "model.family=gan",
-        "data.name=eight_gaussians",
-        "model.latent_dim=2",
-        "model.output=identity",
-        "model.hidden_sizes=[16]",
-        "model.discriminator_hidden_sizes=[16]",
-        "data.num_train=512",
-        "adversarial.discriminator_steps=2",
-        "adversarial.ema_decay=0.9",
-    ],
+    **SMALL_RUNS,
+    "vae_jit": SMALL_RUNS["vae"] + ["elbo.name=jit_trace"],
 }
-
-
-def state_of(run) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in run.learner.module.state_dict().items()}
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 @pytest.fixture
@@ -71,22 +34,12 @@ def signal_in_the_middle_of_a_step(monkeypatch):
     optimiser update): a handler that raised at once would leave half-updated parameters."""
 
     def install(step_number: int, signum: int):
-        real_build = loop.build
+        def hook(n, _learner, run_step):
+            if n == step_number:
+                os.kill(os.getpid(), signum)
+            return run_step()
 
-        def build(cfg, device, data=None):
-            dataset, learner = real_build(cfg, device, data=data)
-            real_step, calls = learner.step, {"n": 0}
-
-            def step(x, y=None):
-                calls["n"] += 1
-                if calls["n"] == step_number:
-                    os.kill(os.getpid(), signum)
-                return real_step(x, y)
-
-            learner.step = step
-            return dataset, learner
-
-        monkeypatch.setattr(loop, "build", build)
+        monkeypatch.setattr(loop, "build", build_with_step_hook(loop.build, hook))
 
     return install
 
@@ -150,27 +103,15 @@ def blow_up(monkeypatch):
     step is non-finite) or just after it (``"parameters"``: the step's loss was finite)."""
 
     def install(at: int, where: str = "loss"):
-        real_build = loop.build
+        def hook(n, learner, run_step):
+            if n == at and where == "loss":
+                fill_first_parameter(learner, float("inf"))
+            out = run_step()
+            if n == at and where == "parameters":
+                fill_first_parameter(learner, float("nan"))
+            return out
 
-        def build(cfg, device, data=None):
-            dataset, learner = real_build(cfg, device, data=data)
-            real_step, calls = learner.step, {"n": 0}
-
-            def step(x, y=None):
-                calls["n"] += 1
-                if calls["n"] == at and where == "loss":
-                    with torch.no_grad():
-                        next(learner.model.parameters()).fill_(float("inf"))
-                out = real_step(x, y)
-                if calls["n"] == at and where == "parameters":
-                    with torch.no_grad():
-                        next(learner.model.parameters()).fill_(float("nan"))
-                return out
-
-            learner.step = step
-            return dataset, learner
-
-        monkeypatch.setattr(loop, "build", build)
+        monkeypatch.setattr(loop, "build", build_with_step_hook(loop.build, hook))
 
     return install
 

@@ -14,6 +14,7 @@ import torch
 
 import pyrogen
 import pyrogen.training.folders as folders
+from conftest import DIGITS_RUN, VAE_DIGITS
 from pyrogen import load_config
 from pyrogen.cli import main
 from pyrogen.training import RunExistsError, train
@@ -22,16 +23,8 @@ from pyrogen.training.checkpoint import load_checkpoint
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.hidden_sizes=[16]",
-    "model.latent_dim=2",
-    "train.epochs=2",
-    "train.eval_every=1",
-    "train.log_every=5",
-    "train.device=cpu",
-    "output.num_samples=4",
-]
-VAE = str(ROOT / "configs" / "vae_digits.yaml")
+TINY = DIGITS_RUN + ["train.epochs=2", "output.num_samples=4"]
+VAE = VAE_DIGITS
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -12,85 +12,24 @@ import pytest
 import torch
 
 import pyrogen.training.loop as training
+from conftest import SMALL_RUNS, assert_same, flat, state_of
 from pyrogen import load_config
 from pyrogen.training import TrainingDiverged, load, read_metrics, train
 from pyrogen.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-SMALL_VAE = [
-    "data.name=digits",
-    "data.binarize=dynamic",
-    "model.family=vae",
-    "model.latent_dim=2",
-    "model.hidden_sizes=[32]",
-    "train.batch_size=128",
-    "train.log_every=5",
-    "train.device=cpu",
-    "train.seed=3",
-]
+SMALL_VAE = SMALL_RUNS["vae"]
 
 
-def params(run) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in run.learner.module.state_dict().items()}
-
-
-def flat(state, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Every tensor and number in a nested state dict (optimiser states included)."""
-    out: dict[str, torch.Tensor] = {}
-    items = state.items() if isinstance(state, dict) else enumerate(state)
-    for k, v in items:
-        key = f"{prefix}/{k}"
-        if isinstance(v, dict | list | tuple):
-            out.update(flat(v, key))
-        elif isinstance(v, torch.Tensor):
-            out[key] = v
-        elif isinstance(v, int | float | bool):
-            out[key] = torch.tensor(v)
-    return out
-
-
-def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-
-
-COMMON = ["train.batch_size=128", "train.log_every=5", "train.device=cpu", "train.seed=3"]
-FAMILIES = {
-    "vae": SMALL_VAE,
-    "flow": COMMON
-    + [
-        "model.family=flow",
-        "model.flow=realnvp",
-        "model.num_layers=2",
-        "data.name=moons",
-        "model.hidden_sizes=[16]",
-        "data.num_train=512",
-    ],
-    "gan": COMMON
-    + [
-        "model.family=gan",
-        "data.name=eight_gaussians",
-        "model.latent_dim=2",
-        "model.output=identity",
-        "model.hidden_sizes=[16]",
-        "model.discriminator_hidden_sizes=[16]",
-        "data.num_train=512",
-        "adversarial.discriminator_steps=2",
-        "adversarial.ema_decay=0.9",
-    ],
-}
-
-
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", list(SMALL_RUNS))
 def test_resume_equals_uninterrupted_run(tmp_path: Path, family: str) -> None:
-    base = FAMILIES[family]
+    base = SMALL_RUNS[family]
     full = train(load_config(None, base + ["train.epochs=4"]), tmp_path / "full", quiet=True)
     part = tmp_path / "part"
     train(load_config(None, base + ["train.epochs=2"]), part, quiet=True)
     resumed = train(
         load_config(part / "config.yaml", ["train.epochs=4"]), part, resume=True, quiet=True
     )
-    assert_same(params(full), params(resumed))
+    assert_same(state_of(full), state_of(resumed))
     assert_same(flat(full.learner.state_dict()), flat(resumed.learner.state_dict()))
 
 
@@ -109,7 +48,7 @@ def test_resume_mid_epoch_after_interrupt(tmp_path: Path) -> None:
     state = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
     assert state["loop"]["step"] == 13 and state["loop"]["position"] == 3
     resumed = train(cfg, tmp_path / "part", resume=True, quiet=True)
-    assert_same(params(full), params(resumed))
+    assert_same(state_of(full), state_of(resumed))
 
 
 def test_run_folder_holds_config_metrics_checkpoint_and_samples(tmp_path: Path) -> None:
@@ -127,7 +66,7 @@ def test_run_folder_holds_config_metrics_checkpoint_and_samples(tmp_path: Path) 
     assert train_recs and all(torch.isfinite(torch.tensor(r["loss"])) for r in train_recs)
     # the loaded run is the trained one
     again = load(tmp_path / "run", device="cpu")
-    assert_same(params(run), params(again))
+    assert_same(state_of(run), state_of(again))
 
 
 def test_metrics_as_csv(tmp_path: Path) -> None:
@@ -235,4 +174,4 @@ def test_learning_rate_schedule_follows_the_formula_and_resumes(tmp_path: Path, 
     with pytest.raises(KeyboardInterrupt):
         train(cfg, part, quiet=True, on_step=interrupt)
     resumed = train(cfg, part, resume=True, quiet=True)
-    assert_same(params(full), params(resumed))
+    assert_same(state_of(full), state_of(resumed))

@@ -13,23 +13,18 @@ import torch
 from torch import nn
 
 import pyrogen
+from conftest import GAUSSIAN, POINTS, tiny
 from pyrogen import AdversarialLearner, ConfigError, VariationalLearner, load_config
 from pyrogen.build import build
 from pyrogen.config import EvaluationConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY_DATA = ["data.name=moons", "data.num_train=64", "data.num_valid=32", "data.num_test=32"]
+TINY_DATA = POINTS
 TINY = {
-    "vae": ["model.likelihood=gaussian", "model.latent_dim=2", "model.hidden_sizes=[8]"],
-    "flow": ["model.family=flow", "model.num_layers=1", "model.hidden_sizes=[8]"],
-    "gan": [
-        "model.family=gan",
-        "model.latent_dim=2",
-        "model.output=identity",
-        "model.hidden_sizes=[8]",
-        "model.discriminator_hidden_sizes=[8]",
-    ],
+    "vae": [GAUSSIAN, *tiny("vae", width=8)],
+    "flow": tiny("flow", "model.num_layers=1", width=8),
+    "gan": tiny("gan", width=8),
 }
 CONSTRUCTORS = {"vae": VariationalLearner, "flow": VariationalLearner, "gan": AdversarialLearner}
 
