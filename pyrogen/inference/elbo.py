@@ -230,10 +230,9 @@ def check_compatible(
     * ``elbo.beta`` ≠ 1 (the β-VAE, applied by scaling every latent site's log-density by β)
       with ``renyi``, ``rws`` or ``tail_adaptive``: these weigh particles by
       w_k = p(x, z_k)/q(z_k|x) inside a log-mean-exp (or ranks of w_k), so scaling log p(z)
-      and log q(z|x) gives the bound of a tempered joint, not E_q[log p(x|z)] − β KL; with a
-      guide that is not reparameterised: Pyro scales the site's score-function term by β as
-      well (it reads a site's scale as a number of replicated terms), so the encoder's
-      gradient would be β times too large (with β → 0 it vanishes).
+      and log q(z|x) gives the bound of a tempered joint, not E_q[log p(x|z)] − β KL. (A
+      guide that is not reparameterised is fine: Pyro scales a site's log-density and entropy
+      term but not its score-function term, so REINFORCE stays the gradient of the β-loss.)
     """
     g, e = guide, elbo
     k, vec = num_particles, vectorize_particles
@@ -282,12 +281,6 @@ def check_compatible(
             f"elbo.beta={beta} weighs KL(q ‖ p) in the ELBO; elbo.name={e} is a multi-sample "
             f"bound in which scaling log p(z) and log q(z|x) is not a β-weighted KL (use "
             f"elbo.name=trace, mean_field or trace_graph, or elbo.beta=1)"
-        )
-    if beta != 1.0 and not q.reparameterised:
-        return (
-            f"elbo.beta={beta} with guide.name={g}: Pyro would scale the guide's "
-            f"score-function term by β too, so the encoder's gradient would be wrong (use a "
-            f"reparameterised guide, or elbo.beta=1)"
         )
     if e in ("jit_trace", "jit_trace_graph") and kl_warmup_steps > 0:
         return (
