@@ -79,5 +79,6 @@ class ELBOConfig:
         -1.0, ge=-1.0, lt=0.0, doc="tail_adaptive: rank exponent β of the weights"
     )
     kl_warmup_steps: int = num(
-        0, ge=0, le=MAX_STEPS, doc="KL weight β from 0 to 1 over these steps"
+        0, ge=0, le=MAX_STEPS, doc="KL weight β from 0 to elbo.beta over these steps"
     )
+    beta: float = num(1.0, gt=0.0, le=1e3, doc="β-VAE: E_q[log p(x|z)] − β KL(q ‖ p); 1: the ELBO")

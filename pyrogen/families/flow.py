@@ -34,6 +34,12 @@ class FlowFamily(Family):
     monitor = "log_prob"
 
     def validate(self, cfg: Config) -> None:
+        if cfg.elbo.beta != 1.0:
+            raise ConfigError(
+                f"elbo.beta={cfg.elbo.beta} weighs KL(q(z|x) ‖ p(z)) in a VAE's ELBO; "
+                "a flow has no latent variables: it is fitted by exact maximum likelihood "
+                "(remove elbo.beta)"
+            )
         m = cfg.model
         check_name(FLOWS, m.flow, "model.flow")
         arch = FLOWS.get(m.flow)

@@ -22,6 +22,11 @@ class GANFamily(Family):
     validation_metrics = {"d_loss": None, "g_loss": None, "d_real": None, "d_fake": None}
 
     def validate(self, cfg: Config) -> None:
+        if cfg.elbo.beta != 1.0:
+            raise ConfigError(
+                f"elbo.beta={cfg.elbo.beta} weighs KL(q(z|x) ‖ p(z)) in a VAE's ELBO; "
+                "a GAN has no ELBO: it is fitted by its adversarial loss (remove elbo.beta)"
+            )
         check_name(GAN_LOSSES, cfg.adversarial.loss, "adversarial.loss")
         a = cfg.adversarial
         penalty = "adversarial.r1_penalty" if a.r1_penalty else None

@@ -60,6 +60,7 @@ class VAEFamily(Family):
             alpha=e.alpha,
             kl_warmup_steps=e.kl_warmup_steps,
             baseline=g.baseline,
+            beta=e.beta,
         )
         if problem:
             raise ConfigError(problem)
@@ -157,5 +158,6 @@ class VAEFamily(Family):
             clip_norm=o.clip_norm,
             kl_warmup_steps=e.kl_warmup_steps,
             precision=cfg.train.precision,
+            beta=e.beta,
             **set_options(o),
         )

@@ -203,6 +203,7 @@ def check_compatible(
     alpha: float = 0.0,
     kl_warmup_steps: int = 0,
     baseline: str = "none",
+    beta: float = 1.0,
 ) -> str | None:
     """Why the guide called ``guide`` (a name in ``GUIDES``) cannot be trained with the
     estimator ``elbo`` (with these options), or ``None`` when the pair works. Messages use the
@@ -225,7 +226,13 @@ def check_compatible(
       gradient); ``decaying_average`` with ``jit_trace_graph``: the JIT cannot update the running
       average, which lives in Pyro's param store;
     * ``jit_trace``/``jit_trace_graph`` with KL warm-up: the compiled function keeps the β of its
-      first call, so the warm-up would silently stop.
+      first call, so the warm-up would silently stop;
+    * ``elbo.beta`` ≠ 1 (the β-VAE, applied by scaling every latent site's log-density by β)
+      with ``renyi``, ``rws`` or ``tail_adaptive``: these weigh particles by
+      w_k = p(x, z_k)/q(z_k|x) inside a log-mean-exp (or ranks of w_k), so scaling log p(z)
+      and log q(z|x) gives the bound of a tempered joint, not E_q[log p(x|z)] − β KL. (A
+      guide that is not reparameterised is fine: Pyro scales a site's log-density and entropy
+      term but not its score-function term, so REINFORCE stays the gradient of the β-loss.)
     """
     g, e = guide, elbo
     k, vec = num_particles, vectorize_particles
@@ -268,6 +275,12 @@ def check_compatible(
         return (
             f"elbo.name={e} is a multi-sample bound and needs elbo.num_particles > 1 "
             f"(with 1 particle it is the plain ELBO: use elbo.name=trace)"
+        )
+    if beta != 1.0 and e in ("renyi", "rws", "tail_adaptive"):
+        return (
+            f"elbo.beta={beta} weighs KL(q ‖ p) in the ELBO; elbo.name={e} is a multi-sample "
+            f"bound in which scaling log p(z) and log q(z|x) is not a β-weighted KL (use "
+            f"elbo.name=trace, mean_field or trace_graph, or elbo.beta=1)"
         )
     if e in ("jit_trace", "jit_trace_graph") and kl_warmup_steps > 0:
         return (

@@ -31,6 +31,7 @@ from torch import nn
 from torch.distributions import constraints
 from torch.overrides import TorchFunctionMode
 
+from pyrogen.config import ELBOConfig, check_argument
 from pyrogen.inference.base import (
     ZeroValue,
     data_parallel,
@@ -53,7 +54,8 @@ class ScaleLatents(poutine.messenger.Messenger):
     """Scale the log-density of every *latent* (unobserved) sample site by ``beta``.
 
     Applied to model and guide alike it turns the ELBO into
-    E_q[log p(x|z)] − β KL(q(z|x) ‖ p(z)): KL warm-up (β annealing)."""
+    E_q[log p(x|z)] − β KL(q(z|x) ‖ p(z)): the β-VAE (Higgins et al. 2017) and KL warm-up
+    (β annealing)."""
 
     def __init__(self, beta: float) -> None:
         super().__init__()
@@ -92,14 +94,19 @@ class VariationalLearner:
             flow) the ELBO is log p(x) and training is maximum likelihood.
         guide: default ``model.guide`` when the model has one (a VAE), else :class:`EmptyGuide`.
         optim, lr, betas, momentum, weight_decay: the torch optimiser.
-        clip_norm: clip the gradients' global norm; kl_warmup_steps: β from 0 to 1.
+        clip_norm: clip the gradients' global norm.
+        beta: the weight β of KL(q(z|x) ‖ p(z)) in the training loss
+            −(E_q[log p(x|z)] − β KL) (a β-VAE; 1: the ELBO), applied as a Pyro effect
+            (:class:`ScaleLatents`); kl_warmup_steps: β rises linearly from 0 to ``beta``
+            over these steps.
         precision: ``32`` (float32), ``"bf16"`` or ``"16-mixed"``: the loss's forward pass
             runs under ``torch.autocast`` in bfloat16 or float16 (float16 with a gradient
             scaler); evaluation always runs in float32.
 
-    ``loss`` is per example: −ELBO / batch size (nats). ``evaluate`` reports the plain
+    ``loss`` is per example: −ELBO / batch size (nats; the β-weighted ELBO when β ≠ 1,
+    reported with ``kl_beta``). ``evaluate`` reports the plain
     Monte Carlo ELBO (``Trace_ELBO``, one particle) whatever the training estimator, so runs
-    trained with different estimators are compared on the same quantity; for a flow (no
+    trained with different estimators (or β) are compared on the same quantity; for a flow (no
     latent sites) it is the exact log-likelihood.
 
     Estimators that need Pyro's param store (JIT-compiled ones, the decaying-average
@@ -141,7 +148,9 @@ class VariationalLearner:
         clip_norm: float | None = None,
         kl_warmup_steps: int = 0,
         precision: int | str = 32,
+        beta: float = 1.0,
     ) -> None:
+        check_argument(ELBOConfig, "beta", beta)
         if guide is None:
             guide = getattr(model, "guide", None)
             guide = guide if isinstance(guide, nn.Module) else EmptyGuide()
@@ -159,6 +168,12 @@ class VariationalLearner:
             precision,
             clip_norm,
         )
+        if beta != 1.0 and isinstance(guide, EmptyGuide):
+            raise ValueError(
+                f"beta={beta} weighs KL(q(z|x) ‖ p(z)), but this model has no guide (no "
+                "latent variables, e.g. a flow): use beta=1"
+            )
+        self.beta = beta
         self.kl_warmup_steps = kl_warmup_steps
         self.num_steps = 0
         # Pyro keeps a decaying-average baseline per position in the batch: it needs batches
@@ -205,9 +220,11 @@ class VariationalLearner:
 
     @property
     def kl_beta(self) -> float:
+        """The KL weight of the next step: ``beta``, or min(1, k / N)·``beta`` at step k of a
+        warm-up over N = ``kl_warmup_steps`` steps."""
         if self.kl_warmup_steps <= 0:
-            return 1.0
-        return min(1.0, self.num_steps / self.kl_warmup_steps)
+            return self.beta
+        return min(1.0, self.num_steps / self.kl_warmup_steps) * self.beta
 
     @contextmanager
     def own_param_store(self) -> Iterator[None]:
@@ -255,10 +272,13 @@ class VariationalLearner:
     def _step_context(self, args: tuple, beta: float) -> Iterator[None]:
         """What every training step runs in: this learner's param store (compiling a JIT
         estimator on the first step), pyrogen's param statements where Pyro's estimator reads
-        param sites, Pyro's argument checks on the first step only, and KL warm-up's β."""
+        param sites, Pyro's argument checks on the first step only, and the KL weight β
+        (entered before compiling)."""
         with ExitStack() as stack:
             stack.enter_context(self.own_param_store())
             stack.enter_context(param_statements(self._needs_statements))
+            if beta != 1.0:  # before compiling: JitTrace_ELBO keeps the β it was compiled with
+                stack.enter_context(ScaleLatents(beta))
             if not self._compiled:
                 self._compile(args)
             # Pyro's argument checks run on the first step, where a user's mistake shows (e.g.
@@ -266,8 +286,6 @@ class VariationalLearner:
             first = self.num_steps == 0
             stack.enter_context(pyro.validation_enabled(first and is_validation_enabled()))
             stack.enter_context(jit_warnings_silenced())
-            if beta != 1.0:
-                stack.enter_context(ScaleLatents(beta))
             yield
 
     def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
@@ -282,7 +300,7 @@ class VariationalLearner:
         with self._step_context(args, beta):
             done = self._guard.step(lambda: objective(*args), share=self.world_size)
         metrics = {"loss": done.value / x.shape[0]}
-        if self.kl_warmup_steps:
+        if self.kl_warmup_steps or self.beta != 1.0:
             metrics["kl_beta"] = beta
         if not done.stepped:  # the run loop stops; parameters are left untouched
             if math.isfinite(done.value):  # the gradients were not (under DDP: some rank's)
