@@ -261,7 +261,7 @@ def curve_panels(
             title = f"{objective} (higher is better)"
             ylabel = f"{'ELBO' if objective == 'ELBO' else 'bound on log p(x)'} ({NATS})"
             train_label = (
-                "train: −loss (β-weighted ELBO while β < 1)"
+                "train: −loss (the β-weighted ELBO: E log p(x|z) − β KL)"
                 if "kl_beta" in train
                 else f"train: −loss = {objective}"
             )
@@ -320,7 +320,7 @@ def curve_panels(
             done.add("loss")  # the training loss of a GAN is D's loss, drawn above
     known = {
         "grad_norm": ("gradient norm, before clipping", "‖∇ of the batch's summed loss‖₂"),
-        "kl_beta": ("KL warm-up weight β", "β (from 0 to 1)"),
+        "kl_beta": ("weight β of the KL term", "β (warm-up from 0 to elbo.beta)"),
         "loss": ("training loss (lower is better)", "loss, as the learner reports it"),
     }
     for key in list(dict.fromkeys(train + valid)):
