@@ -11,6 +11,11 @@ so ELBO ≤ IS estimate ≤ log p(x) in expectation, with equality when q(z | x)
 Particles run vectorised (a ``pyro.plate("particles")`` left of the data plate) in chunks,
 so K = 5000 as in the IWAE paper fits in memory.
 
+How far to trust the IS number is told by the Pareto-smoothed k̂ of each example's weights
+(:func:`psis_khat`, Vehtari et al., "Pareto smoothed importance sampling"): the shape of a
+generalized Pareto fitted to the largest weights; k̂ > 0.7 means the weights' tail is so heavy
+that the estimate is unreliable at any practical K.
+
 :func:`evaluate_elbo` gives instead the bound of any of Pyro's estimators on a split (e.g. the
 K-particle IWAE bound of ``RenyiELBO(alpha=0)``), by the estimator's own ``loss``.
 """
@@ -24,6 +29,18 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import ELBO, ReweightedWakeSleep, TraceTailAdaptive_ELBO
+from pyro.ops.stats import fit_generalized_pareto
+
+#: k̂ above which an importance-sampled estimate is unreliable (Vehtari et al.)
+KHAT_THRESHOLD = 0.7
+
+
+class PsisWarning(UserWarning):
+    """Examples whose importance weights have PSIS k̂ > :data:`KHAT_THRESHOLD`."""
+
+
+#: the fewest tail weights Pyro's ``psis_diagnostic`` fits a generalized Pareto to
+MIN_TAIL = 10
 
 
 def log_importance_weights(
@@ -42,6 +59,56 @@ def log_importance_weights(
     return log_w
 
 
+def psis_tail_size(num_samples: int) -> int:
+    """M = ⌈min(K / 5, 3 √K)⌉, the number of largest weights PSIS fits its tail to."""
+    return int(math.ceil(min(0.2 * num_samples, 3.0 * math.sqrt(num_samples))))
+
+
+def psis_min_samples() -> int:
+    """The smallest K whose tail (:func:`psis_tail_size`) holds :data:`MIN_TAIL` weights."""
+    k = 1
+    while psis_tail_size(k) < MIN_TAIL:
+        k += 1
+    return k
+
+
+def psis_khat(log_w: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
+    """Pareto-smoothed k̂ of each example's importance weights, shape ``(N,)``, by the recipe of
+    Pyro's :func:`~pyro.infer.importance.psis_diagnostic`: with the log weights shifted so the
+    largest is 0, the cutoff u = max(log 10⁻¹⁵, the (M+1)-th largest), M =
+    :func:`psis_tail_size` (K), and the tail the weights above it, k̂ is the shape of
+    :func:`~pyro.ops.stats.fit_generalized_pareto` fitted to exp(tail) − exp(u); ``inf`` where
+    fewer than :data:`MIN_TAIL` weights are above 10⁻¹⁵ of the largest (a few weights
+    dominate). Where the tail is short because the largest weights are equal to rounding
+    (q(z | x) = p(z | x)), Pyro's ``inf`` would call a perfect guide useless: k̂ is ``-inf``
+    there (bounded weights, no tail).
+
+    ``log_w`` has shape ``(S, N)``: all K log weights of each example, or only the largest
+    M + 1 of them (then ``num_samples`` is K). A ``ValueError`` when K < :func:`psis_min_samples`.
+    """
+    k = log_w.shape[0] if num_samples is None else num_samples
+    m = psis_tail_size(k)
+    if m < MIN_TAIL:
+        raise ValueError(
+            f"a Pareto tail fit needs K >= {psis_min_samples()} importance samples, got K={k}"
+        )
+    top = log_w.topk(m + 1, dim=0).values  # descending: the same values Pyro sorts
+    khat = torch.full((log_w.shape[1],), math.inf, dtype=torch.float64)
+    for n in range(log_w.shape[1]):
+        lw = top[:, n] - top[0, n]  # log_weights -= log_weights.max()
+        lw_cutoff = max(math.log(1.0e-15), lw[m])
+        tail = lw[lw > lw_cutoff]
+        if tail.numel() >= MIN_TAIL:
+            try:
+                khat[n] = fit_generalized_pareto(tail.exp() - math.exp(lw_cutoff))[0]
+            except ZeroDivisionError:  # the tail is flat to rounding: no shape to fit
+                khat[n] = math.nan
+        flat = tail.numel() < MIN_TAIL and lw_cutoff == lw[m]  # short by ties, not by 10⁻¹⁵
+        if flat or math.isnan(khat[n]):  # the largest weights are equal: bounded
+            khat[n] = -math.inf
+    return khat
+
+
 @torch.no_grad()
 def elbo_and_importance_log_likelihood(
     model: Callable,
@@ -57,8 +124,31 @@ def elbo_and_importance_log_likelihood(
     ``batch_size`` examples at a time; particles in chunks of at most ``max_elements``
     values of x's size, so memory stays bounded whatever K.
     """
-    elbos, logps = [], []
+    elbo, logp, _ = importance_sampling(
+        model, guide, x, num_samples, batch_size, max_elements, quiet, khat=False
+    )
+    return elbo, logp
+
+
+@torch.no_grad()
+def importance_sampling(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_samples: int = 5000,
+    batch_size: int = 100,
+    max_elements: int = 20_000_000,
+    quiet: bool = False,
+    khat: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-example (ELBO, IS log p(x), PSIS k̂) as :func:`elbo_and_importance_log_likelihood`
+    computes them (the same draws, the same numbers), with each example's k̂ of its K weights
+    (:func:`psis_khat`, from the largest M + 1 kept across particle chunks); k̂ is ``None``
+    unless ``khat`` and K >= :func:`psis_min_samples`."""
+    elbos, logps, khats = [], [], []
     dims = max(1, math.prod(x.shape[1:]))
+    keep = psis_tail_size(num_samples) + 1
+    khat = khat and psis_tail_size(num_samples) >= MIN_TAIL
     from pyrogen.progress import steps
 
     starts = range(0, x.shape[0], batch_size)
@@ -66,15 +156,21 @@ def elbo_and_importance_log_likelihood(
         xb = x[start : start + batch_size]
         chunk = max(1, min(num_samples, max_elements // (xb.shape[0] * dims)))
         lse_parts, sums, done = [], torch.zeros(xb.shape[0], dtype=x.dtype, device=x.device), 0
+        top = None
         while done < num_samples:
             k = min(chunk, num_samples - done)
             log_w = log_importance_weights(model, guide, xb, k)
             lse_parts.append(torch.logsumexp(log_w, dim=0))
             sums += log_w.sum(0)
             done += k
+            if khat:  # the largest M + 1 weights so far: all the tail fit reads
+                both = log_w if top is None else torch.cat([top, log_w])
+                top = both.topk(min(keep, both.shape[0]), dim=0).values
         logps.append(torch.logsumexp(torch.stack(lse_parts), dim=0) - math.log(num_samples))
         elbos.append(sums / num_samples)
-    return torch.cat(elbos), torch.cat(logps)
+        if khat:
+            khats.append(psis_khat(top.cpu(), num_samples))
+    return torch.cat(elbos), torch.cat(logps), torch.cat(khats) if khat else None
 
 
 def importance_log_likelihood(

@@ -30,6 +30,7 @@ are gathered, so the numbers are those of one process.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
@@ -77,12 +78,18 @@ def has_bounds(model: torch.nn.Module) -> bool:
 
 
 def likelihood_estimates(
-    run: Any, x: torch.Tensor, y: torch.Tensor | None, ev: EvaluationConfig
+    run: Any,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    ev: EvaluationConfig,
+    index: torch.Tensor | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The model's own log-likelihood estimates of the stored examples ``x``: for a VAE the
     ELBO and IS log p(x) with K = ``ev.is_samples`` (nats per example, in the data set's
     stored space: the model's log-density plus the log-determinant of the preprocessing;
-    each chunk of examples with its own noise) and any bounds ``ev.bounds``; for a flow the
+    each chunk of examples with its own noise), with the PSIS k̂ of its weights summarised
+    (:func:`psis_summary`; a warning names the examples above 0.7 by their ``index`` in the
+    split, their position in ``x`` by default), and any bounds ``ev.bounds``; for a flow the
     exact log-likelihood (and bits/dim for images); for a GAN nothing."""
     from pyrogen.models.flow import Flow
     from pyrogen.models.vae import VAE
@@ -93,27 +100,66 @@ def likelihood_estimates(
         return flow_log_likelihood(run.model, x, run.dataset, y=y, seed=ev.seed)
     if not isinstance(run.model, VAE):
         return {}
-    from pyrogen.evaluation.loglik import elbo_and_importance_log_likelihood
+    from pyrogen.evaluation.loglik import importance_sampling
     from pyrogen.evaluation.streams import CHUNK
 
     vae = run.model
 
     def chunk(start: int, stop: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         xp = run.dataset.process(x[start:stop], gen)
-        elbo, logp = elbo_and_importance_log_likelihood(
+        elbo, logp, khat = importance_sampling(
             vae.model, vae.guide, xp, num_samples=ev.is_samples, batch_size=CHUNK, quiet=True
         )
         log_det = run.dataset.log_det_jacobian(xp).to(elbo.dtype)
-        return {"elbo": elbo + log_det, "logp": logp + log_det}
+        khats = {} if khat is None else {"khat": khat}
+        return {"elbo": elbo + log_det, "logp": logp + log_det, **khats}
 
     values = per_example(x.shape[0], chunk, ev.seed, "vae", x.device, quiet=ev.quiet)
     out = {
         "elbo": mean_stderr(values["elbo"]),
-        "importance_sampled": {**mean_stderr(values["logp"]), "K": ev.is_samples},
+        "importance_sampled": {
+            **mean_stderr(values["logp"]),
+            "K": ev.is_samples,
+            "psis_khat": psis_summary(values.get("khat"), ev.is_samples, index),
+        },
     }
     for spec in ev.bounds:
         out.update(estimator_bound(run, x, spec, ev.seed))
     return out
+
+
+def psis_summary(
+    khat: torch.Tensor | None, num_samples: int, index: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """``{"max", "share_above_0.7", "n", "infinite"}`` of the per-example PSIS k̂ (``infinite``:
+    examples whose weights have too few values in the tail for a fit, as Pyro's
+    ``psis_diagnostic``; ``max`` is then ``inf``), or ``None`` values with a ``reason`` when K
+    is too small for a tail fit. Warns (:class:`~pyrogen.evaluation.loglik.PsisWarning`) with
+    the examples whose k̂ > 0.7, by their ``index`` (their position by default)."""
+    from pyrogen.evaluation.loglik import KHAT_THRESHOLD, PsisWarning, psis_min_samples
+
+    share = f"share_above_{KHAT_THRESHOLD}"
+    if khat is None:
+        reason = f"K={num_samples} < {psis_min_samples()}: too few weights for a Pareto tail fit"
+        return {"max": None, share: None, "n": 0, "infinite": 0, "reason": reason}
+    bad = (khat > KHAT_THRESHOLD).nonzero().flatten()
+    if bad.numel() and distributed.is_main():
+        names = (bad if index is None else index.cpu()[bad]).tolist()
+        listed = ", ".join(map(str, names[:10]))
+        more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+        warnings.warn(
+            f"PSIS k̂ > {KHAT_THRESHOLD} for {len(names)} of {khat.numel()} examples (split "
+            f"indices {listed}{more}): their importance-sampled log p(x) is unreliable; use "
+            f"more samples K (--is-samples, now {num_samples}) or a better guide",
+            PsisWarning,
+            stacklevel=2,
+        )
+    return {
+        "max": float(khat.max()),
+        share: float((khat > KHAT_THRESHOLD).double().mean()),
+        "n": int(khat.numel()),
+        "infinite": int(torch.isinf(khat).sum()),
+    }
 
 
 def _split(run: Any, ev: EvaluationConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -124,13 +170,21 @@ def _at_most(
     x: torch.Tensor, y: torch.Tensor | None, ev: EvaluationConfig
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``x`` (and its labels), or a seeded random subset of ``ev.max_test`` of them."""
-    if ev.max_test is not None and ev.max_test < x.shape[0]:
-        # a seeded random subset: file splits can be ordered (binarized MNIST by class)
-        pick = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(ev.seed))
-        pick = pick[: ev.max_test].to(x.device)
+    pick = _subset(x.shape[0], ev)
+    if pick is not None:
+        pick = pick.to(x.device)
         x = x[pick]
         y = None if y is None else y[pick]
     return x, y
+
+
+def _subset(n: int, ev: EvaluationConfig) -> torch.Tensor | None:
+    """The indices of :func:`_at_most`'s subset of ``n`` examples (``None``: all of them)."""
+    if ev.max_test is None or ev.max_test >= n:
+        return None
+    # a seeded random subset: file splits can be ordered (binarized MNIST by class)
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(ev.seed))
+    return pick[: ev.max_test]
 
 
 @torch.no_grad()
@@ -143,12 +197,13 @@ def evaluate_run(run: Any, evaluation: EvaluationConfig | None = None) -> dict[s
             f"bounds ({', '.join(ev.bounds)}) apply to VAE runs, not to a {model_kind(run.model)}"
         )
     x, y = _split(run, ev)
-    return _report(run, x, y, ev, ev.split)
+    index = _subset(run.dataset.split(ev.split).shape[0], ev)
+    return _report(run, x, y, ev, ev.split, index=index)
 
 
 def _report(
     run: Any, x: torch.Tensor, y: torch.Tensor | None, ev: EvaluationConfig, split: str,
-    with_parzen: bool = True,
+    with_parzen: bool = True, index: torch.Tensor | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The model's estimates and Parzen's on the stored examples ``x``, with units."""
     run.learner.module.eval()
@@ -157,7 +212,7 @@ def _report(
         distributed.session(device),
         cpu_settings(ev.num_threads, count_parameters(run.learner.module)),
     ):
-        estimates = dict(likelihood_estimates(run, x, y, ev))
+        estimates = dict(likelihood_estimates(run, x, y, ev, index))
         if with_parzen:
             estimates["parzen"] = parzen(run, x, ev)
     discrete = run.dataset.is_binary()
@@ -276,9 +331,10 @@ def evaluate_model(
         kind="points",
         source="the examples passed to pyrogen.evaluate",
     )
+    index = _subset(x.shape[0], ev)
     x, y = _at_most(x, y, ev)
     run = _PythonRun(model, module, dataset)
-    return _report(run, x, y, ev, "data", with_parzen=valid is not None)
+    return _report(run, x, y, ev, "data", with_parzen=valid is not None, index=index)
 
 
 def parzen(run: Any, x: torch.Tensor, ev: EvaluationConfig) -> dict[str, Any]:
@@ -376,6 +432,17 @@ def _number(value: Any, width: int) -> str:
     return f"{'—':>{width}}" if value is None else f"{value:>{width}.4f}"
 
 
+def _note(key: str, value: Any) -> str:
+    """``key=value`` for the notes column; the PSIS k̂ summary as ``k̂ max=0.41 (0.0% > 0.7)``
+    or why there is none."""
+    if key == "psis_khat":
+        share = next(v for k, v in value.items() if k.startswith("share_above_"))
+        if value["max"] is None:
+            return f"k̂ none ({value['reason']})"
+        return f"k̂ max={value['max']:.3g} ({share:.1%} > 0.7)"
+    return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+
+
 KINDS = {
     "discrete": "log-probability of the discrete (binary) data",
     "density": "log-density of continuous values: compare only with densities in the same space",
@@ -393,9 +460,7 @@ def format_report(result: dict[str, Any]) -> str:
     kinds = set()
     for name, est in result["estimates"].items():
         notes = ", ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in est.items()
-            if k not in ("mean", "stderr", "n", "unit", "kind")
+            _note(k, v) for k, v in est.items() if k not in ("mean", "stderr", "n", "unit", "kind")
         )
         kind = est.get("kind", "")
         kinds.add(kind)
