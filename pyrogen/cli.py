@@ -25,6 +25,7 @@ import difflib
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -700,6 +701,16 @@ def _parse(parser: _Parser, argv: list[str]) -> argparse.Namespace:
     sub.error(f"unrecognized argument{plural} {' '.join(unknown)}{hint}")
 
 
+def _warning_line(command: str):
+    """Python's ``showwarning`` for the CLI: each warning (a renamed config key, unreliable
+    importance weights) is one line ``pyrogen COMMAND: warning: ...`` on rank 0's stderr."""
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+        _say(f"pyrogen {command}: warning: {_one_line(Warning(message))}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -718,7 +729,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.command} runs in one process; run it without torchrun (only "
                 f"{' and '.join(DISTRIBUTED_COMMANDS)} run data-parallel)"
             )
-        return args.func(args)
+        with warnings.catch_warnings():  # restores Python's display afterwards
+            warnings.showwarning = _warning_line(args.command)
+            return args.func(args)
     except _user_errors() as e:  # the same on every rank: rank 0 says it
         _say(f"pyrogen {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE

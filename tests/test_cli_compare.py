@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from pyrogen import load_config
 from pyrogen.cli import main
 from pyrogen.config import ConfigError, EvaluationConfig
 from pyrogen.evaluation.report import evaluate_run
+from pyrogen.models.flow import make_flow
 from pyrogen.workflows.compare import compare
 from pyrogen.workflows.compare_config import load_compare_config
 
@@ -54,7 +54,7 @@ def test_train_sample_evaluate_end_to_end(tmp_path, capsys):
     assert main(["evaluate", str(run), "--bound", "renyi", "--parzen-samples", "10"]) == 2
     assert "needs elbo.num_particles > 1" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="apply to VAE runs, not to a flow"):
-        flow_run = SimpleNamespace(cfg=load_config(None, ["model.family=flow"]))
+        flow_run = SimpleNamespace(model=make_flow("realnvp", 2))  # a run of a flow
         evaluate_run(flow_run, EvaluationConfig(bounds=["renyi:5"]))
     # resume continues the same run
     assert main(["train", "--resume", str(run), "train.max_steps=30", "--quiet"]) == 0

@@ -266,3 +266,19 @@ def test_python_m_pyrogen_usage_error_is_one_line_on_stderr_with_exit_2(tmp_path
     assert proc.stderr.startswith("pyrogen evaluate: error: argument --split: invalid choice")
     assert proc.stderr.rstrip().endswith("(see pyrogen evaluate --help)")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_warnings_are_one_line_naming_the_command(capsys):
+    """A renamed key is accepted with one warning line (Python's own display adds the source
+    line), and Python's display is back afterwards."""
+    import warnings
+
+    before = warnings.showwarning
+    argv = ["config", "configs/vae_digits.yaml", "adversarial.generator_loss=hinge"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "pyrogen config: warning: 'adversarial.generator_loss' is renamed 'adversarial.loss'; "
+        "read as adversarial.loss=hinge"
+    ]
+    assert warnings.showwarning is before
