@@ -28,12 +28,15 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from torch import nn
 
 from pyrogen.models.guides import NonReparameterizedNormal
+from pyrogen.progress import steps
 
 Groups = dict[str, list[torch.Tensor]]
 
@@ -308,8 +311,6 @@ def gradient_variance_table(
 
     The decaying-average baseline keeps its running value in a Pyro param store: each
     estimator gets a fresh store of its own (the process-wide store is left untouched)."""
-    from pyrogen.progress import steps
-
     rows = []
     combos = [(est, k) for est in estimators for k in particles]
     for est, k in steps(combos, "gradient draws", quiet=not progress):
@@ -339,9 +340,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def save_variance_plot(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
     """Variance (summed over groups) against the number of particles, log-log, one line per
     estimator, with the 1/K slope through each line's first point for reference."""
-    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
     fig = Figure(figsize=(6.5, 5), layout="constrained")
     ax = fig.subplots()
     for est in dict.fromkeys(r["estimator"] for r in rows):

@@ -25,6 +25,8 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, ReweightedWakeSleep, TraceTailAdaptive_ELBO
 
+from pyrogen.progress import steps
+
 
 def log_importance_weights(
     model: Callable, guide: Callable, x: torch.Tensor, num_particles: int
@@ -59,7 +61,6 @@ def elbo_and_importance_log_likelihood(
     """
     elbos, logps = [], []
     dims = max(1, math.prod(x.shape[1:]))
-    from pyrogen.progress import steps
 
     starts = range(0, x.shape[0], batch_size)
     for start in steps(starts, f"importance sampling (K={num_samples})", quiet=quiet):

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import torch
 
 from pyrogen.parallel import distributed
+from pyrogen.progress import steps
 
 #: examples per chunk of evaluation (and per importance-sampling batch)
 CHUNK = 100
@@ -56,7 +57,6 @@ def per_example(
     chunks = math.ceil(n / chunk)
     first, last = distributed.shard_range(chunks)
     parts: list[dict[str, torch.Tensor]] = []
-    from pyrogen.progress import steps
 
     for c in steps(range(first, last), f"evaluating {name} on {n:,} examples", quiet=quiet):
         start, stop = c * chunk, min(n, (c + 1) * chunk)

@@ -5,6 +5,7 @@ space, the learned data manifold (decoder means over a grid of z whose coordinat
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -35,8 +36,6 @@ def manifold(vae, grid: int = 15) -> torch.Tensor:
 def save_vae_figures(vae, x: torch.Tensor, image_shape, out_dir: str | os.PathLike):
     """Write reconstructions.png, interpolations.png and (2-D latent) manifold.png (decoder
     means E[x | z], which the titles say: they are not samples)."""
-    from pathlib import Path
-
     out = Path(out_dir)
     n = min(16, x.shape[0])
     paths = []

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from pyrogen.config import ConfigError
 from pyrogen.runtime import env_rank, env_world_size
 
 T = TypeVar("T")
@@ -229,8 +230,6 @@ def on_main(fn: Callable[[], T]) -> T | None:
 def check_batches(batch_size: int, fixed_batches: bool) -> None:
     """Refuse a global batch that cannot give every rank a piece (or, for a learner that
     needs batches of one size, pieces of one size)."""
-    from pyrogen.config import ConfigError
-
     w = world_size()
     if batch_size < w:
         raise ConfigError(

@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
 from pyrogen.training.output import append_whole
 
 
@@ -130,9 +133,6 @@ class TensorBoardLog:
 
     def figure(self, tag: str, figure: Any, step: int) -> None:
         """A matplotlib figure, drawn to RGB pixels."""
-        import numpy as np
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
         canvas = FigureCanvasAgg(figure)
         canvas.draw()
         pixels = np.asarray(canvas.buffer_rgba())[..., :3]
