@@ -139,7 +139,9 @@ def available_memory(device: torch.device) -> int | None:
     return free
 
 
-def count_parameters(module: torch.nn.Module) -> int:
+def count_all_parameters(module: torch.nn.Module) -> int:
+    """Every parameter of ``module`` (trainable or frozen): the size that sets how many
+    threads pay off."""
     return sum(p.numel() for p in module.parameters())
 
 

@@ -29,7 +29,7 @@ from pyrogen.config import DataConfig
 from pyrogen.data import preprocess
 from pyrogen.data.errors import DataError
 from pyrogen.data.raw import RawSplits
-from pyrogen.data.user import array_checksum, user_splits
+from pyrogen.data.user_arrays import array_checksum, user_splits
 from pyrogen.registry import DATASETS
 
 SPLITS = ("train", "valid", "test")

@@ -126,7 +126,7 @@ class ScoreFunctionSites(Messenger):
         msg["infer"] = infer
 
 
-class NeuralBaseline(nn.Module):
+class BaselineMLP(nn.Module):
     """b(x): a small MLP predicting the downstream cost of each example from its flattened
     x (last dimension), fitted by Pyro's baseline loss Σ (cost − b(x))²."""
 
@@ -174,7 +174,7 @@ class _Estimator:
         nesting = float("inf") if max_plate_nesting is None else max_plate_nesting
         kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
         self.elbo = Trace_ELBO(**kw) if self.spec.reparameterised else TraceGraph_ELBO(**kw)
-        self.baseline_net: NeuralBaseline | None = None
+        self.baseline_net: BaselineMLP | None = None
         if self.spec.reparameterised:
             self.guide = guide
             return
@@ -183,7 +183,7 @@ class _Estimator:
             baseline = {"use_decaying_avg_baseline": True, "baseline_beta": BASELINE_BETA}
         elif self.spec.baseline == "neural":
             flat = x.reshape(x.shape[0], -1)
-            self.baseline_net = NeuralBaseline(flat.shape[-1]).to(x.device)
+            self.baseline_net = BaselineMLP(flat.shape[-1]).to(x.device)
             if num_particles > 1:  # one prediction per (particle, example), like the cost
                 flat = flat.expand(num_particles, *flat.shape)
             baseline = {"nn_baseline": self.baseline_net, "nn_baseline_input": flat}

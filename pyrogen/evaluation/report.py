@@ -42,7 +42,7 @@ from pyrogen.evaluation.flow_metrics import flow_log_likelihood
 from pyrogen.evaluation.loglik import elbo_and_importance_log_likelihood, evaluate_elbo
 from pyrogen.evaluation.parzen import parzen_log_likelihood, select_sigma
 from pyrogen.evaluation.stats import mean_stderr
-from pyrogen.evaluation.streams import CHUNK, own_stream, per_example
+from pyrogen.evaluation.streams import EXAMPLES_PER_CHUNK, own_stream, per_example
 from pyrogen.inference.base import device_of
 from pyrogen.inference.elbo import check_compatible, make_elbo
 from pyrogen.models.flow import Flow
@@ -98,7 +98,12 @@ def likelihood_estimates(
     def chunk(start: int, stop: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         xp = run.dataset.process(x[start:stop], gen)
         elbo, logp = elbo_and_importance_log_likelihood(
-            vae.model, vae.guide, xp, num_samples=ev.is_samples, batch_size=CHUNK, quiet=True
+            vae.model,
+            vae.guide,
+            xp,
+            num_samples=ev.is_samples,
+            batch_size=EXAMPLES_PER_CHUNK,
+            quiet=True,
         )
         log_det = run.dataset.log_det_jacobian(xp).to(elbo.dtype)
         return {"elbo": elbo + log_det, "logp": logp + log_det}
@@ -152,7 +157,7 @@ def _report(
     device = x.device
     with (
         distributed.session(device),
-        cpu_settings(ev.num_threads, count_parameters(run.learner.module)),
+        cpu_settings(ev.num_threads, count_trainable_parameters(run.learner.module)),
     ):
         estimates = dict(likelihood_estimates(run, x, y, ev))
         if with_parzen:
@@ -166,7 +171,7 @@ def _report(
         "family": model_kind(run.model),
         "split": split,
         "num_examples": int(x.shape[0]),
-        "parameters": count_parameters(run.learner.module),
+        "parameters": count_trainable_parameters(run.learner.module),
         "estimates": estimates,
     }
 
@@ -354,7 +359,7 @@ def estimator_bound(
     return {spec: {"mean": value, "stderr": None, "n": int(x.shape[0]), "K": k}}
 
 
-def count_parameters(module: torch.nn.Module) -> int:
+def count_trainable_parameters(module: torch.nn.Module) -> int:
     """Trainable parameters of what the learner trains: decoder and encoder (VAE), the flow,
     generator and discriminator (GAN)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)

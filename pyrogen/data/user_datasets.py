@@ -1,6 +1,7 @@
-"""The user's own data as registered data sets: ``data.name=array`` (a ``.npy``, ``.npz``,
-``.csv`` or ``.pt`` file at ``data.path``) and ``data.name=image_folder`` (PNG/JPEG files
-under ``data.path``). Reading and checking are in :mod:`pyrogen.data.user`.
+"""The data sets ``data.name=array`` (a ``.npy``, ``.npz``, ``.csv`` or ``.pt`` file at
+``data.path``) and ``data.name=image_folder`` (PNG/JPEG files under ``data.path``), registered
+in ``DATASETS``. Reading, checking and splitting the arrays are in
+:mod:`pyrogen.data.user_arrays`.
 
 A run records the data's checksum in its config (``data.checksum``, a SHA-256 of the arrays'
 values, shapes and dtypes); loading the run later checks that the file still holds the same
@@ -25,7 +26,7 @@ from pathlib import Path
 from pyrogen.config import DataConfig
 from pyrogen.data.errors import DataError
 from pyrogen.data.raw import RawSplits
-from pyrogen.data.user import array_checksum, read_array_file, read_image_folder, user_splits
+from pyrogen.data.user_arrays import array_checksum, read_array_file, read_image_folder, user_splits
 from pyrogen.registry import DATASETS
 
 
