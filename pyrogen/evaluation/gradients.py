@@ -368,19 +368,14 @@ def run_gradient_diagnostic(
     model: Callable,
     guide: Callable,
     x: torch.Tensor,
-    estimators: Sequence[str] = tuple(ESTIMATORS),
-    particles: Sequence[int] = (1, 4, 16),
-    num_samples: int = 200,
+    *table_args: Any,
     out_dir: str | os.PathLike | None = None,
-    groups: Groups | None = None,
-    seed: int = 0,
-    warmup: int = 200,
-    progress: bool = False,
+    **table_options: Any,
 ) -> list[dict[str, Any]]:
-    """Compute the table; with ``out_dir`` also write ``gradient_variance.{md,csv,png}``."""
-    rows = gradient_variance_table(
-        model, guide, x, estimators, particles, num_samples, groups, seed, warmup, progress=progress
-    )
+    """:func:`gradient_variance_table` (``table_args`` and ``table_options`` are its
+    ``estimators``, ``particles``, ``num_samples``, ...); with ``out_dir`` also write
+    ``gradient_variance.{md,csv,png}``."""
+    rows = gradient_variance_table(model, guide, x, *table_args, **table_options)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -192,20 +192,9 @@ def _to_cpu(obj: Any) -> Any:
 def main_first(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 first (e.g. what downloads files), then on the other ranks. An
     exception on rank 0 is raised on every rank (no rank is left waiting)."""
-    if not is_distributed():
+    result = on_main(fn)
+    if is_distributed() and rank() != 0:
         return fn()
-    error: BaseException | None = None
-    result: Any = None
-    if rank() == 0:
-        try:
-            result = fn()
-        except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
-            error = e
-    error = broadcast_object(error)
-    if error is not None:
-        raise error
-    if rank() != 0:
-        result = fn()
     return result
 
 
