@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from pyrogen.training.output import append_whole
 
@@ -133,6 +132,9 @@ class TensorBoardLog:
 
     def figure(self, tag: str, figure: Any, step: int) -> None:
         """A matplotlib figure, drawn to RGB pixels."""
+        # here, not at the top: only TensorBoard runs draw, and `import pyrogen` stays off Agg
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
         canvas = FigureCanvasAgg(figure)
         canvas.draw()
         pixels = np.asarray(canvas.buffer_rgba())[..., :3]
