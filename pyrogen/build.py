@@ -27,7 +27,7 @@ from pyrogen.data import Dataset, load_dataset
 from pyrogen.families import family_of
 from pyrogen.inference.base import Learner
 from pyrogen.registry import DATASETS, check_name
-from pyrogen.runtime import resolve_device, tensorboard_available
+from pyrogen.runtime import available_memory, resolve_device, tensorboard_available
 
 
 def validate(cfg: Config, has_data: bool = False) -> Config:
@@ -81,8 +81,6 @@ BYTES_PER_PARAMETER = 16
 def check_size(cfg: Config, dataset: Dataset, device: torch.device) -> None:
     """Refuse, before allocating anything, a model whose parameters (with their gradients and
     optimiser state) would not fit in the memory available on ``device``."""
-    from pyrogen.runtime import available_memory
-
     n = family_of(cfg).estimate_parameters(cfg, dataset)
     need = n * BYTES_PER_PARAMETER
     free = available_memory(device)

@@ -271,10 +271,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must end in .png (a figure) or .pt (a tensor), got {out}")
     if out.parent and out.parent.exists() and not out.parent.is_dir():
         raise UsageError(f"--out {out}: {out.parent} is not a folder")
-    from pyrogen.runtime import configure_threads, count_parameters
+    from pyrogen.runtime import configure_threads, count_all_parameters
 
     run = _load_run(args.run_dir, args.device, args.checkpoint)
-    configure_threads(args.num_threads, count_parameters(run.learner.module))
+    configure_threads(args.num_threads, count_all_parameters(run.learner.module))
     torch.manual_seed(args.seed)
     x = run.sample_means(args.n) if args.means else run.sample(args.n)
     try:
@@ -331,7 +331,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from pyrogen.workflows.compare import compare, format_markdown
-    from pyrogen.workflows.compare_config import FAMILIES, load_compare_config
+    from pyrogen.workflows.compare_config import COMPARED_FAMILIES, load_compare_config
 
     paths, overrides = _split_args(args.args)
     if len(paths) != 1:
@@ -341,9 +341,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     run_dirs = {}
     for item in args.runs or []:
         family, _, path = item.partition("=")
-        if family not in FAMILIES or not path:
+        if family not in COMPARED_FAMILIES or not path:
             raise UsageError(
-                f"--runs takes FAMILY=RUN_DIR with FAMILY one of {', '.join(FAMILIES)}, got {item}"
+                f"--runs takes FAMILY=RUN_DIR with FAMILY one of "
+                f"{', '.join(COMPARED_FAMILIES)}, got {item}"
             )
         _load_run(path, None)  # checks the folder
         run_dirs[family] = path
@@ -384,9 +385,9 @@ def _cmd_gradients(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path("runs") / f"gradients-{path.stem}"
     else:
         raise UsageError(f"{path}: no such run folder or config file")
-    from pyrogen.runtime import configure_threads, count_parameters
+    from pyrogen.runtime import configure_threads, count_all_parameters
 
-    configure_threads(args.num_threads, count_parameters(learner.module))
+    configure_threads(args.num_threads, count_all_parameters(learner.module))
     vae = learner.model
     guide = getattr(vae, "guide", None)
     if guide is None or not hasattr(guide, "encoder"):

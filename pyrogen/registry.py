@@ -26,6 +26,8 @@ import difflib
 from collections.abc import Callable
 from typing import Any
 
+from pyrogen.config import ConfigError
+
 
 class RegistryError(KeyError):
     """An unknown name was looked up in a registry."""
@@ -91,8 +93,6 @@ class Registry:
 def check_name(registry: Registry, name: str, key: str) -> None:
     """Raise a :class:`~pyrogen.config.ConfigError` naming the config ``key`` unless ``name``
     is registered in ``registry`` (with the nearest name and the allowed ones)."""
-    from pyrogen.config import ConfigError
-
     if name not in registry:
         close = difflib.get_close_matches(str(name), registry.names(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""

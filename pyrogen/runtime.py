@@ -72,11 +72,7 @@ def free_cores() -> int:
     ``torchrun`` divided among the machine's processes (``LOCAL_WORLD_SIZE``)."""
     cores = available_cores()
     free = max(1, min(cores, round(cores - busy_cores())))
-    try:
-        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        local = 1
-    return max(1, free // local)
+    return max(1, free // max(1, _local_processes()))
 
 
 def auto_threads(num_parameters: int | None = None) -> int:
@@ -139,31 +135,33 @@ def available_memory(device: torch.device) -> int | None:
     return free
 
 
-def count_parameters(module: torch.nn.Module) -> int:
+def count_all_parameters(module: torch.nn.Module) -> int:
+    """Every parameter of ``module`` (trainable or frozen): the size that sets how many
+    threads pay off."""
     return sum(p.numel() for p in module.parameters())
 
 
 # ---------------------------------------------------------------------------- the device
+def _env_int(name: str, default: int) -> int:
+    """The integer in environment variable ``name`` (as torchrun sets it), or ``default``
+    when it is unset or not an integer."""
+    try:
+        return int(os.environ.get(name, str(default)))
+    except ValueError:
+        return default
+
+
 def env_world_size() -> int:
     """``WORLD_SIZE`` as torchrun sets it (1 when not launched by torchrun)."""
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
+    return max(1, _env_int("WORLD_SIZE", 1))
 
 
 def env_rank() -> int:
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
+    return _env_int("RANK", 0)
 
 
 def env_local_rank() -> int:
-    try:
-        return int(os.environ.get("LOCAL_RANK", "0"))
-    except ValueError:
-        return 0
+    return _env_int("LOCAL_RANK", 0)
 
 
 def local_cuda_device() -> torch.device | None:
@@ -210,10 +208,7 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
 
 def _local_processes() -> int:
     """torchrun's ``LOCAL_WORLD_SIZE``: the processes of this run on this machine."""
-    try:
-        return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
+    return _env_int("LOCAL_WORLD_SIZE", 1)
 
 
 # ---------------------------------------------------------------------------- optional packages

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pyrogen.data.errors import DataError
-from pyrogen.data.user import (
+from pyrogen.data.user_arrays import (
     array_checksum,
     file_checksum,
     read_array_file,

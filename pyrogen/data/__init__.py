@@ -6,7 +6,8 @@
 * file data sets (:mod:`~pyrogen.data.images`): ``mnist``, ``binarized_mnist``, ``frey``,
   read by :mod:`~pyrogen.data.files` and downloaded with checksums by
   :mod:`~pyrogen.data.download` when missing;
-* the user's own data (:mod:`~pyrogen.data.user_sets`): ``array`` (``.npy``, ``.npz``,
+* the user's own data (:mod:`~pyrogen.data.user_datasets`, read by
+  :mod:`~pyrogen.data.user_arrays`): ``array`` (``.npy``, ``.npz``,
   ``.csv``, ``.pt``), ``image_folder`` (PNG/JPEG), or an array passed from Python;
 * per-batch preprocessing (:mod:`~pyrogen.data.preprocess`): dynamic binarisation, uniform
   dequantisation, the logit transform with its log-determinant, bits per dimension;
@@ -33,7 +34,7 @@ from pyrogen.data.preprocess import (
 )
 
 # importing these modules registers their data sets in pyrogen.registry.DATASETS
-from pyrogen.data import digits, images, toy, user_sets  # noqa: E402, F401  isort: skip
+from pyrogen.data import digits, images, toy, user_datasets  # noqa: E402, F401  isort: skip
 
 __all__ = [
     "DataError",

@@ -29,6 +29,7 @@ from pyrogen.config import DataConfig
 from pyrogen.data import preprocess
 from pyrogen.data.errors import DataError
 from pyrogen.data.raw import RawSplits
+from pyrogen.data.user_arrays import array_checksum, user_splits
 from pyrogen.registry import DATASETS
 
 SPLITS = ("train", "valid", "test")
@@ -202,8 +203,6 @@ def load_dataset(
         if n is not None and n < 1:
             raise DataError(f"bad value for 'data.num_{split}': {n}; expected an integer > 0")
     if data is not None:
-        from pyrogen.data.user import array_checksum, user_splits
-
         raw: RawSplits = user_splits(
             data,
             valid_fraction=cfg.valid_fraction,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pyrogen.data.errors import DataError
 
-CHUNK = 1 << 20
+READ_BYTES = 1 << 20  # bytes read at a time from a download or a file being hashed
 TIMEOUT_S = 60.0
 
 
@@ -108,7 +108,7 @@ def md5sum(path: str | Path) -> str:
     """The hex md5 digest of a file's bytes (as stored, gzipped or not)."""
     h = hashlib.md5()
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
+        while chunk := f.read(READ_BYTES):
             h.update(chunk)
     return h.hexdigest()
 
@@ -170,7 +170,7 @@ def download(
                 with urllib.request.urlopen(request, timeout=timeout) as response:
                     announced = response.headers.get("Content-Length")
                     received = 0
-                    while chunk := response.read(CHUNK):
+                    while chunk := response.read(READ_BYTES):
                         out.write(chunk)
                         h.update(chunk)
                         received += len(chunk)

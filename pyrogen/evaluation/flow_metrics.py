@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from pyrogen.evaluation.stats import mean_stderr
-from pyrogen.evaluation.streams import CHUNK, per_example
+from pyrogen.evaluation.streams import EXAMPLES_PER_CHUNK, per_example
 
 
 @torch.no_grad()
@@ -26,7 +26,7 @@ def flow_log_likelihood(
     dataset: Any,
     y: torch.Tensor | None = None,
     seed: int = 0,
-    batch_size: int = CHUNK,
+    batch_size: int = EXAMPLES_PER_CHUNK,
 ) -> dict[str, dict[str, float]]:
     """Per-example exact log-likelihoods of the stored split ``x`` (mean ± standard error):
     ``exact_model_space``; ``exact`` (in the data set's stored space: the [0, 1] cube for

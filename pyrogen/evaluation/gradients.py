@@ -28,12 +28,15 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from torch import nn
 
 from pyrogen.models.guides import NonReparameterizedNormal
+from pyrogen.progress import steps
 
 Groups = dict[str, list[torch.Tensor]]
 
@@ -123,7 +126,7 @@ class ScoreFunctionSites(Messenger):
         msg["infer"] = infer
 
 
-class NeuralBaseline(nn.Module):
+class BaselineMLP(nn.Module):
     """b(x): a small MLP predicting the downstream cost of each example from its flattened
     x (last dimension), fitted by Pyro's baseline loss Σ (cost − b(x))²."""
 
@@ -171,7 +174,7 @@ class _Estimator:
         nesting = float("inf") if max_plate_nesting is None else max_plate_nesting
         kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
         self.elbo = Trace_ELBO(**kw) if self.spec.reparameterised else TraceGraph_ELBO(**kw)
-        self.baseline_net: NeuralBaseline | None = None
+        self.baseline_net: BaselineMLP | None = None
         if self.spec.reparameterised:
             self.guide = guide
             return
@@ -180,7 +183,7 @@ class _Estimator:
             baseline = {"use_decaying_avg_baseline": True, "baseline_beta": BASELINE_BETA}
         elif self.spec.baseline == "neural":
             flat = x.reshape(x.shape[0], -1)
-            self.baseline_net = NeuralBaseline(flat.shape[-1]).to(x.device)
+            self.baseline_net = BaselineMLP(flat.shape[-1]).to(x.device)
             if num_particles > 1:  # one prediction per (particle, example), like the cost
                 flat = flat.expand(num_particles, *flat.shape)
             baseline = {"nn_baseline": self.baseline_net, "nn_baseline_input": flat}
@@ -308,8 +311,6 @@ def gradient_variance_table(
 
     The decaying-average baseline keeps its running value in a Pyro param store: each
     estimator gets a fresh store of its own (the process-wide store is left untouched)."""
-    from pyrogen.progress import steps
-
     rows = []
     combos = [(est, k) for est in estimators for k in particles]
     for est, k in steps(combos, "gradient draws", quiet=not progress):
@@ -339,9 +340,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def save_variance_plot(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
     """Variance (summed over groups) against the number of particles, log-log, one line per
     estimator, with the 1/K slope through each line's first point for reference."""
-    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
     fig = Figure(figsize=(6.5, 5), layout="constrained")
     ax = fig.subplots()
     for est in dict.fromkeys(r["estimator"] for r in rows):
@@ -370,19 +368,14 @@ def run_gradient_diagnostic(
     model: Callable,
     guide: Callable,
     x: torch.Tensor,
-    estimators: Sequence[str] = tuple(ESTIMATORS),
-    particles: Sequence[int] = (1, 4, 16),
-    num_samples: int = 200,
+    *table_args: Any,
     out_dir: str | os.PathLike | None = None,
-    groups: Groups | None = None,
-    seed: int = 0,
-    warmup: int = 200,
-    progress: bool = False,
+    **table_options: Any,
 ) -> list[dict[str, Any]]:
-    """Compute the table; with ``out_dir`` also write ``gradient_variance.{md,csv,png}``."""
-    rows = gradient_variance_table(
-        model, guide, x, estimators, particles, num_samples, groups, seed, warmup, progress=progress
-    )
+    """:func:`gradient_variance_table` (``table_args`` and ``table_options`` are its
+    ``estimators``, ``particles``, ``num_samples``, ...); with ``out_dir`` also write
+    ``gradient_variance.{md,csv,png}``."""
+    rows = gradient_variance_table(model, guide, x, *table_args, **table_options)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,8 @@ from pyro import poutine
 from pyro.infer import ELBO, ReweightedWakeSleep, TraceTailAdaptive_ELBO
 from pyro.ops.stats import fit_generalized_pareto
 
+from pyrogen.progress import steps
+
 #: k̂ above which an importance-sampled estimate is unreliable (Vehtari et al.)
 KHAT_THRESHOLD = 0.7
 
@@ -149,7 +151,6 @@ def importance_sampling(
     dims = max(1, math.prod(x.shape[1:]))
     keep = psis_tail_size(num_samples) + 1
     khat = khat and psis_tail_size(num_samples) >= MIN_TAIL
-    from pyrogen.progress import steps
 
     starts = range(0, x.shape[0], batch_size)
     for start in steps(starts, f"importance sampling (K={num_samples})", quiet=quiet):

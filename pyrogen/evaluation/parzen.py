@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from pyrogen.evaluation.stats import mean_stderr
+from pyrogen.progress import line
 
 
 def _flat64(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -99,8 +100,6 @@ def parzen_evaluate(
     ``torch.logspace(-1, 0, 10)``) on the first ``num_valid`` validation examples, and
     return the test ``mean`` ± ``stderr`` (nats per example) with ``n``, ``sigma`` and
     ``num_samples``."""
-    from pyrogen.progress import line
-
     sigmas = torch.logspace(-1, 0, 10) if sigmas is None else torch.as_tensor(sigmas)
     line(f"Parzen window: drawing {num_samples:,} samples", quiet)
     samples = sampler(num_samples)

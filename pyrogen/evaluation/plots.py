@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from pyrogen.registry import GAN_LOSSES
+
 
 def image_grid(
     images: torch.Tensor,
@@ -192,8 +194,6 @@ def _in_nats(gan_loss: Any) -> bool:
     """Whether the GAN loss (a ``GANLoss`` object, or the name of a registered one) is a
     binary cross-entropy (nats; its ``in_nats`` fact); the others are in D's units."""
     if isinstance(gan_loss, str):
-        from pyrogen.registry import GAN_LOSSES
-
         gan_loss = GAN_LOSSES.get(gan_loss) if gan_loss in GAN_LOSSES else None
     return bool(getattr(gan_loss, "in_nats", False))
 

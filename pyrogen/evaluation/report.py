@@ -38,10 +38,20 @@ from typing import Any
 import torch
 
 from pyrogen.config import ConfigError, EvaluationConfig
+from pyrogen.data import Dataset
+from pyrogen.evaluation.flow_metrics import flow_log_likelihood
+from pyrogen.evaluation.loglik import evaluate_elbo, importance_sampling
+from pyrogen.evaluation.parzen import parzen_log_likelihood, select_sigma
 from pyrogen.evaluation.stats import mean_stderr
-from pyrogen.evaluation.streams import own_stream, per_example
+from pyrogen.evaluation.streams import EXAMPLES_PER_CHUNK, own_stream, per_example
+from pyrogen.inference.base import device_of
+from pyrogen.inference.elbo import check_compatible, make_elbo
+from pyrogen.models.flow import Flow
+from pyrogen.models.gan import GAN
+from pyrogen.models.vae import VAE
 from pyrogen.parallel import distributed
 from pyrogen.progress import line
+from pyrogen.registry import ELBOS, check_name
 from pyrogen.runtime import cpu_settings
 
 __all__ = [
@@ -59,10 +69,6 @@ def model_kind(model: torch.nn.Module) -> str:
     """``"vae"`` (a latent-variable model with an amortised guide), ``"flow"`` (an exact
     density) or ``"gan"`` (a sampler without a likelihood), by the model's class; a
     ``TypeError`` for anything else."""
-    from pyrogen.models.flow import Flow
-    from pyrogen.models.gan import GAN
-    from pyrogen.models.vae import VAE
-
     for cls, kind in ((VAE, "vae"), (Flow, "flow"), (GAN, "gan")):
         if isinstance(model, cls):
             return kind
@@ -72,8 +78,6 @@ def model_kind(model: torch.nn.Module) -> str:
 def has_bounds(model: torch.nn.Module) -> bool:
     """Whether ``evaluation.bounds`` (Pyro's estimators of a bound on log p(x)) apply: the
     model is a latent-variable program with a guide."""
-    from pyrogen.models.vae import VAE
-
     return isinstance(model, VAE)
 
 
@@ -91,24 +95,22 @@ def likelihood_estimates(
     (:func:`psis_summary`; a warning names the examples above 0.7 by their ``index`` in the
     split, their position in ``x`` by default), and any bounds ``ev.bounds``; for a flow the
     exact log-likelihood (and bits/dim for images); for a GAN nothing."""
-    from pyrogen.models.flow import Flow
-    from pyrogen.models.vae import VAE
-
     if isinstance(run.model, Flow):
-        from pyrogen.evaluation.flow_metrics import flow_log_likelihood
-
         return flow_log_likelihood(run.model, x, run.dataset, y=y, seed=ev.seed)
     if not isinstance(run.model, VAE):
         return {}
-    from pyrogen.evaluation.loglik import importance_sampling
-    from pyrogen.evaluation.streams import CHUNK
 
     vae = run.model
 
     def chunk(start: int, stop: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         xp = run.dataset.process(x[start:stop], gen)
         elbo, logp, khat = importance_sampling(
-            vae.model, vae.guide, xp, num_samples=ev.is_samples, batch_size=CHUNK, quiet=True
+            vae.model,
+            vae.guide,
+            xp,
+            num_samples=ev.is_samples,
+            batch_size=EXAMPLES_PER_CHUNK,
+            quiet=True,
         )
         log_det = run.dataset.log_det_jacobian(xp).to(elbo.dtype)
         khats = {} if khat is None else {"khat": khat}
@@ -210,7 +212,7 @@ def _report(
     device = x.device
     with (
         distributed.session(device),
-        cpu_settings(ev.num_threads, count_parameters(run.learner.module)),
+        cpu_settings(ev.num_threads, count_trainable_parameters(run.learner.module)),
     ):
         estimates = dict(likelihood_estimates(run, x, y, ev, index))
         if with_parzen:
@@ -224,7 +226,7 @@ def _report(
         "family": model_kind(run.model),
         "split": split,
         "num_examples": int(x.shape[0]),
-        "parameters": count_parameters(run.learner.module),
+        "parameters": count_trainable_parameters(run.learner.module),
         "estimates": estimates,
     }
 
@@ -308,13 +310,10 @@ def evaluate_model(
             "evaluation.bounds need the run's config (its guide and estimator): evaluate a run "
             "from pyrogen.train or pyrogen.load"
         )
-    from pyrogen.data import Dataset
-    from pyrogen.inference.base import device_of
 
     device = device_of(module)
     x = _as_tensor(data, "data", device)
     y = None if labels is None else labels.to(device=device, dtype=torch.int64)
-    from pyrogen.models.gan import GAN
 
     if isinstance(model, GAN) and valid is None:
         raise TypeError(
@@ -342,8 +341,6 @@ def parzen(run: Any, x: torch.Tensor, ev: EvaluationConfig) -> dict[str, Any]:
     ``parzen_valid`` validation examples), in the stored data space: what
     :func:`~pyrogen.evaluation.parzen.parzen_evaluate` computes, with the test examples shared
     among the processes of a data-parallel run (every process draws the same samples)."""
-    from pyrogen.evaluation.parzen import parzen_log_likelihood, select_sigma
-
     valid = run.dataset.split("valid")[: ev.parzen_valid]
     if ev.parzen_sigmas is not None:
         sigmas = torch.tensor(ev.parzen_sigmas)
@@ -379,7 +376,6 @@ def parse_bound(spec: str) -> tuple[str, int]:
         raise ConfigError(
             f"a bound is NAME or NAME:K with K an integer in [1, {1 << 20}], got {spec!r}"
         )
-    from pyrogen.registry import ELBOS, check_name
 
     check_name(ELBOS, name, "--bound")  # names the nearest estimator and the allowed ones
     return name, particles
@@ -391,9 +387,6 @@ def estimator_bound(
     """The mean bound of one of Pyro's estimators (``elbo.name`` values) on the stored
     examples ``x`` (preprocessed chunk by chunk), with K vectorised particles: ``renyi:K`` is
     the IWAE bound, ``rws:K`` its wake-θ value."""
-    from pyrogen.evaluation.loglik import evaluate_elbo
-    from pyrogen.inference.elbo import check_compatible, make_elbo
-
     name, k = parse_bound(spec)
     e = replace(run.cfg.elbo, name=name, num_particles=k, vectorize_particles=k > 1)
     reason = check_compatible(
@@ -422,7 +415,7 @@ def estimator_bound(
     return {spec: {"mean": value, "stderr": None, "n": int(x.shape[0]), "K": k}}
 
 
-def count_parameters(module: torch.nn.Module) -> int:
+def count_trainable_parameters(module: torch.nn.Module) -> int:
     """Trainable parameters of what the learner trains: decoder and encoder (VAE), the flow,
     generator and discriminator (GAN)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -2,12 +2,13 @@
 
 Every estimator draws from its own stream (:func:`own_stream`), so asking for one more
 estimator never changes another's number. Within an estimator, the examples are cut into
-chunks of :data:`CHUNK` and chunk c draws from its own stream too (its preprocessing noise
-from :func:`chunk_generator`, the model's draws from ``own_stream(seed, f"{name}:{c}")``):
-an example's value then depends on the seed and its chunk only, not on which process
-computes it. :func:`per_example` hands each rank of a data-parallel run a contiguous share
-of the chunks and gathers the per-example values in order, so ``torchrun ... pyrogen
-evaluate`` gives the numbers of one process (to the last bit on the CPU).
+chunks of :data:`EXAMPLES_PER_CHUNK` and chunk c draws from its own stream too (its
+preprocessing noise from :func:`chunk_generator`, the model's draws from
+``own_stream(seed, f"{name}:{c}")``): an example's value then depends on the seed and its
+chunk only, not on which process computes it. :func:`per_example` hands each rank of a
+data-parallel run a contiguous share of the chunks and gathers the per-example values in
+order, so ``torchrun ... pyrogen evaluate`` gives the numbers of one process (to the last
+bit on the CPU).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from contextlib import contextmanager
 import torch
 
 from pyrogen.parallel import distributed
+from pyrogen.progress import steps
 
 #: examples per chunk of evaluation (and per importance-sampling batch)
-CHUNK = 100
+EXAMPLES_PER_CHUNK = 100
 
 
 @contextmanager
@@ -46,7 +48,7 @@ def per_example(
     seed: int,
     name: str,
     device: torch.device,
-    chunk: int = CHUNK,
+    chunk: int = EXAMPLES_PER_CHUNK,
     quiet: bool = True,
 ) -> dict[str, torch.Tensor]:
     """``fn(start, stop, generator)`` -> per-example values ``{key: tensor (stop − start,)}``
@@ -56,7 +58,6 @@ def per_example(
     chunks = math.ceil(n / chunk)
     first, last = distributed.shard_range(chunks)
     parts: list[dict[str, torch.Tensor]] = []
-    from pyrogen.progress import steps
 
     for c in steps(range(first, last), f"evaluating {name} on {n:,} examples", quiet=quiet):
         start, stop = c * chunk, min(n, (c + 1) * chunk)

@@ -5,6 +5,7 @@ space, the learned data manifold (decoder means over a grid of z whose coordinat
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -35,38 +36,35 @@ def manifold(vae, grid: int = 15) -> torch.Tensor:
 def save_vae_figures(vae, x: torch.Tensor, image_shape, out_dir: str | os.PathLike):
     """Write reconstructions.png, interpolations.png and (2-D latent) manifold.png (decoder
     means E[x | z], which the titles say: they are not samples)."""
-    from pathlib import Path
-
     out = Path(out_dir)
+    paths: list[Path] = []
+
+    def save(name: str, grid: torch.Tensor, nrow: int, title: str) -> None:
+        save_image_grid(grid, image_shape, out / name, nrow=nrow, title=title)
+        paths.append(out / name)
+
     n = min(16, x.shape[0])
-    paths = []
     recon = vae.reconstruct(x[:n]).reshape(n, -1)
     pairs = torch.stack([x[:n].reshape(n, -1), recon], 1).reshape(2 * n, -1)
-    save_image_grid(
+    save(
+        "reconstructions.png",
         pairs,
-        image_shape,
-        out / "reconstructions.png",
-        nrow=8,
-        title="data (odd columns) and reconstruction E[x | z = posterior mean] (even)",
+        8,
+        "data (odd columns) and reconstruction E[x | z = posterior mean] (even)",
     )
-    paths.append(out / "reconstructions.png")
     if x.shape[0] >= 2 * 6:
         lines = interpolations(vae, x[:6], x[6:12], steps=10)
-        save_image_grid(
+        save(
+            "interpolations.png",
             lines,
-            image_shape,
-            out / "interpolations.png",
-            nrow=10,
-            title="E[x | z] along lines between posterior means of test images",
+            10,
+            "E[x | z] along lines between posterior means of test images",
         )
-        paths.append(out / "interpolations.png")
     if vae.latent_dim == 2:
-        save_image_grid(
+        save(
+            "manifold.png",
             manifold(vae),
-            image_shape,
-            out / "manifold.png",
-            nrow=15,
-            title="learned manifold: E[x | z] on a grid of Φ⁻¹ quantiles of z",
+            15,
+            "learned manifold: E[x | z] on a grid of Φ⁻¹ quantiles of z",
         )
-        paths.append(out / "manifold.png")
     return paths

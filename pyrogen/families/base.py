@@ -94,11 +94,47 @@ class Family:
         return False
 
 
+def conv_shape_problem(image_shape: tuple[int, ...] | None, key: str) -> str | None:
+    """Why ``architecture: conv`` cannot take these examples, or ``None``."""
+    if image_shape is None:
+        return f"{key}=conv needs image data; these data are points (use {key}=mlp)"
+    _, h, w = image_shape
+    if h % 4 or w % 4:
+        return (
+            f"{key}=conv halves the image twice, so height and width must be multiples of 4; "
+            f"these images are {h}x{w} (use {key}=mlp)"
+        )
+    return None
+
+
+def check_conv_shape(cfg: Config, data: Dataset) -> None:
+    """Refuse ``model.architecture=conv`` (VAE, GAN) for data it cannot take."""
+    if cfg.model.architecture == "conv":
+        problem = conv_shape_problem(data.image_shape, "model.architecture")
+        if problem:
+            raise ConfigError(problem)
+
+
 def set_options(optim: Any) -> dict[str, Any]:
     """The optimiser settings a config leaves null to the learner (``optim.lr``,
     ``optim.betas``) that it does set: the learner's constructor keeps its own defaults for
     the others, so a config and ``Learner(model)`` build the same optimiser."""
     return {k: getattr(optim, k) for k in ("lr", "betas") if getattr(optim, k) is not None}
+
+
+def learner_options(cfg: Config) -> dict[str, Any]:
+    """The learner's constructor options that every family takes from the ``optim`` and
+    ``train`` sections: the optimiser, its momentum, weight decay and gradient clipping, the
+    precision, and the settings of :func:`set_options`."""
+    o = cfg.optim
+    return {
+        "optim": o.name,
+        "momentum": o.momentum,
+        "weight_decay": o.weight_decay,
+        "clip_norm": o.clip_norm,
+        "precision": cfg.train.precision,
+        **set_options(o),
+    }
 
 
 def mlp_size(widths: list[int]) -> int:

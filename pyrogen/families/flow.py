@@ -10,7 +10,7 @@ from torch import nn
 
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
-from pyrogen.families.base import Family, set_options
+from pyrogen.families.base import Family, learner_options
 from pyrogen.inference.variational import VariationalLearner
 from pyrogen.models.flow import Flow, conditioner_networks, make_flow
 from pyrogen.registry import FLOWS, check_name
@@ -113,13 +113,4 @@ class FlowFamily(Family):
         return [net for layer in model.layers for net in conditioner_networks(layer)]
 
     def build_learner(self, cfg: Config, model: nn.Module) -> VariationalLearner:
-        o = cfg.optim
-        return VariationalLearner(
-            model,
-            optim=o.name,
-            momentum=o.momentum,
-            weight_decay=o.weight_decay,
-            clip_norm=o.clip_norm,
-            precision=cfg.train.precision,
-            **set_options(o),
-        )
+        return VariationalLearner(model, **learner_options(cfg))

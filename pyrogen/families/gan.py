@@ -7,8 +7,7 @@ from torch import nn
 
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
-from pyrogen.families.base import Family, mlp_size, set_options
-from pyrogen.families.vae import conv_shape_problem
+from pyrogen.families.base import Family, check_conv_shape, learner_options, mlp_size
 from pyrogen.inference.adversarial import AdversarialLearner, GANLoss, make_gan_loss
 from pyrogen.models.gan import GAN
 from pyrogen.nets import conv_discriminator, conv_generator, mlp_discriminator, mlp_generator
@@ -51,10 +50,7 @@ class GANFamily(Family):
 
     def check_data(self, cfg: Config, data: Dataset) -> None:
         m = cfg.model
-        if m.architecture == "conv":
-            problem = conv_shape_problem(data.image_shape, "model.architecture")
-            if problem:
-                raise ConfigError(problem)
+        check_conv_shape(cfg, data)
         if m.output == "sigmoid" and data.kind == "points":
             low, high = float(data.train.min()), float(data.train.max())
             if low < 0 or high > 1:
@@ -110,13 +106,8 @@ class GANFamily(Family):
             model,
             self.make_loss(cfg),
             discriminator_steps=a.discriminator_steps,
-            optim=o.name,
             lr_discriminator=o.lr_discriminator,
-            momentum=o.momentum,
-            weight_decay=o.weight_decay,
             r1_penalty=a.r1_penalty,
             ema_decay=a.ema_decay,
-            clip_norm=o.clip_norm,
-            precision=cfg.train.precision,
-            **set_options(o),
+            **learner_options(cfg),
         )

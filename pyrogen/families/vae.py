@@ -9,26 +9,13 @@ from torch import nn
 
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
-from pyrogen.families.base import Family, mlp_size, set_options
+from pyrogen.families.base import Family, check_conv_shape, learner_options, mlp_size
 from pyrogen.inference.elbo import check_compatible, make_elbo
 from pyrogen.inference.variational import VariationalLearner
 from pyrogen.models.likelihoods import make_likelihood
 from pyrogen.models.vae import VAE
 from pyrogen.nets import MLP, ConvDecoder, ConvEncoder
 from pyrogen.registry import ELBOS, GUIDES, check_name
-
-
-def conv_shape_problem(image_shape: tuple[int, ...] | None, key: str) -> str | None:
-    """Why ``architecture: conv`` cannot take these examples, or ``None``."""
-    if image_shape is None:
-        return f"{key}=conv needs image data; these data are points (use {key}=mlp)"
-    _, h, w = image_shape
-    if h % 4 or w % 4:
-        return (
-            f"{key}=conv halves the image twice, so height and width must be multiples of 4; "
-            f"these images are {h}x{w} (use {key}=mlp)"
-        )
-    return None
 
 
 def guide_options(cfg: Config) -> dict[str, Any]:
@@ -84,10 +71,7 @@ class VAEFamily(Family):
 
     def check_data(self, cfg: Config, data: Dataset) -> None:
         m = cfg.model
-        if m.architecture == "conv":
-            problem = conv_shape_problem(data.image_shape, "model.architecture")
-            if problem:
-                raise ConfigError(problem)
+        check_conv_shape(cfg, data)
         if m.likelihood == "bernoulli" and data.model_levels != 2:
             if not data.is_binary():
                 raise ConfigError(
@@ -141,7 +125,7 @@ class VAEFamily(Family):
         return [model.decoder, model.guide.encoder]
 
     def build_learner(self, cfg: Config, model: nn.Module) -> VariationalLearner:
-        e, o = cfg.elbo, cfg.optim
+        e = cfg.elbo
         elbo = make_elbo(
             e.name,
             num_particles=e.num_particles,
@@ -152,12 +136,7 @@ class VAEFamily(Family):
         return VariationalLearner(
             model,
             elbo,
-            optim=o.name,
-            momentum=o.momentum,
-            weight_decay=o.weight_decay,
-            clip_norm=o.clip_norm,
             kl_warmup_steps=e.kl_warmup_steps,
-            precision=cfg.train.precision,
             beta=e.beta,
-            **set_options(o),
+            **learner_options(cfg),
         )

@@ -40,6 +40,7 @@ from pyrogen.config import AdversarialConfig, OptimConfig, check_argument
 from pyrogen.inference.base import data_parallel, device_of, make_optimizer, precision_dtype
 from pyrogen.inference.step import GuardedStep
 from pyrogen.models.gan import GAN
+from pyrogen.parallel import distributed, sync_layers
 from pyrogen.registry import GAN_LOSSES
 
 
@@ -369,8 +370,6 @@ class AdversarialLearner:
         """Train data-parallel over the default process group (the run loop calls this under
         ``torchrun``; see the class docstring). Constructing the two DDP modules broadcasts
         rank 0's parameters and buffers."""
-        from pyrogen.parallel import distributed, sync_layers
-
         device = device_of(self.model)
         sync_layers.convert(self.model.generator, device)
         sync_layers.convert(self.model.discriminator, device)

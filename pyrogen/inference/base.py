@@ -7,6 +7,7 @@ methods below, so VAEs, flows and GANs share one loop, one checkpoint format and
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 @runtime_checkable
@@ -147,10 +149,6 @@ def data_parallel(wrapper: nn.Module, broadcast_buffers: bool = True) -> nn.Modu
     """``DistributedDataParallel(wrapper)`` over the default process group, on the device of
     ``wrapper``'s parameters (``device_ids`` for a GPU). Constructing it broadcasts rank 0's
     parameters and buffers, so every rank starts from the same state."""
-    import inspect
-
-    from torch.nn.parallel import DistributedDataParallel
-
     device = device_of(wrapper)
     # torch >= 2.13 renamed broadcast_buffers (which also skipped the initial sync when off)
     options = inspect.signature(DistributedDataParallel).parameters

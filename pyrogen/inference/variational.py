@@ -40,6 +40,7 @@ from pyrogen.inference.base import (
     precision_dtype,
 )
 from pyrogen.inference.step import GuardedStep
+from pyrogen.parallel import distributed, sync_layers
 from pyrogen.params import param_statements
 
 
@@ -320,8 +321,6 @@ class VariationalLearner:
 
         Buffers are not re-broadcast at each step: a VAE's and a flow's are constants or
         statistics of the global batch (batch norm, act-norm), equal on every rank."""
-        from pyrogen.parallel import distributed, sync_layers
-
         sync_layers.convert(self.module, device_of(self.module))
         self.world_size = distributed.world_size()
         self._ddp = data_parallel(_Objective(self), broadcast_buffers=False)

@@ -278,45 +278,43 @@ def realnvp(
     return layers + [PermuteLayer(interleave(dim))]
 
 
-def _autoregressive(dim, num_layers, hidden_sizes, normalization, permutation, context_dim, inv):
-    def make():
-        cls = T.ConditionalAffineAutoregressive if context_dim else T.AffineAutoregressive
-        # starts as the identity, as the couplings do
-        net = SoftClipLogScale(_made(dim, context_dim, hidden_sizes, [1, 1]), identity_init=True)
-        layer = cls(net, **LOG_SCALE_CLIP)
-        return Inverse(layer) if inv else layer
+def _autoregressive(name: str, inverse: bool, doc: str) -> Callable[..., list[nn.Module]]:
+    """The layer builder of an affine autoregressive flow called ``name``: Pyro's
+    autoregressive transform, which samples in one pass, inverted (``inverse``, MAF: one pass
+    to score data) or not (IAF: one pass to sample)."""
 
-    return _stack(num_layers, dim, make, normalization, permutation)
+    def build(
+        dim: int,
+        num_layers: int = 5,
+        hidden_sizes: Sizes = (64, 64),
+        normalization: str = "none",
+        permutation: str = "reverse",
+        context_dim: int | None = None,
+    ) -> list[nn.Module]:
+        def make():
+            cls = T.ConditionalAffineAutoregressive if context_dim else T.AffineAutoregressive
+            # starts as the identity, as the couplings do
+            made = _made(dim, context_dim, hidden_sizes, [1, 1])
+            layer = cls(SoftClipLogScale(made, identity_init=True), **LOG_SCALE_CLIP)
+            return Inverse(layer) if inverse else layer
+
+        return _stack(num_layers, dim, make, normalization, permutation)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
+    return build
 
 
-@architecture("maf", made=True)
-def maf(
-    dim: int,
-    num_layers: int = 5,
-    hidden_sizes: Sizes = (64, 64),
-    normalization: str = "none",
-    permutation: str = "reverse",
-    context_dim: int | None = None,
-) -> list[nn.Module]:
-    """Masked autoregressive flow: one pass to score data, D passes to sample."""
-    return _autoregressive(
-        dim, num_layers, hidden_sizes, normalization, permutation, context_dim, inv=True
+maf = architecture("maf", made=True)(
+    _autoregressive(
+        "maf", True, "Masked autoregressive flow: one pass to score data, D passes to sample."
     )
-
-
-@architecture("iaf", made=True)
-def iaf(
-    dim: int,
-    num_layers: int = 5,
-    hidden_sizes: Sizes = (64, 64),
-    normalization: str = "none",
-    permutation: str = "reverse",
-    context_dim: int | None = None,
-) -> list[nn.Module]:
-    """Inverse autoregressive flow: one pass to sample, D passes to score data."""
-    return _autoregressive(
-        dim, num_layers, hidden_sizes, normalization, permutation, context_dim, inv=False
+)
+iaf = architecture("iaf", made=True)(
+    _autoregressive(
+        "iaf", False, "Inverse autoregressive flow: one pass to sample, D passes to score data."
     )
+)
 
 
 @architecture("nsf_coupling", outputs_per_dim=_spline_outputs)

@@ -317,12 +317,12 @@ class ScoreFunctionGuide(DiagonalNormalGuide):
                 "baseline": {"use_decaying_avg_baseline": True, "baseline_beta": self.baseline_beta}
             }
         if self.baseline == "neural":
-            baseline = NeuralBaseline(self.baseline_net, plate_batch_shape(x.shape[0]))
+            baseline = BroadcastBaseline(self.baseline_net, plate_batch_shape(x.shape[0]))
             return {"baseline": {"nn_baseline": baseline, "nn_baseline_input": x}}
         return {}
 
 
-class NeuralBaseline:
+class BroadcastBaseline:
     """b(x): the baseline net's (N, 1) output as the batch of downstream costs it predicts,
     broadcast to the site's batch shape ``shape`` (e.g. (K, N) under vectorised particles:
     every particle of x_n gets the same b(x_n), which keeps the estimator unbiased)."""

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from pyrogen.config import ConfigError
 from pyrogen.runtime import env_rank, env_world_size
 
 T = TypeVar("T")
@@ -191,20 +192,9 @@ def _to_cpu(obj: Any) -> Any:
 def main_first(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 first (e.g. what downloads files), then on the other ranks. An
     exception on rank 0 is raised on every rank (no rank is left waiting)."""
-    if not is_distributed():
+    result = on_main(fn)
+    if is_distributed() and rank() != 0:
         return fn()
-    error: BaseException | None = None
-    result: Any = None
-    if rank() == 0:
-        try:
-            result = fn()
-        except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
-            error = e
-    error = broadcast_object(error)
-    if error is not None:
-        raise error
-    if rank() != 0:
-        result = fn()
     return result
 
 
@@ -229,8 +219,6 @@ def on_main(fn: Callable[[], T]) -> T | None:
 def check_batches(batch_size: int, fixed_batches: bool) -> None:
     """Refuse a global batch that cannot give every rank a piece (or, for a learner that
     needs batches of one size, pieces of one size)."""
-    from pyrogen.config import ConfigError
-
     w = world_size()
     if batch_size < w:
         raise ConfigError(

@@ -25,6 +25,7 @@ from typing import Any
 from pyrogen.progress import bar as progress_bar
 from pyrogen.progress import interactive
 from pyrogen.progress import line as progress_line
+from pyrogen.runtime import cpu_settings
 from pyrogen.training.checkpoint import load_checkpoint
 from pyrogen.training.folders import BEST
 from pyrogen.training.metrics import MetricsWriter, TensorBoardLog
@@ -213,7 +214,6 @@ class Figures(Callback):
     def on_fit_end(self, trainer: Trainer) -> None:
         if not trainer.is_main:
             return
-        from pyrogen.runtime import cpu_settings
 
         num_parameters = sum(p.numel() for p in trainer.learner.module.parameters())
         run = trainer.trained_run()

@@ -24,15 +24,14 @@ import pickle
 import random
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from pyrogen.inference.base import Learner
+from pyrogen.parallel.distributed import is_distributed
 from pyrogen.training.output import write_atomic
-
-if TYPE_CHECKING:
-    from pyrogen.inference.base import Learner
 
 FORMAT = 2
 TMP_PREFIX = "."
@@ -521,7 +520,7 @@ def rng_state(
     if noise_generator is not None and noise_generator is not data_generator:
         state["noise"] = noise_generator.get_state()
     if torch.cuda.is_available():
-        if _one_device_per_process():  # a data-parallel rank: its own GPU only
+        if is_distributed():  # a data-parallel rank: its own GPU only
             state["cuda_current"] = torch.cuda.get_rng_state()
         else:
             state["cuda"] = torch.cuda.get_rng_state_all()
@@ -546,9 +545,3 @@ def set_rng_state(
         torch.cuda.set_rng_state_all(state["cuda"])
     if "cuda_current" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda_current"])
-
-
-def _one_device_per_process() -> bool:
-    from pyrogen.parallel.distributed import is_distributed
-
-    return is_distributed()

@@ -31,6 +31,7 @@ and can be resumed with the same number of processes.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -38,6 +39,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
 
@@ -96,8 +98,6 @@ __all__ = [
 def record_resume(run_dir: Path, old: dict[str, Any], cfg: Config, step: int) -> None:
     """Append what a resume changed to ``resumes.jsonl`` (config.yaml then holds the merged
     config, so the folder still says how the run was made)."""
-    import json
-
     new = cfg.to_dict()
     changed = {}
     for section, values in new.items():
@@ -112,8 +112,6 @@ def record_resume(run_dir: Path, old: dict[str, Any], cfg: Config, step: int) ->
 
 def _save_user_data(data: Any, path: Path) -> None:
     """The user's arrays as given (``{"data": x}`` or their dict of splits), as ``.npz``."""
-    import numpy as np
-
     arrays = data if isinstance(data, dict) else {"data": data}
     out = {}
     for key, value in arrays.items():

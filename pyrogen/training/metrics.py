@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pyrogen.training.output import append_whole
 
 
@@ -130,7 +132,7 @@ class TensorBoardLog:
 
     def figure(self, tag: str, figure: Any, step: int) -> None:
         """A matplotlib figure, drawn to RGB pixels."""
-        import numpy as np
+        # here, not at the top: only TensorBoard runs draw, and `import pyrogen` stays off Agg
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
         canvas = FigureCanvasAgg(figure)

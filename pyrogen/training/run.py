@@ -8,11 +8,18 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from pyrogen.config import Config
+from pyrogen.build import build
+from pyrogen.config import Config, ConfigError, read_config
 from pyrogen.data import Dataset
 from pyrogen.evaluation.figures import curve_labels, model_figures, samples_figure
 from pyrogen.evaluation.plots import save_curves
 from pyrogen.inference.base import Learner
+from pyrogen.runtime import resolve_device
+from pyrogen.training.checkpoint import (
+    check_checkpoint_contents,
+    check_checkpoint_fits,
+    load_checkpoint,
+)
 from pyrogen.training.folders import BEST, CHECKPOINT, CONFIG, resolved_config
 from pyrogen.training.metrics import read_metrics
 
@@ -52,8 +59,6 @@ class TrainedRun:
         """The last validation metrics of the run (or, without validation, the last training
         metrics), as written to its metrics file, with the step they were taken at; and where
         a best checkpoint was kept, ``best <metric>`` and ``best step``."""
-        from pyrogen.training.metrics import read_metrics
-
         records = read_metrics(self.run_dir)
         out: dict[str, float] = {}
         for split in ("valid", "train"):
@@ -126,15 +131,6 @@ def load(
     run kept one. A run trained on an array passed from Python reads it back from the run
     folder's ``data.npz`` (or from ``data``, which must be the same array); the folder may
     have been moved or copied."""
-    from pyrogen.build import build
-    from pyrogen.config import ConfigError, read_config
-    from pyrogen.runtime import resolve_device
-    from pyrogen.training.checkpoint import (
-        check_checkpoint_contents,
-        check_checkpoint_fits,
-        load_checkpoint,
-    )
-
     run_dir = Path(run_dir)
     if checkpoint is None:
         checkpoint = "best" if (run_dir / BEST).is_file() else "last"

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -42,10 +42,9 @@ from pyrogen.data import Dataset
 from pyrogen.inference.base import Learner, lr_factor, set_lr_factor
 from pyrogen.parallel import distributed
 from pyrogen.training.checkpoint import all_finite, rng_state, save_checkpoint
+from pyrogen.training.folders import CHECKPOINT
 from pyrogen.training.output import RunOutputError
-
-if TYPE_CHECKING:
-    from pyrogen.training.run import TrainedRun
+from pyrogen.training.run import TrainedRun
 
 
 class TrainingDiverged(RuntimeError):
@@ -365,8 +364,6 @@ class Trainer:
 
     def trained_run(self) -> TrainedRun:
         """The run as :func:`pyrogen.train` returns it (the learner as it is now)."""
-        from pyrogen.training.run import TrainedRun
-
         return TrainedRun(
             self.cfg, self.run_dir, self.dataset, self.learner, checkpoint=self.checkpoint_used
         )
@@ -423,8 +420,6 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     @property
     def checkpoint_path(self) -> Path:
-        from pyrogen.training.folders import CHECKPOINT
-
         return self.run_dir / CHECKPOINT
 
     def checkpoint_state(self) -> dict[str, Any]:

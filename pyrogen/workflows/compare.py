@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 
+from pyrogen.evaluation.plots import image_grid
 from pyrogen.evaluation.report import evaluate_run, has_bounds
+from pyrogen.evaluation.sample_metrics import sample_quality, train_feature_classifier
 from pyrogen.progress import line, steps
 from pyrogen.training import TrainedRun, load, read_metrics, train
 from pyrogen.workflows.compare_config import CompareConfig
@@ -67,8 +70,6 @@ def compare(
 ) -> list[dict[str, Any]]:
     """Train (or load from ``run_dirs``) each family's model, evaluate them alike, and write
     ``compare.md``, ``compare.csv``, ``compare.json`` and ``samples.png`` into ``out_dir``."""
-    from pyrogen.evaluation.sample_metrics import sample_quality, train_feature_classifier
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run_dirs = run_dirs or {}
@@ -198,10 +199,6 @@ def save_side_by_side(
 ) -> None:
     """One figure: each family's samples in a column (image grids, or 2-D scatters over the
     test data on one shared scale, with one legend)."""
-    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
-
-    from pyrogen.evaluation.plots import image_grid
-
     what = "samples x ~ p(x)" if kind == "draws" else "samples (VAE: decoder means E[x | z])"
     fig = Figure(figsize=(4 * len(samples), 4.6), layout="constrained")
     axes = fig.subplots(1, len(samples), squeeze=False, sharex=True, sharey=True)

@@ -38,9 +38,10 @@ from pyrogen.config import (
     parse_overrides,
     read_yaml_file,
 )
-from pyrogen.families import FAMILIES as FAMILY_TABLE
+from pyrogen.families import FAMILIES
 
-FAMILIES = tuple(FAMILY_TABLE)
+#: the families a compare config may name (sections), in the order compare trains them
+COMPARED_FAMILIES = tuple(FAMILIES)
 SHARED = ("data", "train", "output")
 #: the data keys a family may set for itself (see the module docstring)
 FAMILY_DATA_KEYS = ("logit_lambda",)
@@ -53,7 +54,7 @@ class CompareConfig:
 
 
 def compare_from_dict(raw: dict[str, Any]) -> CompareConfig:
-    allowed = [*SHARED, "evaluation", *FAMILIES]
+    allowed = [*SHARED, "evaluation", *COMPARED_FAMILIES]
     for key in raw:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
@@ -62,7 +63,7 @@ def compare_from_dict(raw: dict[str, Any]) -> CompareConfig:
     evaluation = build_section(EvaluationConfig, raw.get("evaluation"), "evaluation")
     shared = {k: raw[k] for k in SHARED if k in raw}
     runs: dict[str, Config] = {}
-    for family in FAMILIES:
+    for family in COMPARED_FAMILIES:
         if family not in raw:
             continue
         section = raw[family] or {}
@@ -92,7 +93,7 @@ def compare_from_dict(raw: dict[str, Any]) -> CompareConfig:
         except ConfigError as e:
             raise ConfigError(f"in section '{family}': {e}") from None
     if not runs:
-        raise ConfigError(f"a compare config needs at least one of {', '.join(FAMILIES)}")
+        raise ConfigError(f"a compare config needs at least one of {', '.join(COMPARED_FAMILIES)}")
     return CompareConfig(evaluation=evaluation, runs=runs)
 
 

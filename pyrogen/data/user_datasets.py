@@ -1,6 +1,7 @@
-"""The user's own data as registered data sets: ``data.name=array`` (a ``.npy``, ``.npz``,
-``.csv`` or ``.pt`` file at ``data.path``) and ``data.name=image_folder`` (PNG/JPEG files
-under ``data.path``). Reading and checking are in :mod:`pyrogen.data.user`.
+"""The data sets ``data.name=array`` (a ``.npy``, ``.npz``, ``.csv`` or ``.pt`` file at
+``data.path``) and ``data.name=image_folder`` (PNG/JPEG files under ``data.path``), registered
+in ``DATASETS``. Reading, checking and splitting the arrays are in
+:mod:`pyrogen.data.user_arrays`.
 
 A run records the data's checksum in its config (``data.checksum``, a SHA-256 of the arrays'
 values, shapes and dtypes); loading the run later checks that the file still holds the same
@@ -25,6 +26,7 @@ from pathlib import Path
 from pyrogen.config import DataConfig
 from pyrogen.data.errors import DataError
 from pyrogen.data.raw import RawSplits
+from pyrogen.data.user_arrays import array_checksum, read_array_file, read_image_folder, user_splits
 from pyrogen.registry import DATASETS
 
 
@@ -37,8 +39,6 @@ def _verify(cfg: DataConfig, checksum: str) -> None:
 
 
 def _splits(cfg: DataConfig, arrays, seed: int, source: str, checksum: str) -> RawSplits:
-    from pyrogen.data.user import user_splits
-
     raw = user_splits(
         arrays,
         valid_fraction=cfg.valid_fraction,
@@ -54,8 +54,6 @@ def _splits(cfg: DataConfig, arrays, seed: int, source: str, checksum: str) -> R
 @DATASETS.register("array")
 def array(cfg: DataConfig, seed: int = 0) -> RawSplits:
     """The user's array file (data.path: .npy, .npz, .csv or .pt)."""
-    from pyrogen.data.user import array_checksum, read_array_file
-
     path = Path(cfg.path or "")
     arrays = read_array_file(path)
     checksum = array_checksum(arrays)  # of the values: the same array saved anew still fits
@@ -66,8 +64,6 @@ def array(cfg: DataConfig, seed: int = 0) -> RawSplits:
 @DATASETS.register("image_folder")
 def image_folder(cfg: DataConfig, seed: int = 0) -> RawSplits:
     """The user's PNG/JPEG images under data.path (sub-folders as classes)."""
-    from pyrogen.data.user import array_checksum, read_image_folder
-
     path = Path(cfg.path or "")
     size = tuple(cfg.image_size) if cfg.image_size is not None else None
     found = read_image_folder(path, image_size=size)

@@ -47,7 +47,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "valid", "test")
 LABEL_KEYS = tuple(f"{s}_labels" for s in SPLITS)
 MAX_QUOTE = 200  # characters of a library's error message quoted in a DataError
-CHUNK = 1 << 20
+CHECKSUM_READ_BYTES = 1 << 20  # bytes read at a time by file_checksum
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _NUMBER = re.compile(r"[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|nan|inf|infinity)", re.IGNORECASE)
 _ACCEPTED_KEYS = (
@@ -511,7 +511,7 @@ def file_checksum(path: str | Path) -> str:
     h = hashlib.sha256()
     try:
         with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
+            while chunk := f.read(CHECKSUM_READ_BYTES):
                 h.update(chunk)
     except OSError as e:
         raise DataError(f"{path}: cannot read file ({e.strerror or e})") from None
