@@ -425,6 +425,11 @@ def build_parser() -> _Parser:
     )
     parser.add_argument("-V", "--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        """A sub-command with its one-line summary (``pyrogen --help``) and description."""
+        return sub.add_parser(name, help=summary, formatter_class=_Help, description=description)
+
     parser.commands = sub.choices
 
     def threads(p: argparse.ArgumentParser) -> None:
@@ -435,6 +440,12 @@ def build_parser() -> _Parser:
             metavar="N|auto",
             help="torch CPU threads; auto picks from the free cores (see train.num_threads)",
         )
+
+    def run_options(p: argparse.ArgumentParser) -> None:
+        """--checkpoint, --device and --num-threads: how a run folder is loaded and run."""
+        checkpoint(p)
+        device(p)
+        threads(p)
 
     def checkpoint(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -453,11 +464,10 @@ def build_parser() -> _Parser:
             help="where to load the run (default: the run's train.device)",
         )
 
-    p = sub.add_parser(
+    p = command(
         "train",
-        help="train a model from a YAML config",
-        formatter_class=_Help,
-        description="Train the model a YAML config describes. Any key can be overridden as "
+        "train a model from a YAML config",
+        "Train the model a YAML config describes. Any key can be overridden as "
         "section.key=value, anywhere on the line, e.g.\n  pyrogen train configs/vae_digits.yaml "
         "guide.name=iaf elbo.name=trace_graph elbo.num_particles=4 train.epochs=3\nThe run "
         "folder (output.dir/output.name) receives the resolved config, metrics, a checkpoint "
@@ -476,11 +486,10 @@ def build_parser() -> _Parser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser(
+    p = command(
         "config",
-        help="print the resolved config without training",
-        formatter_class=_Help,
-        description="Read CONFIG, apply the overrides, check everything that can be checked "
+        "print the resolved config without training",
+        "Read CONFIG, apply the overrides, check everything that can be checked "
         "before reading data, and print the resolved YAML (what config.yaml of a run holds).\n"
         "With --defaults, list every key instead: type, default, allowed values or names, and "
         "what it does.",
@@ -496,11 +505,10 @@ def build_parser() -> _Parser:
     )
     p.set_defaults(func=_cmd_config)
 
-    p = sub.add_parser(
+    p = command(
         "sample",
-        help="draw samples from a trained run",
-        formatter_class=_Help,
-        description="Draw N samples from the model of a run folder and save them as a PNG "
+        "draw samples from a trained run",
+        "Draw N samples from the model of a run folder and save them as a PNG "
         "(image grid or 2-D scatter) or a .pt tensor.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -512,16 +520,13 @@ def build_parser() -> _Parser:
         action="store_true",
         help="VAE: the decoder's means E[x | z], z ~ p(z), instead of draws x ~ p(x)",
     )
-    checkpoint(p)
-    device(p)
-    threads(p)
+    run_options(p)
     p.set_defaults(func=_cmd_sample)
 
-    p = sub.add_parser(
+    p = command(
         "evaluate",
-        help="print every log-likelihood a trained run supports",
-        formatter_class=_Help,
-        description="Evaluate a run folder on a split, in nats per example: the exact "
+        "print every log-likelihood a trained run supports",
+        "Evaluate a run folder on a split, in nats per example: the exact "
         "log-likelihood and bits/dim (flows), the ELBO and importance-sampled log p(x) (VAEs), "
         "a Parzen-window estimate (every family). Discrete data (binary images) have "
         "probabilities, continuous data densities: the table says which.",
@@ -547,16 +552,13 @@ def build_parser() -> _Parser:
     p.add_argument("--seed", type=SEED, default=0, help="seed of every estimator's stream")
     p.add_argument("--json", action="store_true", help="print strict JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bars or lines")
-    checkpoint(p)
-    device(p)
-    threads(p)
+    run_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser(
+    p = command(
         "compare",
-        help="train one model per family on the same data and compare them",
-        formatter_class=_Help,
-        description="Train (or load with --runs) a VAE, a flow and a GAN on the same data and "
+        "train one model per family on the same data and compare them",
+        "Train (or load with --runs) a VAE, a flow and a GAN on the same data and "
         "budget, as a compare config describes, then write a table (Markdown, CSV, JSON) of "
         "parameters, training time, sampling time, every log-likelihood that applies and "
         "sample-quality scores, and one figure of the families' samples.",
@@ -568,11 +570,10 @@ def build_parser() -> _Parser:
     threads(p)
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser(
+    p = command(
         "gradients",
-        help="measure the variance of ELBO gradient estimators",
-        formatter_class=_Help,
-        description="Draw N independent estimates of the ELBO gradient for the guide of a VAE "
+        "measure the variance of ELBO gradient estimators",
+        "Draw N independent estimates of the ELBO gradient for the guide of a VAE "
         "(a run folder, or a config for an untrained model) from the reparameterised and "
         "score-function estimators (no baseline, decaying average, neural) with several "
         "particle counts; print mean, variance and SNR per parameter group, and save a table "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import pyro
 import torch
@@ -113,22 +114,13 @@ def psis_khat(log_w: torch.Tensor, num_samples: int | None = None) -> torch.Tens
 
 @torch.no_grad()
 def elbo_and_importance_log_likelihood(
-    model: Callable,
-    guide: Callable,
-    x: torch.Tensor,
-    num_samples: int = 5000,
-    batch_size: int = 100,
-    max_elements: int = 20_000_000,
-    quiet: bool = False,
+    model: Callable, guide: Callable, x: torch.Tensor, num_samples: int = 5000, **options: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example (ELBO estimate, importance-sampled log p(x)) in nats, each of shape (N,).
-
-    ``batch_size`` examples at a time; particles in chunks of at most ``max_elements``
-    values of x's size, so memory stays bounded whatever K.
-    """
-    elbo, logp, _ = importance_sampling(
-        model, guide, x, num_samples, batch_size, max_elements, quiet, khat=False
-    )
+    """Per-example (ELBO estimate, importance-sampled log p(x)) in nats, each of shape (N,):
+    :func:`importance_sampling` without k̂ (``options``: its ``batch_size`` examples at a
+    time, particles in chunks of at most ``max_elements`` values of x's size so memory stays
+    bounded whatever K, ``quiet``)."""
+    elbo, logp, _ = importance_sampling(model, guide, x, num_samples, khat=False, **options)
     return elbo, logp
 
 
@@ -188,7 +180,9 @@ def importance_log_likelihood(
         >>> logp = importance_log_likelihood(vae.model, guide, x_test, num_samples=5000)
         ... # doctest: +SKIP
     """
-    return elbo_and_importance_log_likelihood(model, guide, x, num_samples, batch_size)[1]
+    return elbo_and_importance_log_likelihood(model, guide, x, num_samples, batch_size=batch_size)[
+        1
+    ]
 
 
 @torch.no_grad()

@@ -12,18 +12,13 @@ from pyrogen.training.run import TrainedRun
 
 
 def evaluate(
-    obj: Any,
-    evaluation: EvaluationConfig | None = None,
-    *,
-    data: torch.Tensor | None = None,
-    valid: torch.Tensor | None = None,
-    labels: torch.Tensor | None = None,
+    obj: Any, evaluation: EvaluationConfig | None = None, **examples: torch.Tensor | None
 ) -> dict[str, Any]:
     """``{"family", "split", "num_examples", "parameters", "estimates": {name: {mean, stderr,
     n, ...}}}``: a trained run's ``evaluation.split`` (:func:`~pyrogen.evaluation.report.
-    evaluate_run`), or, for a model or learner built in Python, the examples ``data``
-    (:func:`~pyrogen.evaluation.report.evaluate_model`, which says what ``valid`` and
-    ``labels`` are). The estimators follow from what the model is.
+    evaluate_run`), or, for a model or learner built in Python, the ``examples``: ``data``,
+    ``valid``, ``labels`` (:func:`~pyrogen.evaluation.report.evaluate_model` says what each
+    is). The estimators follow from what the model is.
 
     Example::
 
@@ -31,10 +26,10 @@ def evaluate(
         >>> pyrogen.evaluate(learner, data=x_test)["estimates"]["exact"]  # doctest: +SKIP
     """
     if isinstance(obj, TrainedRun):
-        if data is not None or valid is not None or labels is not None:
+        if any(v is not None for v in examples.values()):
             raise TypeError(
                 "pyrogen.evaluate(run) scores the run's evaluation.split; data=, valid= and "
                 "labels= are for a model or learner built in Python"
             )
         return evaluate_run(obj, evaluation)
-    return evaluate_model(obj, evaluation, data=data, valid=valid, labels=labels)
+    return evaluate_model(obj, evaluation, **examples)
