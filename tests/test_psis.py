@@ -28,7 +28,7 @@ from pyrogen.evaluation.loglik import (
 )
 from pyrogen.evaluation.report import _at_most, psis_summary
 from pyrogen.evaluation.stats import mean_stderr
-from pyrogen.evaluation.streams import CHUNK, chunk_generator, own_stream
+from pyrogen.evaluation.streams import EXAMPLES_PER_CHUNK, chunk_generator, own_stream
 
 
 @pytest.fixture
@@ -182,7 +182,7 @@ def test_evaluate_json_reports_khat_without_moving_the_is_number(tmp_path, capsy
     with own_stream(ev.seed, "vae:0", x.device), torch.no_grad():
         xp = run.dataset.process(x, chunk_generator(ev.seed, 0))
         _, logp = elbo_and_importance_log_likelihood(
-            run.model.model, run.model.guide, xp, 100, batch_size=CHUNK, quiet=True
+            run.model.model, run.model.guide, xp, 100, batch_size=EXAMPLES_PER_CHUNK, quiet=True
         )
         logp = logp + run.dataset.log_det_jacobian(xp).to(logp.dtype)
     assert est["mean"] == mean_stderr(logp)["mean"]
