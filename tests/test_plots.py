@@ -118,7 +118,7 @@ def test_the_vae_elbo_panel_draws_minus_the_training_loss_beside_the_validation_
     panels = panels_of(figure)
     assert set(panels) == {
         "ELBO (higher is better)",
-        "KL warm-up weight β",
+        "weight β of the KL term",
         "gradient norm, before clipping",
     }
     elbo = panels["ELBO (higher is better)"]
