@@ -246,7 +246,7 @@ def test_guarded_step_equals_plain_step_with_clipping():
 def test_guarded_step_cancels_on_non_finite_value_or_gradient(what):
     p = torch.zeros(2, requires_grad=True)
     opt = torch.optim.Adam([p], lr=0.1)
-    guard = GuardedStep(opt)
+    guard = GuardedStep(opt, check_gradients=what == "gradient")  # (DDP, clipping, a GAN)
     if what == "value":
         forward = lambda: ((p + 1).sum() * float("nan"), torch.tensor(float("nan")))  # noqa: E731
     else:  # finite value, infinite gradient: d/dp sqrt(p) at 0
@@ -255,6 +255,14 @@ def test_guarded_step_cancels_on_non_finite_value_or_gradient(what):
     assert not done.stepped
     assert torch.equal(p, torch.zeros(2)) and p.grad is None and not opt.state
     assert math.isfinite(done.value) == (what == "gradient")
+
+
+def test_a_plain_step_checks_the_loss_alone():
+    """One float32 process without clipping checks the loss, not the gradients' norm (a pass
+    over every gradient each step; non-finite parameters are caught at the checkpoint)."""
+    p = torch.zeros(2, requires_grad=True)
+    done = GuardedStep(torch.optim.SGD([p], lr=0.1)).step(lambda: (p.sqrt().sum(), torch.zeros(())))
+    assert done.stepped and done.grad_norm is None and not torch.isfinite(p).all()
 
 
 # ----------------------------------------------------------------------------- GAN

@@ -296,8 +296,8 @@ class AdversarialLearner:
         opt_g = make_optimizer(gan.generator.parameters(), optim, lr, betas, momentum, weight_decay)
         # one guarded step per player (each float16 player has its own gradient scaler)
         self._guards = {
-            "d": GuardedStep(opt_d, precision, clip_norm),
-            "g": GuardedStep(opt_g, precision, clip_norm),
+            "d": GuardedStep(opt_d, precision, clip_norm, check_gradients=True),
+            "g": GuardedStep(opt_g, precision, clip_norm, check_gradients=True),
         }
         self.num_steps = 0  # discriminator updates (calls of step that succeeded)
         self.num_g_steps = 0

@@ -60,9 +60,13 @@ class GuardedStep:
     4. ``loss.backward(inputs=θ)`` (scaled by the float16 gradient scaler), when ``loss``
        requires a gradient (a closure may fill θ's gradients itself and return a constant);
     5. **cancels** the update (gradients cleared, optimiser not called) when ``value`` is not
-       finite or, without a scaler, the gradients' global norm ‖∇θ‖₂ is not finite. With a
-       scaler, overflowing gradients are the scaler's business: it skips the update and
-       lowers its scale, and the step counts as made;
+       finite or, without a scaler, the gradients' global norm ‖∇θ‖₂ is not finite. The norm
+       is computed where it is needed anyway (clipping, DDP: a poisoned rank's NaN reaches
+       every rank through the gradients) or asked for (``check_gradients``); a plain float32
+       step of one process checks the loss alone, which saves a pass over every gradient (a
+       non-finite parameter is caught when the run loop checkpoints). With a scaler,
+       overflowing gradients are the scaler's business: it skips the update and lowers its
+       scale, and the step counts as made;
     6. clips: g ← g · min(1, clip_norm / (‖∇θ‖₂ + 1e-6)) when ``clip_norm`` is set;
     7. ``optimizer.step()`` (through the scaler with float16, then ``scaler.update()``).
 
@@ -75,10 +79,12 @@ class GuardedStep:
         optimizer: torch.optim.Optimizer,
         precision: int | str = 32,
         clip_norm: float | None = None,
+        check_gradients: bool = False,
     ) -> None:
         self.optimizer = optimizer
         self.dtype = precision_dtype(precision)
         self.clip_norm = clip_norm
+        self.check_gradients = check_gradients
         #: under DDP (set by the learner's ``data_parallel``): poison and share the loss
         self.distributed = False
         self._scaler: torch.amp.GradScaler | None = None
@@ -143,10 +149,14 @@ class GuardedStep:
         if loss.requires_grad:
             (loss if scaler is None else scaler.scale(loss)).backward(inputs=params)
         norm: torch.Tensor | None = None
-        if scaler is None:
+        needs_norm = self.check_gradients or self.distributed or self.clip_norm is not None
+        if scaler is None and needs_norm:
             norm = self.grad_norm()
             value_f, norm_f, *extras_f = _to_host([value, norm, *extras])
             finite = math.isfinite(value_f) and math.isfinite(norm_f)
+        elif scaler is None:
+            value_f, *extras_f = _to_host([value, *extras])
+            norm_f, finite = None, math.isfinite(value_f)
         else:
             value_f, *extras_f = _to_host([value, *extras])
             finite = math.isfinite(value_f)
