@@ -182,6 +182,8 @@ class GuardedStep:
 def _to_host(tensors: list[torch.Tensor]) -> list[float]:
     """The scalars' values as Python floats, in one device-to-host transfer (float64, so
     each float32 value is read exactly)."""
+    if len(tensors) == 1:  # the common case: the loss alone
+        return [float(tensors[0].detach().reshape(()).item())]
     device = next((t.device for t in tensors if t.device.type != "cpu"), torch.device("cpu"))
     dtype = torch.float32 if device.type == "mps" else torch.float64
     return torch.stack([t.detach().reshape(()).to(device, dtype) for t in tensors]).tolist()
