@@ -20,9 +20,12 @@ from pyrogen.training.checkpoint import CheckpointError, load_checkpoint, save_c
 SMALL_VAE = SMALL_RUNS["vae"]
 
 
-@pytest.mark.parametrize("family", list(SMALL_RUNS))
+BETA_RUN = SMALL_RUNS["vae"] + ["elbo.beta=4", "elbo.kl_warmup_steps=15"]  # a β-VAE
+
+
+@pytest.mark.parametrize("family", [*SMALL_RUNS, "vae_beta"])
 def test_resume_equals_uninterrupted_run(tmp_path: Path, family: str) -> None:
-    base = SMALL_RUNS[family]
+    base = BETA_RUN if family == "vae_beta" else SMALL_RUNS[family]
     full = train(load_config(None, base + ["train.epochs=4"]), tmp_path / "full", quiet=True)
     part = tmp_path / "part"
     train(load_config(None, base + ["train.epochs=2"]), part, quiet=True)
@@ -31,6 +34,9 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, family: str) -> None:
     )
     assert_same(state_of(full), state_of(resumed))
     assert_same(flat(full.learner.state_dict()), flat(resumed.learner.state_dict()))
+    if family == "vae_beta":  # the warm-up ramped β up to elbo.beta
+        betas = [r["kl_beta"] for r in read_metrics(tmp_path / "full") if "kl_beta" in r]
+        assert betas and max(betas) == 4.0 and min(betas) < 1.0
 
 
 def test_resume_mid_epoch_after_interrupt(tmp_path: Path) -> None:
