@@ -49,6 +49,8 @@ ESTIMATORS = [
     ("tail_adaptive", VEC + ["elbo.tail_adaptive_beta=-0.5"]),
     ("rws", []),
     ("rws", MULTI),
+    ("trace_enum", []),
+    ("jit_trace_enum", WARM),
 ]
 
 
@@ -89,13 +91,13 @@ def _documented_refusal(pair) -> bool:
         or (e == "tail_adaptive" and not (vec and k > 1))
         or (e == "renyi" and opts.get("alpha") == "1")
         or (e in ("renyi", "rws") and k < 2)
-        or (e in ("jit_trace", "jit_trace_graph") and "kl_warmup_steps" in opts)
+        or (e in ("jit_trace", "jit_trace_graph", "jit_trace_enum") and "kl_warmup_steps" in opts)
     )
 
 
 def test_the_refused_pairs_are_exactly_the_documented_ones():
     assert [_id(p) for p in INVALID] == [_id(p) for p in PAIRS if _documented_refusal(p)]
-    assert len(VALID) == 58 and len(INVALID) == 54
+    assert len(VALID) == 63 and len(INVALID) == 63
 
 
 @pytest.mark.parametrize("pair", VALID, ids=[_id(p) for p in VALID])

@@ -13,6 +13,11 @@ jit_trace_graph  ``JitTraceGraph_ELBO``          the same, compiled
 renyi            ``RenyiELBO``                   the Rényi α bound; α = 0 is the IWAE bound
                                                  log (1/K) Σ_k p(x,z_k)/q(z_k|x) with K particles
 tail_adaptive    ``TraceTailAdaptive_ELBO``      the tail-adaptive f-divergence (Wang et al. 2018)
+trace_enum       ``TraceEnum_ELBO``              Trace_ELBO with the discrete sites marked
+                                                 ``infer={"enumerate": "parallel"}`` summed out
+                                                 exactly (Σ_y over their supports), the rest by
+                                                 Monte Carlo
+jit_trace_enum   ``JitTraceEnum_ELBO``           the same, compiled
 rws              ``ReweightedWakeSleep``         reweighted wake-sleep (Bornschein & Bengio 2015):
                                                  wake-θ on the IWAE bound, wake-φ on
                                                  self-normalised weights w_k ∝ p(x,z_k)/q(z_k|x)
@@ -135,6 +140,19 @@ def jit_trace_graph(num_particles: int = 1, vectorize_particles: bool = False, *
     )
 
 
+def trace_enum(num_particles: int = 1, vectorize_particles: bool = False, **_: object):
+    """TraceEnum_ELBO: the discrete sites marked for parallel enumeration are summed out
+    exactly (their values broadcast in dimensions left of the plates), the others sampled."""
+    return infer.TraceEnum_ELBO(**_common(num_particles, vectorize_particles))
+
+
+def jit_trace_enum(num_particles: int = 1, vectorize_particles: bool = False, **_: object):
+    """JitTraceEnum_ELBO: TraceEnum_ELBO compiled with the PyTorch JIT."""
+    return infer.JitTraceEnum_ELBO(
+        **_common(num_particles, vectorize_particles), ignore_jit_warnings=True
+    )
+
+
 def renyi(
     num_particles: int = 2, vectorize_particles: bool = False, alpha: float = 0.0, **_: object
 ) -> infer.ELBO:
@@ -168,6 +186,8 @@ for _name, _fn in [
     ("jit_mean_field", jit_mean_field),
     ("trace_graph", trace_graph),
     ("jit_trace_graph", jit_trace_graph),
+    ("trace_enum", trace_enum),
+    ("jit_trace_enum", jit_trace_enum),
     ("renyi", renyi),
     ("tail_adaptive", tail_adaptive),
     ("rws", rws),
@@ -282,7 +302,7 @@ def check_compatible(
             f"bound in which scaling log p(z) and log q(z|x) is not a β-weighted KL (use "
             f"elbo.name=trace, mean_field or trace_graph, or elbo.beta=1)"
         )
-    if e in ("jit_trace", "jit_trace_graph") and kl_warmup_steps > 0:
+    if e in ("jit_trace", "jit_trace_graph", "jit_trace_enum") and kl_warmup_steps > 0:
         return (
             f"elbo.kl_warmup_steps needs a KL weight that changes every step, but elbo.name={e} "
             f"compiles the first step's weight into its graph (use elbo.name={e[4:]} or "
