@@ -10,6 +10,7 @@ import warnings
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
+import pyro.poutine as poutine
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from pyrogen.inference.elbo import check_compatible
 from pyrogen.models.flow import FlowArchitecture, architecture, log_prob_brute_force, make_flow
 from pyrogen.models.gan import GAN
 from pyrogen.models.guides import MIN_SCALE, AmortisedGuide
+from pyrogen.models.process import GenerativeProcess
 from pyrogen.nets import mlp_discriminator, mlp_generator
 from pyrogen.registry import FLOWS, GAN_LOSSES, GUIDES
 
@@ -303,3 +305,22 @@ def test_the_old_and_the_new_key_together_are_refused():
     both = "'adversarial.generator_loss' is the old name of 'adversarial.loss'"
     with pytest.raises(ConfigError, match=f"^{both}: give only adversarial.loss, not both$"):
         from_dict(raw)
+
+
+@pytest.mark.parametrize("family", ["vae", "flow", "gan"])
+def test_every_model_is_one_generative_process_that_refuses_labels_it_cannot_use(family):
+    """The three models share one Pyro program skeleton (GenerativeProcess): the batch in
+    pyro.plate("data"), x observed when given; labels given to a model that is not
+    class-conditional are refused, never silently ignored."""
+    extra = {"vae": [GAUSSIAN], "gan": ["model.output=identity"]}.get(family, [])
+    cfg = load_config(None, [f"model.family={family}", *POINTS, "model.hidden_sizes=[8]", *extra])
+    dataset, learner = build(cfg, "cpu")
+    model = learner.model
+    assert isinstance(model, GenerativeProcess) and not model.conditional
+    x = dataset.train[:5]
+    tr = poutine.trace(model).get_trace(x)
+    (plate,) = tr.nodes["x"]["cond_indep_stack"]
+    assert (plate.name, plate.size) == ("data", 5)
+    assert model(num_samples=3).shape[0] == 3
+    with pytest.raises(ValueError, match="not class-conditional: it takes no labels y"):
+        model(x, torch.zeros(5, dtype=torch.long))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ import torch
 from pyrogen.config import DataConfig
 from pyrogen.data import preprocess
 from pyrogen.data.errors import DataError
-from pyrogen.data.raw import RawSplits
+from pyrogen.data.raw import RawSplits, Splits
 from pyrogen.data.user_arrays import array_checksum, user_splits
 from pyrogen.registry import DATASETS
 
@@ -38,7 +38,7 @@ SUBSET_SEED = 1234  # data.num_train etc.: the first n of a fixed permutation (n
 
 
 @dataclass(eq=False, repr=False)
-class Dataset:
+class Dataset(Splits):
     """An in-memory data set on one device, with its per-batch preprocessing.
 
     ``event_shape`` is the shape of one stored example (``(D,)`` or ``(C, H, W)``),
@@ -46,13 +46,8 @@ class Dataset:
     intensity levels of the stored images (256 for 8-bit, 17 for digits, 2 once binarised).
     """
 
+    _: KW_ONLY
     name: str
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
-    train_labels: torch.Tensor | None = None
-    valid_labels: torch.Tensor | None = None
-    test_labels: torch.Tensor | None = None
     event_shape: tuple[int, ...] = ()
     image_shape: tuple[int, int, int] | None = None
     num_classes: int | None = None

@@ -132,31 +132,25 @@ def toy_splits(name: str, cfg: DataConfig) -> RawSplits:
     return RawSplits(kind="points", **out)
 
 
-@DATASETS.register("moons")
-def moons(cfg: DataConfig, seed: int = 0) -> RawSplits:
-    """Two interleaved half circles (2-D)."""
-    return toy_splits("moons", cfg)
+#: the registered toy densities and the one-line description ``pyrogen data`` lists
+TOY_DENSITIES = {
+    "moons": "Two interleaved half circles (2-D).",
+    "eight_gaussians": "Mixture of 8 Gaussians on the circle of radius 2 (2-D).",
+    "checkerboard": "Uniform density on the dark squares of a 4x4 checkerboard (2-D).",
+    "spirals": "Two spiral arms (2-D).",
+    "rings": "Four concentric rings (2-D).",
+}
 
 
-@DATASETS.register("eight_gaussians")
-def eight_gaussians(cfg: DataConfig, seed: int = 0) -> RawSplits:
-    """Mixture of 8 Gaussians on the circle of radius 2 (2-D)."""
-    return toy_splits("eight_gaussians", cfg)
+def _toy_builder(name: str) -> Callable[..., RawSplits]:
+    """The ``DATASETS`` builder of the toy density ``name``."""
+
+    def build(cfg: DataConfig, seed: int = 0) -> RawSplits:
+        return toy_splits(name, cfg)
+
+    build.__name__ = build.__qualname__ = name
+    return build
 
 
-@DATASETS.register("checkerboard")
-def checkerboard(cfg: DataConfig, seed: int = 0) -> RawSplits:
-    """Uniform density on the dark squares of a 4x4 checkerboard (2-D)."""
-    return toy_splits("checkerboard", cfg)
-
-
-@DATASETS.register("spirals")
-def spirals(cfg: DataConfig, seed: int = 0) -> RawSplits:
-    """Two spiral arms (2-D)."""
-    return toy_splits("spirals", cfg)
-
-
-@DATASETS.register("rings")
-def rings(cfg: DataConfig, seed: int = 0) -> RawSplits:
-    """Four concentric rings (2-D)."""
-    return toy_splits("rings", cfg)
+for _name, _doc in TOY_DENSITIES.items():
+    DATASETS.add(_name, _toy_builder(_name), _doc)

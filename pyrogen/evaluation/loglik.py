@@ -167,22 +167,17 @@ def importance_sampling(
 
 
 def importance_log_likelihood(
-    model: Callable,
-    guide: Callable,
-    x: torch.Tensor,
-    num_samples: int = 5000,
-    batch_size: int = 100,
+    model: Callable, guide: Callable, x: torch.Tensor, num_samples: int = 5000, **options: Any
 ) -> torch.Tensor:
-    """log p(x) ≈ log (1/K) Σ_k p(x, z_k) / q(z_k | x), z_k ~ q(z | x), per example (nats).
+    """log p(x) ≈ log (1/K) Σ_k p(x, z_k) / q(z_k | x), z_k ~ q(z | x), per example (nats)
+    (``options``: those of :func:`importance_sampling`).
 
     Example::
 
         >>> logp = importance_log_likelihood(vae.model, guide, x_test, num_samples=5000)
         ... # doctest: +SKIP
     """
-    return elbo_and_importance_log_likelihood(model, guide, x, num_samples, batch_size=batch_size)[
-        1
-    ]
+    return importance_sampling(model, guide, x, num_samples, khat=False, **options)[1]
 
 
 @torch.no_grad()

@@ -64,7 +64,7 @@ from pyrogen.models.flow_layers import (
     glow,
     interleave,
 )
-from pyrogen.params import declare_params
+from pyrogen.models.process import GenerativeProcess
 from pyrogen.registry import FLOWS
 
 Sizes = Sequence[int]
@@ -468,7 +468,7 @@ class StandardNormal(nn.Module):
         return dist.Normal(self.loc, self.scale).to_event(1)
 
 
-class Flow(nn.Module):
+class Flow(GenerativeProcess):
     """p(x) (or p(x | y)) = the push-forward of the base p_z through G.
 
     Args:
@@ -571,24 +571,18 @@ class Flow(nn.Module):
         except (KeyError, NotImplementedError):
             raise self._not_invertible() from None
 
-    def forward(
-        self,
-        x: torch.Tensor | None = None,
-        y: torch.Tensor | None = None,
-        num_samples: int | None = None,
-    ) -> torch.Tensor:
-        """The generative process: x ~ p(x) in ``pyro.plate("data")``, observed when given.
-        The flow's parameters are param sites (:mod:`pyrogen.params`)."""
-        if x is None and num_samples is None:
-            raise ValueError("give the data x or a number of samples")
-        if x is not None and not self.has_inverse:
-            raise self._not_invertible()  # now, not as Pyro's KeyError when the ELBO scores x
-        declare_params(self, "")
-        n = x.shape[0] if x is not None else num_samples
-        with pyro.plate("data", n):
-            return pyro.sample("x", self.dist(y), obs=x)
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes is not None
 
-    model = forward
+    def check_observed(self, x: torch.Tensor) -> None:
+        if not self.has_inverse:
+            raise self._not_invertible()  # now, not as Pyro's KeyError when the ELBO scores x
+
+    def process(self, x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor:
+        """x ~ p(x) (or p(x | y)), observed when given. The flow's parameters are param sites
+        (:mod:`pyrogen.params`)."""
+        return pyro.sample("x", self.dist(y), obs=x)
 
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -35,10 +35,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pyrogen.models.likelihoods import as_shape
-from pyrogen.params import declare_params
+from pyrogen.models.process import GenerativeProcess
 
 
-class GAN(nn.Module):
+class GAN(GenerativeProcess):
     """The generator's process as a Pyro model (``forward``, alias ``model``) plus the
     discriminator it is trained against.
 
@@ -56,6 +56,8 @@ class GAN(nn.Module):
         >>> trace.nodes["z"]["value"].shape, trace.nodes["x"]["value"].shape
         (torch.Size([3, 2]), torch.Size([3, 2]))
     """
+
+    not_param_sites = ("discriminator", "ema_generator")
 
     def __init__(
         self,
@@ -109,26 +111,13 @@ class GAN(nn.Module):
         """The generator of the process: the EMA one when enabled, else ``generator``."""
         return self.ema_generator if self.ema_generator is not None else self.generator
 
-    def forward(
-        self,
-        x: torch.Tensor | None = None,
-        y: torch.Tensor | None = None,
-        num_samples: int | None = None,
-    ) -> torch.Tensor:
-        """The generative process: ``z ~ p_z`` (sample site ``"z"``) and ``x = G(z)``
-        (``pyro.deterministic`` site ``"x"``) in ``pyro.plate("data", n)``, ``n =
-        num_samples`` or ``x.shape[0]``. Given ``x`` only its batch size is used: a GAN has no
-        likelihood to condition on. ``y`` is accepted for a uniform signature and ignored."""
-        if x is None and num_samples is None:
-            raise ValueError("give x (for its batch size) or num_samples")
-        declare_params(self, "", exclude=("discriminator", "ema_generator"))
-        n = num_samples if num_samples is not None else x.shape[0]
-        with pyro.plate("data", n):
-            z = pyro.sample("z", self.prior())
-            out = self.generate(z, self.sampling_generator)
-            return pyro.deterministic("x", out, event_dim=len(self.event_shape))
-
-    model = forward
+    def process(self, x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor:
+        """``z ~ p_z`` (sample site ``"z"``) and ``x = G(z)`` (``pyro.deterministic`` site
+        ``"x"``). Given ``x`` only its batch size is used: a GAN has no likelihood to
+        condition on."""
+        z = pyro.sample("z", self.prior())
+        out = self.generate(z, self.sampling_generator)
+        return pyro.deterministic("x", out, event_dim=len(self.event_shape))
 
     def generate(self, z: torch.Tensor, generator: nn.Module | None = None) -> torch.Tensor:
         """x = G(z) shaped ``(*z.shape[:-1], *event_shape)`` (``generator`` defaults to the

@@ -37,10 +37,10 @@ from torch import nn
 
 from pyrogen.models.guides import AmortisedGuide, DiagonalNormalGuide
 from pyrogen.models.likelihoods import Likelihood, as_shape, make_likelihood
-from pyrogen.params import declare_params
+from pyrogen.models.process import GenerativeProcess
 
 
-class VAE(nn.Module):
+class VAE(GenerativeProcess):
     """p_θ(x, z) = N(z; 0, I) p_θ(x | z) and its guide q_φ(z | x).
 
     Args:
@@ -58,6 +58,8 @@ class VAE(nn.Module):
 
     ``forward`` (alias ``model``) is the Pyro model; ``guide`` the Pyro guide.
     """
+
+    not_param_sites = ("guide",)
 
     def __init__(
         self,
@@ -112,26 +114,11 @@ class VAE(nn.Module):
         return self.likelihood(h.reshape(*batch, expected))
 
     # ------------------------------------------------------------------ the Pyro model
-    def forward(
-        self,
-        x: torch.Tensor | None = None,
-        y: torch.Tensor | None = None,
-        num_samples: int | None = None,
-    ) -> torch.Tensor:
-        """The generative process: z ~ p(z), x ~ p_θ(x | z) in ``pyro.plate("data")``.
-
-        With ``x`` given the site ``x`` is observed; otherwise ``num_samples`` are drawn.
-        The decoder's and likelihood's parameters are param sites (the guide's are the
-        guide's)."""
-        if x is None and num_samples is None:
-            raise ValueError("give the data x or a number of samples")
-        declare_params(self, "", exclude=("guide",))
-        n = x.shape[0] if x is not None else num_samples
-        with pyro.plate("data", n):
-            z = pyro.sample("z", self.prior())
-            return pyro.sample("x", self.decode(z), obs=x)
-
-    model = forward
+    def process(self, x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor:
+        """z ~ p(z), x ~ p_θ(x | z); the site ``x`` is observed when given. The decoder's and
+        likelihood's parameters are param sites (the guide's are the guide's)."""
+        z = pyro.sample("z", self.prior())
+        return pyro.sample("x", self.decode(z), obs=x)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,24 +28,20 @@ from pyrogen.training.metrics import read_metrics
 CHECKPOINTS = ("best", "last")
 
 
+@dataclass(eq=False)
 class TrainedRun:
     """A trained model with its data set and run folder. ``sample(n)`` draws from the model
     (in the data set's stored space); ``model`` is its Pyro program; ``checkpoint`` says
     whose parameters it holds: ``"best"`` (``best.pt``) or ``"last"`` (``checkpoint.pt``)."""
 
-    def __init__(
-        self,
-        cfg: Config,
-        run_dir: Path,
-        dataset: Dataset,
-        learner: Learner,
-        checkpoint: str = "last",
-    ) -> None:
-        self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.dataset = dataset
-        self.learner = learner
-        self.checkpoint = checkpoint
+    cfg: Config
+    run_dir: Path
+    dataset: Dataset
+    learner: Learner
+    checkpoint: str = "last"
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
 
     @property
     def family(self) -> str:
