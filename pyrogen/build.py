@@ -108,15 +108,26 @@ def build_learner(cfg: Config, model: torch.nn.Module) -> Learner:
 
 
 def build(
-    cfg: Config, device: torch.device | str | None = None, data: Any = None
+    cfg: Config,
+    device: torch.device | str | None = None,
+    data: Any = None,
+    program: tuple[torch.nn.Module, torch.nn.Module | None] | None = None,
 ) -> tuple[Dataset, Learner]:
     """Load the data set (or the user's ``data``) onto ``device`` and build the model and its
-    learner there. Parameters are initialised from ``train.seed``."""
+    learner there. Parameters are initialised from ``train.seed``. ``program``: the user's
+    Pyro ``(model, guide)`` of a ``model.family=program`` config (their parameters are theirs:
+    the seed does not touch them)."""
     validate(cfg, has_data=data is not None)
     device = resolve_device(cfg.train.device) if device is None else torch.device(device)
     pyro.set_rng_seed(cfg.train.seed)
     dataset = load_dataset(cfg.data, device, seed=cfg.train.seed, data=data)
-    model = build_model(cfg, dataset, device).to(device)
+    family = family_of(cfg)
+    if program is not None or family.from_python:
+        if program is None:  # reached through build_model's one line
+            family.build_model(cfg, dataset)
+        model = family.from_program(cfg, dataset, *program)
+    else:
+        model = build_model(cfg, dataset, device).to(device)
     if cfg.train.compile:
         for net in family_of(cfg).networks(model):
             net.compile()  # in place: parameter names, and so checkpoints, are unchanged

@@ -57,6 +57,7 @@ from typing import Any
 
 from pyrogen.config.flow import FlowModelConfig
 from pyrogen.config.gan import AdversarialConfig, GANModelConfig
+from pyrogen.config.program import ProgramModelConfig
 from pyrogen.config.run import (
     MODEL_CONFIGS,
     RENAMED_KEYS,
@@ -114,6 +115,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "OutputConfig",
+    "ProgramModelConfig",
     "TrainConfig",
     "VAEModelConfig",
     "build_section",

@@ -17,6 +17,7 @@ import yaml
 
 from pyrogen.config.flow import FlowModelConfig
 from pyrogen.config.gan import AdversarialConfig, GANModelConfig
+from pyrogen.config.program import ProgramModelConfig
 from pyrogen.config.schema import (
     MAX_COUNT,
     MAX_SEED,
@@ -37,11 +38,12 @@ from pyrogen.config.vae import ELBOConfig, GuideConfig, VAEModelConfig
 # the model section of each family
 # --------------------------------------------------------------------------------------
 
-ModelConfig = VAEModelConfig | FlowModelConfig | GANModelConfig
+ModelConfig = VAEModelConfig | FlowModelConfig | GANModelConfig | ProgramModelConfig
 MODEL_CONFIGS: dict[str, type] = {
     "vae": VAEModelConfig,
     "flow": FlowModelConfig,
     "gan": GANModelConfig,
+    "program": ProgramModelConfig,
 }
 
 # --------------------------------------------------------------------------------------

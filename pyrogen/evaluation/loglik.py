@@ -31,6 +31,7 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, ReweightedWakeSleep, TraceTailAdaptive_ELBO
 from pyro.ops.stats import fit_generalized_pareto
+from pyro.poutine.util import site_is_subsample
 
 from pyrogen.progress import steps
 
@@ -60,6 +61,63 @@ def log_importance_weights(
             if site["type"] == "sample":
                 log_w = log_w + sign * site["log_prob"]
     return log_w
+
+
+def summed_out_log_weights(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_particles: int,
+    max_plate_nesting: int = 1,
+    data_plate: str = "data",
+) -> torch.Tensor:
+    """log w_k(x_n) = log Σ_y p(x_n, y, z_kn) − log q(z_kn | x_n), shape ``(num_particles,
+    N)``, for a Pyro program whose model sums out the discrete sites it marks
+    ``infer={"enumerate": "parallel"}`` (and that have no guide site): the guide's sites,
+    discrete ones included, are drawn from the guide; the model is run under
+    ``poutine.enum``, each summed-out site taking all its values in a dimension left of the
+    particles, and the sum over them is a log-sum-exp of the joint log-density over those
+    dimensions. The particles' plate sits left of the program's ``max_plate_nesting`` plates;
+    the log-densities of plates other than the data plate are summed per example. A site
+    summed out inside such a nested plate is refused (its sum would be per element of that
+    plate, not per example)."""
+    particle_dim = -(max_plate_nesting + 1)
+    with pyro.plate("particles", num_particles, dim=particle_dim):
+        guide_trace = poutine.trace(guide).get_trace(x)
+        replayed = poutine.replay(model, trace=guide_trace)
+        enumerated = poutine.enum(replayed, first_available_dim=particle_dim - 1)
+        model_trace = poutine.trace(enumerated).get_trace(x)
+    out = []
+    for trace in (model_trace, guide_trace):
+        trace.compute_log_prob()
+        total = torch.zeros((), dtype=x.dtype, device=x.device)
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            frames = [f for f in site["cond_indep_stack"] if f.vectorized and f.dim is not None]
+            data_dims = [f.dim for f in frames if f.name == data_plate]
+            if not data_dims:
+                raise ValueError(
+                    f"site {name!r} is outside pyro.plate({data_plate!r}): importance weights "
+                    "per example need every sample site inside the data plate"
+                )
+            nested = [f for f in frames if f.name not in (data_plate, "particles")]
+            if nested and site["infer"].get("_enumerate_dim") is not None:
+                raise ValueError(
+                    f"site {name!r} is summed out inside plate(s) "
+                    f"{[f.name for f in nested]}: importance weights "
+                    "sum out sites that sit directly in the data plate"
+                )
+            lp = site["log_prob"]
+            lp = lp.reshape((1,) * max(0, max_plate_nesting + 1 - lp.dim()) + lp.shape)
+            inner = [f.dim for f in nested]  # plates other than the data plate: per example
+            total = total + (lp.sum(inner, keepdim=True) if inner else lp)
+        keep = total.dim() + particle_dim  # the dimensions left of the particles: summed out
+        total = total.logsumexp(list(range(keep))) if keep > 0 else total
+        out.append(total.reshape(num_particles, -1))
+    log_p, log_q = out
+    n = x.shape[0]
+    return log_p.expand(num_particles, n) - log_q.expand(num_particles, n)
 
 
 def psis_tail_size(num_samples: int) -> int:
@@ -134,11 +192,14 @@ def importance_sampling(
     max_elements: int = 20_000_000,
     quiet: bool = False,
     khat: bool = True,
+    log_weights: Callable[..., torch.Tensor] = log_importance_weights,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-example (ELBO, IS log p(x), PSIS k̂) as :func:`elbo_and_importance_log_likelihood`
     computes them (the same draws, the same numbers), with each example's k̂ of its K weights
     (:func:`psis_khat`, from the largest M + 1 kept across particle chunks); k̂ is ``None``
-    unless ``khat`` and K >= :func:`psis_min_samples`."""
+    unless ``khat`` and K >= :func:`psis_min_samples`. ``log_weights(model, guide, x, K)``:
+    :func:`log_importance_weights`, or :func:`summed_out_log_weights` for a program that sums
+    out discrete sites."""
     elbos, logps, khats = [], [], []
     dims = max(1, math.prod(x.shape[1:]))
     keep = psis_tail_size(num_samples) + 1
@@ -152,7 +213,7 @@ def importance_sampling(
         top = None
         while done < num_samples:
             k = min(chunk, num_samples - done)
-            log_w = log_importance_weights(model, guide, xb, k)
+            log_w = log_weights(model, guide, xb, k)
             lse_parts.append(torch.logsumexp(log_w, dim=0))
             sums += log_w.sum(0)
             done += k

@@ -40,7 +40,11 @@ import torch
 from pyrogen.config import ConfigError, EvaluationConfig
 from pyrogen.data import Dataset
 from pyrogen.evaluation.flow_metrics import flow_log_likelihood
-from pyrogen.evaluation.loglik import evaluate_elbo, importance_sampling
+from pyrogen.evaluation.loglik import (
+    evaluate_elbo,
+    importance_sampling,
+    summed_out_log_weights,
+)
 from pyrogen.evaluation.parzen import parzen_log_likelihood, select_sigma
 from pyrogen.evaluation.stats import mean_stderr
 from pyrogen.evaluation.streams import EXAMPLES_PER_CHUNK, own_stream, per_example
@@ -48,6 +52,7 @@ from pyrogen.inference.base import device_of
 from pyrogen.inference.elbo import check_compatible, make_elbo
 from pyrogen.models.flow import Flow
 from pyrogen.models.gan import GAN
+from pyrogen.models.program import PyroProgram
 from pyrogen.models.vae import VAE
 from pyrogen.parallel import distributed
 from pyrogen.progress import line
@@ -67,9 +72,9 @@ __all__ = [
 
 def model_kind(model: torch.nn.Module) -> str:
     """``"vae"`` (a latent-variable model with an amortised guide), ``"flow"`` (an exact
-    density) or ``"gan"`` (a sampler without a likelihood), by the model's class; a
-    ``TypeError`` for anything else."""
-    for cls, kind in ((VAE, "vae"), (Flow, "flow"), (GAN, "gan")):
+    density), ``"gan"`` (a sampler without a likelihood) or ``"program"`` (a Pyro program
+    given from Python), by the model's class; a ``TypeError`` for anything else."""
+    for cls, kind in ((VAE, "vae"), (Flow, "flow"), (GAN, "gan"), (PyroProgram, "program")):
         if isinstance(model, cls):
             return kind
     raise TypeError(f"pyrogen.evaluate takes {ACCEPTED}; got {type(model).__name__}")
@@ -97,20 +102,33 @@ def likelihood_estimates(
     exact log-likelihood (and bits/dim for images); for a GAN nothing."""
     if isinstance(run.model, Flow):
         return flow_log_likelihood(run.model, x, run.dataset, y=y, seed=ev.seed)
-    if not isinstance(run.model, VAE):
+    if not isinstance(run.model, VAE | PyroProgram):
         return {}
 
     vae = run.model
+    weights: dict[str, Any] = {}
+    if isinstance(vae, PyroProgram):  # sites the model sums out are summed out here too
+        nesting = vae.facts.max_plate_nesting
+
+        def program_weights(model: Any, guide: Any, xb: torch.Tensor, k: int) -> torch.Tensor:
+            try:
+                return summed_out_log_weights(model, guide, xb, k, max_plate_nesting=nesting)
+            except ValueError as e:
+                raise ConfigError(f"pyrogen.evaluate: {e}") from None
+
+        weights = {"log_weights": program_weights}
+    model = vae.forward if isinstance(vae, PyroProgram) else vae.model
 
     def chunk(start: int, stop: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         xp = run.dataset.process(x[start:stop], gen)
         elbo, logp, khat = importance_sampling(
-            vae.model,
+            model,
             vae.guide,
             xp,
             num_samples=ev.is_samples,
             batch_size=EXAMPLES_PER_CHUNK,
             quiet=True,
+            **weights,
         )
         log_det = run.dataset.log_det_jacobian(xp).to(elbo.dtype)
         khats = {} if khat is None else {"khat": khat}

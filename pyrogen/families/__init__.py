@@ -10,13 +10,15 @@ flow     ``Flow(transforms, dim)``        the same learner with an empty guide (
                                           likelihood is the ELBO of a model without latents)
 gan      ``GAN(generator, discr., ...)``  :class:`~pyrogen.inference.adversarial.
                                           AdversarialLearner` (Goodfellow et al., Alg. 1)
+program  ``PyroProgram(model, guide)``     the variational learner; the pair is given from
+                                          Python (``pyrogen.train(cfg, model=, guide=)``)
 =======  ===============================  =====================================================
 
 Example::
 
     >>> from pyrogen.families import FAMILIES
     >>> sorted(FAMILIES)
-    ['flow', 'gan', 'vae']
+    ['flow', 'gan', 'program', 'vae']
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from __future__ import annotations
 from pyrogen.families.base import Family
 from pyrogen.families.flow import FlowFamily
 from pyrogen.families.gan import GANFamily
+from pyrogen.families.program import ProgramFamily
 from pyrogen.families.vae import VAEFamily
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (VAEFamily(), FlowFamily(), GANFamily())}
+FAMILIES: dict[str, Family] = {
+    f.name: f for f in (VAEFamily(), FlowFamily(), GANFamily(), ProgramFamily())
+}
 
 
 def family_of(cfg) -> Family:

@@ -28,6 +28,9 @@ class Family:
     validation_metrics: dict[str, str | None] = {}
     #: the metric ``train.monitor`` follows by default (``best.pt``), or ``None``
     monitor: str | None = None
+    #: the model is given from Python (``pyrogen.train(cfg, model=..., guide=...)``), never
+    #: built from the config
+    from_python: bool = False
 
     # ------------------------------------------------------------------ config -> objects
     def validate(self, cfg: Config) -> None:
@@ -45,6 +48,15 @@ class Family:
     def build_learner(self, cfg: Config, model: nn.Module) -> Learner:  # pragma: no cover
         """The family's learning method with its optimiser(s)."""
         raise NotImplementedError
+
+    def from_program(
+        self, cfg: Config, data: Dataset, model: nn.Module, guide: nn.Module | None
+    ) -> nn.Module:
+        """The model of a Pyro program given from Python (the program family only)."""
+        raise ConfigError(
+            f"model= and guide= train a Pyro program of your own (model.family=program); a "
+            f"{self.name} is built from its config"
+        )
 
     def estimate_parameters(self, cfg: Config, data: Dataset) -> int:
         """About how many parameters :meth:`build_model` would allocate (the sum of the weight

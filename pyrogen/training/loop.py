@@ -44,8 +44,10 @@ import pyro
 import torch
 
 from pyrogen.build import build
-from pyrogen.config import Config, ConfigError
+from pyrogen.config import Config, ConfigError, ProgramModelConfig
 from pyrogen.families import family_of
+from pyrogen.families.program import program_needed
+from pyrogen.models.program import qualified_name
 from pyrogen.parallel import distributed
 from pyrogen.runtime import cpu_settings, resolve_device, tensorboard_available
 from pyrogen.training.callbacks import default_callbacks
@@ -132,6 +134,8 @@ def train(
     data: Any = None,
     overwrite: bool | None = None,
     callbacks: Sequence[Callback] = (),
+    model: torch.nn.Module | None = None,
+    guide: torch.nn.Module | None = None,
 ) -> TrainedRun:
     """Train the model that ``cfg`` describes and return it as a :class:`TrainedRun`.
 
@@ -146,6 +150,13 @@ def train(
     ``train.monitor`` kept one (``best.pt``), else the last. ``callbacks``: the user's own
     :class:`~pyrogen.training.callbacks.Callback` objects, called after pyrogen's (metrics,
     TensorBoard, progress, checkpoints, early stopping, figures).
+
+    ``model`` and ``guide``: a Pyro program of your own, ``nn.Module``\\ s whose
+    ``forward(x)`` are Pyro programs with the batch in ``pyro.plate("data", x.shape[0])``,
+    trained with ``cfg``'s ``elbo``, ``optim``, ``train`` and ``output`` sections
+    (``model.family=program``; the run records the classes' names, and
+    ``data.standardize`` left null is off: the program sees the values given). A program run
+    is resumed and loaded with the pair given again.
 
     Example::
 
@@ -162,11 +173,23 @@ def train(
         )
     if data is not None:
         cfg = replace(cfg, data=replace(cfg.data, name="array", path=None, checksum=None))
+    program = None
+    if model is not None or guide is not None:
+        if model is None:
+            raise TypeError("pyrogen.train: guide= needs the model it guides: pass model= too")
+        names = {"model_class": qualified_name(model), "guide_class": qualified_name(guide)}
+        cfg = replace(cfg, model=ProgramModelConfig(**names))
+        if cfg.data.standardize is None:  # the program sees the values it is given
+            cfg = replace(cfg, data=replace(cfg.data, standardize=False))
+        program = (model, guide)
+    elif family_of(cfg).from_python:
+        raise ConfigError(program_needed(cfg, run_dir, resume))
     device = resolve_device(cfg.train.device)
     with distributed.session(device):  # torchrun with WORLD_SIZE > 1: data-parallel
         return _train(
-            cfg, run_dir, resume, quiet, config_path, on_step, data, device, overwrite, callbacks
-        )
+            cfg, run_dir, resume, quiet, config_path, on_step, data, device, overwrite,
+            callbacks, program,
+        )  # fmt: skip
 
 
 def _train(
@@ -180,6 +203,7 @@ def _train(
     device: torch.device,
     overwrite: bool,
     callbacks: Sequence[Callback] = (),
+    program: tuple[torch.nn.Module, torch.nn.Module | None] | None = None,
 ) -> TrainedRun:
     world = distributed.world_size()
     quiet = quiet or not distributed.is_main()  # rank 0 alone shows progress
@@ -193,7 +217,9 @@ def _train(
     else:
         distributed.main_first(lambda: check_new_run_dir(run_dir, overwrite))
     # rank 0 first: it downloads missing files, and its errors reach every rank
-    dataset, learner = distributed.main_first(lambda: build(cfg, device, data=data))
+    dataset, learner = distributed.main_first(
+        lambda: build(cfg, device, data=data, program=program)
+    )
     cfg = _with_data_facts(cfg, dataset)
     monitor = family_of(cfg).monitor_of(cfg)
     data_gen = torch.Generator().manual_seed(cfg.train.seed)  # the order of the examples

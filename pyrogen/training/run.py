@@ -14,6 +14,8 @@ from pyrogen.config import Config, ConfigError, read_config
 from pyrogen.data import Dataset
 from pyrogen.evaluation.figures import curve_labels, model_figures, samples_figure
 from pyrogen.evaluation.plots import save_curves
+from pyrogen.families import family_of
+from pyrogen.families.program import program_needed
 from pyrogen.inference.base import Learner
 from pyrogen.runtime import resolve_device
 from pyrogen.training.checkpoint import (
@@ -120,6 +122,8 @@ def load(
     device: str | None = None,
     data: object = None,
     checkpoint: str | None = None,
+    model: torch.nn.Module | None = None,
+    guide: torch.nn.Module | None = None,
 ) -> TrainedRun:
     """Rebuild a trained run from its folder (config + checkpoint; no code executed).
 
@@ -127,7 +131,9 @@ def load(
     ``"last"`` (``checkpoint.pt``, where a resumed run continues); default the best when the
     run kept one. A run trained on an array passed from Python reads it back from the run
     folder's ``data.npz`` (or from ``data``, which must be the same array); the folder may
-    have been moved or copied."""
+    have been moved or copied. A run that trained a Pyro program given from Python
+    (``model.family=program``) is loaded with the pair given again: ``model`` and ``guide``,
+    whose parameters must fit the checkpoint's."""
     run_dir = Path(run_dir)
     if checkpoint is None:
         checkpoint = "best" if (run_dir / BEST).is_file() else "last"
@@ -140,12 +146,20 @@ def load(
             "monitor was none, or it never validated); use --checkpoint last"
         )
     cfg = read_config(run_dir / CONFIG)
+    program = None if model is None and guide is None else (model, guide)
+    if family_of(cfg).from_python and model is None:
+        raise ConfigError(program_needed(cfg, run_dir))
+    if program is not None and not family_of(cfg).from_python:
+        raise ConfigError(
+            f"{run_dir} holds a {cfg.family} run, built from its config: load it without "
+            "model= and guide= (they are for runs that trained a Pyro program of your own)"
+        )
     dev = resolve_device(device or cfg.train.device, "--device" if device else "train.device")
     state = load_checkpoint(path, map_location=dev)
     check_checkpoint_contents(state, path)  # its sections, before building anything
     check_checkpoint_fits(state, cfg, path)
     cfg = resolved_config(cfg, run_dir)
-    dataset, learner = build(cfg, dev, data=data)
+    dataset, learner = build(cfg, dev, data=data, program=program)
     check_checkpoint_contents(state, path, learner)  # every tensor against the run's model
     learner.load_state_dict(state["learner"])
     return TrainedRun(cfg, run_dir, dataset, learner, checkpoint=checkpoint)
