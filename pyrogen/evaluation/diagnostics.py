@@ -22,13 +22,16 @@ other than N(0, I) is used as it is. All values are in nats per example.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
+from matplotlib.figure import Figure
 from pyro import poutine
 from torch.distributions import Independent, Normal, kl_divergence
 
@@ -366,3 +369,167 @@ def diagnose_vae(
     if message is not None:
         warnings.warn(message, PosteriorCollapseWarning, stacklevel=2)
     return out
+
+
+# ------------------------------------------------------------------ runs, Python models, output
+def refusal(model: torch.nn.Module) -> str | None:
+    """Why the diagnostics do not apply to ``model`` (they need a latent z and a guide), or
+    ``None`` for a VAE."""
+    if isinstance(model, VAE):
+        return None
+    return (
+        f"diagnostics are about a latent z and its guide q(z | x): a VAE, not a "
+        f"{type(model).__name__}"
+    )
+
+
+def _shuffled(n: int, seed: int, limit: int | None) -> torch.Tensor:
+    """A seeded random order of ``range(n)``, cut to ``limit`` (stored splits can be sorted by
+    class, so the first examples are no sample)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
+
+
+@torch.no_grad()
+def diagnose_run(
+    run: Any,
+    split: str = "test",
+    *,
+    max_examples: int | None = None,
+    gap_examples: int | None = 100,
+    num_samples: int = 1000,
+    refine_steps: int = 100,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """:func:`diagnose_vae` on a trained run's ``split`` (at most ``max_examples`` of it, a
+    seeded random subset, preprocessed as in training with a generator of ``seed``), with the
+    preprocessing's log-determinant added to log p(x) and the ELBOs. ``{"family", "split",
+    "num_examples", ...}``."""
+    reason = refusal(run.model)
+    if reason is not None:
+        raise TypeError(reason)
+    stored = run.dataset.split(split)
+    x = stored[_shuffled(stored.shape[0], seed, max_examples).to(stored.device)]
+    xp = run.dataset.process(x, torch.Generator().manual_seed(seed))
+    log_det = run.dataset.log_det_jacobian(xp)
+    run.learner.module.eval()
+    result = diagnose_vae(
+        run.model,
+        xp,
+        seed=seed,
+        gap_examples=gap_examples,
+        num_samples=num_samples,
+        refine_steps=refine_steps,
+        log_det=log_det,
+    )
+    return {"family": "vae", "split": split, **result}
+
+
+@torch.no_grad()
+def diagnose_model(
+    obj: Any,
+    data: torch.Tensor,
+    *,
+    gap_examples: int | None = 100,
+    num_samples: int = 1000,
+    refine_steps: int = 100,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """:func:`diagnose_vae` for a VAE, or the learner that trains one, built in Python, on the
+    examples ``data`` (in the model's space, shape ``(N, *event_shape)``, in a seeded random
+    order)."""
+    model = obj if isinstance(obj, torch.nn.Module) else getattr(obj, "model", None)
+    reason = refusal(model) if isinstance(model, torch.nn.Module) else None
+    if reason is not None or not isinstance(model, torch.nn.Module):
+        raise TypeError(reason or f"pyrogen.diagnose takes a VAE or its learner, not {obj!r}")
+    if not torch.is_tensor(data):
+        raise TypeError("pyrogen.diagnose: data= must be a torch tensor of examples")
+    device = model.prior_loc.device
+    x = data.to(device=device, dtype=torch.float32)
+    x = x[_shuffled(x.shape[0], seed, None).to(device)]
+    result = diagnose_vae(
+        model,
+        x,
+        seed=seed,
+        gap_examples=gap_examples,
+        num_samples=num_samples,
+        refine_steps=refine_steps,
+    )
+    return {"family": "vae", "split": "data", **result}
+
+
+def kl_figure(result: dict[str, Any]) -> Figure | None:
+    """Bars of E_x KL(q(z_u | x) ‖ p(z_u)) per latent dimension u, sorted from the largest,
+    the active units (:func:`active_units`) in blue and the inactive in grey; ``None`` where
+    the KL per dimension is not defined (``result["kl"]["reason"]``)."""
+    kl, units = result["kl"], result["active_units"]
+    if kl["per_dim"] is None:
+        return None
+    values = torch.tensor(kl["per_dim"])
+    order = values.argsort(descending=True)
+    active = torch.tensor(units["variance"]) > units["threshold"]
+    colours = ["tab:blue" if active[u] else "tab:gray" for u in order.tolist()]
+    d = values.numel()
+    fig = Figure(figsize=(min(14.0, max(4.5, 0.25 * d + 2)), 3.6))
+    ax = fig.subplots()
+    ax.bar(range(d), values[order].numpy(), color=colours)
+    if d <= 64:
+        ax.set_xticks(range(d), [str(int(u)) for u in order], fontsize=7)
+    ax.set_xlabel("latent dimension u (sorted)")
+    what = "" if kl["kind"] == "exact" else " (of q's marginals)"
+    ax.set_ylabel("KL per dimension (nats)")
+    ax.set_title(
+        f"E_x KL(q(z_u | x) ‖ p(z_u)){what}: total {kl['total']['mean']:.3g} nats; "
+        f"{units['active']} of {d} units active (blue)",
+        fontsize=9,
+    )
+    return fig
+
+
+def save_kl_figure(result: dict[str, Any], path: str | os.PathLike) -> Path | None:
+    """:func:`kl_figure` saved as a PNG at ``path`` (nothing is written where it is None)."""
+    fig = kl_figure(result)
+    if fig is None:
+        return None
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return Path(path)
+
+
+def _value(est: dict[str, Any]) -> str:
+    se = "" if est.get("stderr") is None else f" ± {est['stderr']:.3g}"
+    return f"{est['mean']:.4g}{se}"
+
+
+def format_diagnostics(result: dict[str, Any]) -> str:
+    """A plain-text table of :func:`diagnose_run`'s result (nats per example)."""
+    units, kl, mi = result["active_units"], result["kl"], result["mutual_information"]
+    lines = [
+        f"VAE diagnostics   split: {result['split']} ({result['num_examples']} examples)",
+        f"{'active units':<22}{units['active']} of {units['dimension']} (Cov_x E_q[z_u | x] > "
+        f"{units['threshold']})",
+        f"{'KL(q ‖ p)':<22}{_value(kl['total'])} nats (E_x KL(q(z | x) ‖ p(z)))",
+    ]
+    if kl["per_dim"] is None:
+        lines.append(f"{'KL per dimension':<22}none: {kl['reason']}")
+    else:
+        top = sorted(enumerate(kl["per_dim"]), key=lambda p: -p[1])[:5]
+        listed = ", ".join(f"z{u} {v:.3g}" for u, v in top)
+        lines.append(f"{'KL per dimension':<22}{kl['kind']}; largest: {listed}")
+    lines.append(
+        f"{'I(x; z)':<22}{mi['mean']:.4g} nats (minibatch estimate on {mi['n']} examples; "
+        f"at most log N = {mi['max']:.3g})"
+    )
+    gap = result.get("amortisation_gap")
+    if gap is not None:
+        lines.append(
+            f"inference gaps on {gap['log_p']['n']} examples (K={gap['K']}, "
+            f"{gap['refine_steps']} SVI steps per example):"
+        )
+        names = {
+            "log_p": "log p(x) (IS)",
+            "elbo_amortised": "ELBO, amortised q",
+            "elbo_refined": "ELBO, refined q",
+            "approximation_gap": "approximation gap",
+            "amortisation_gap": "amortisation gap",
+        }
+        lines += [f"  {label:<20}{_value(gap[key])} nats" for key, label in names.items()]
+    return "\n".join(lines)
