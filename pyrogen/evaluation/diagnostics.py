@@ -323,7 +323,7 @@ def collapse_message(active: int, dimension: int) -> str | None:
         return None
     return (
         f"posterior collapse: {active} of {dimension} units active (Cov_x E_q[z_u | x] > "
-        f"{ACTIVE_THRESHOLD}); the decoder ignores the other latent dimensions"
+        f"{ACTIVE_THRESHOLD}): the other dimensions of z carry no information about x"
     )
 
 
