@@ -323,7 +323,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         quiet=args.quiet or args.json,
     )
     results = evaluate_run(run, ev)
-    if args.json and run.family == "vae":  # the cheap diagnostics; the gaps: pyrogen diagnose
+    if args.json and run.family == "vae" and results["num_examples"] > 1:  # gaps: diagnose
         from pyrogen.evaluation.diagnostics import diagnose_run
 
         results["diagnostics"] = diagnose_run(
@@ -616,7 +616,10 @@ def build_parser() -> _Parser:
         "--split", choices=["train", "valid", "test"], default="test", help="the split diagnosed"
     )
     p.add_argument(
-        "--max-examples", type=POSITIVE, default=None, help="a random subset of N examples"
+        "--max-examples",
+        type=_int_range(2, 1 << 31),
+        default=None,
+        help="a random subset of N examples",
     )
     p.add_argument(
         "--subset", type=_int_range(1, 100_000), default=100, help="examples for the gaps"

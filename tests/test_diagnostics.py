@@ -219,3 +219,34 @@ def test_diagnose_refuses_a_flow_run_in_one_line_and_writes_nothing(tmp_path, ca
     assert err.count("\n") == 1 and "flow run" in err and "a VAE" in err
     assert sorted(p.name for p in run.run_dir.iterdir()) == before
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ the model's own prior
+class ShiftedPrior(pyrogen.VAE):
+    """p(z) = N(1, 2² I): the diagnostics must read it from the model."""
+
+    def prior(self):
+        return pyrogen.models.vae.dist.Normal(self.prior_loc + 1, 2 * self.prior_scale).to_event(1)
+
+
+class MixturePrior(pyrogen.VAE):
+    """p(z) = ½ N(−1, I) + ½ N(1, I): not factorised."""
+
+    def prior(self):
+        d = pyrogen.models.vae.dist
+        locs = torch.stack([self.prior_loc - 1, self.prior_loc + 1])
+        comps = d.Normal(locs, self.prior_scale).to_event(1)
+        return d.MixtureSameFamily(d.Categorical(torch.ones(2)), comps)
+
+
+def test_the_kl_is_against_the_models_own_prior():
+    base = collapsed_vae()
+    shifted = ShiftedPrior(None, base.decoder, 4, (6,), "bernoulli", guide=base.guide)
+    x = torch.bernoulli(torch.full((20, 6), 0.4, dtype=torch.float32))
+    kl = kl_per_dimension(shifted.model, shifted.guide, x)
+    by_hand = math.log(2.0) + (1 + 1) / 8 - 0.5  # KL(N(0, 1) ‖ N(1, 2²)) per dimension
+    assert kl["per_dim"] == pytest.approx([by_hand] * 4, abs=1e-5)
+    mixed = MixturePrior(None, base.decoder, 4, (6,), "bernoulli", guide=base.guide)
+    kl = kl_per_dimension(mixed.model, mixed.guide, x)
+    assert kl["per_dim"] is None and "not a factorised Gaussian" in kl["reason"]
+    assert kl["samples"] == 64 and kl["total"]["mean"] > 0
