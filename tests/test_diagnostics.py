@@ -169,6 +169,7 @@ def test_the_amortisation_gap_is_nonnegative_within_monte_carlo_error(vae_run):
     assert parts == pytest.approx(total, abs=1e-9)
 
 
+@pytest.mark.filterwarnings("ignore::pyrogen.evaluation.diagnostics.PosteriorCollapseWarning")
 def test_the_diagnostics_of_a_learner_from_python_are_those_of_its_model(vae_run):
     x = vae_run.dataset.test[:80]
     a = pyrogen.diagnose(vae_run.learner, data=x, gap_examples=None, seed=4)
