@@ -10,6 +10,7 @@ The public surface::
     run.model                             # the Pyro model (poutine.trace, Predictive, SVI)
     pyrogen.evaluate(run)                 # every log-likelihood the family supports
     pyrogen.evaluate(learner, data=x)     # the same for a model or learner built in Python
+    pyrogen.diagnose(run)                 # what a VAE learned: active units, KL, I(x; z)
 """
 
 from pyrogen.build import build, load_config
@@ -38,6 +39,7 @@ from pyrogen.training import (
     load,
     train,
 )
+from pyrogen.workflows.diagnose import diagnose
 from pyrogen.workflows.evaluate import evaluate
 
 __version__ = "0.1.0"
@@ -66,6 +68,7 @@ __all__ = [
     "TrainedRun",
     "TrainingDiverged",
     "build",
+    "diagnose",
     "evaluate",
     "load",
     "load_config",

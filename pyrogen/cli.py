@@ -7,6 +7,7 @@ models from the shell.
     pyrogen train --resume runs/vae_digits-20261125-101500 train.epochs=20
     pyrogen sample runs/vae_digits-20261125-101500 -n 64 --out samples.png
     pyrogen evaluate runs/vae_digits-20261125-101500 --split test
+    pyrogen diagnose runs/vae_digits-20261125-101500             # what the VAE's z learned
 
 ``key=value`` overrides may stand anywhere on the line. A user's mistake (a missing file, an
 unknown key, a bad value, an option out of range) is reported in one line on stderr with exit
@@ -322,10 +323,55 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         quiet=args.quiet or args.json,
     )
     results = evaluate_run(run, ev)
+    if args.json and run.family == "vae" and results["num_examples"] > 1:  # gaps: diagnose
+        from pyrogen.evaluation.diagnostics import diagnose_run
+
+        results["diagnostics"] = diagnose_run(
+            run, args.split, max_examples=args.max_examples, gap_examples=None, seed=args.seed
+        )
     if args.json:
         _say(json.dumps(_strict_json(results), indent=2, allow_nan=False))
     else:
         _say(format_report(results))
+    return 0
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from pyrogen.evaluation.diagnostics import (
+        diagnose_run,
+        format_diagnostics,
+        refusal,
+        save_kl_figure,
+    )
+    from pyrogen.runtime import configure_threads, count_all_parameters
+
+    out = Path(args.out) if args.out else Path(args.run_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is not a folder")
+    run = _load_run(args.run_dir, args.device, args.checkpoint)
+    reason = refusal(run.model)
+    if reason is not None:
+        raise UsageError(f"{args.run_dir} is a {run.family} run; {reason}")
+    configure_threads(args.num_threads, count_all_parameters(run.learner.module))
+    result = diagnose_run(
+        run,
+        args.split,
+        max_examples=args.max_examples,
+        gap_examples=args.subset,
+        num_samples=args.is_samples,
+        refine_steps=args.refine_steps,
+        seed=args.seed,
+    )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        figure = save_kl_figure(result, out / "kl_per_dim.png")
+    except OSError as e:
+        raise UsageError(f"cannot write {out / 'kl_per_dim.png'}: {e.strerror or e}") from None
+    if args.json:
+        print(json.dumps(_strict_json(result), indent=2, allow_nan=False))
+    else:
+        print(format_diagnostics(result))
+        print(f"KL per dimension: {figure}" if figure else "KL per dimension: no figure")
     return 0
 
 
@@ -554,6 +600,42 @@ def build_parser() -> _Parser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or lines")
     run_options(p)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = command(
+        "diagnose",
+        "what a VAE run learned: active units, KL per dimension, I(x; z), inference gaps",
+        "Diagnose the latent space of a VAE run on a split: active units (Cov_x E_q[z_u | x] > "
+        "0.01), KL(q ‖ p) per latent dimension (a sorted bar figure kl_per_dim.png in the run "
+        "folder or --out), the minibatch estimate of I(x; z), and on a subset of examples the "
+        "approximation and amortisation gaps (log p(x), the amortised ELBO and the ELBO of a "
+        "diagonal Gaussian refined per example by SVI). Warns when fewer than half of the "
+        "units are active (posterior collapse).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument(
+        "--split", choices=["train", "valid", "test"], default="test", help="the split diagnosed"
+    )
+    p.add_argument(
+        "--max-examples",
+        type=_int_range(2, 1 << 31),
+        default=None,
+        help="a random subset of N examples",
+    )
+    p.add_argument(
+        "--subset", type=_int_range(1, 100_000), default=100, help="examples for the gaps"
+    )
+    p.add_argument(
+        "--refine-steps",
+        type=_int_range(0, 1_000_000),
+        default=100,
+        help="SVI steps refining each example's local q",
+    )
+    p.add_argument("--is-samples", type=COUNT, default=1000, help="K draws of each q")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of every diagnostic's stream")
+    p.add_argument("--out", metavar="DIR", help="folder of kl_per_dim.png (default: RUN_DIR)")
+    p.add_argument("--json", action="store_true", help="print strict JSON instead of a table")
+    run_options(p)
+    p.set_defaults(func=_cmd_diagnose)
 
     p = command(
         "compare",

@@ -133,7 +133,7 @@ def test_version(flag, capsys):
 
 
 @pytest.mark.parametrize(
-    "command", ["train", "config", "sample", "evaluate", "compare", "gradients"]
+    "command", ["train", "config", "sample", "evaluate", "diagnose", "compare", "gradients"]
 )
 def test_help_states_each_default_once_and_never_none(command, capsys):
     assert main([command, "--help"]) == 0

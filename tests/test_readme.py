@@ -25,6 +25,8 @@ def tiny(argv: list[str], calls: list[int]) -> list[str]:
         return [*argv, f"train.max_steps={calls[0]}", "--quiet"]
     if argv[0] == "evaluate":
         return [*argv, "--is-samples", "5", "--parzen-samples", "50", "--max-examples", "20"]
+    if argv[0] == "diagnose":
+        return [*argv, "--subset", "5", "--refine-steps", "5", "--is-samples", "10"]
     return argv
 
 
