@@ -176,6 +176,10 @@ STEP_CASES = {
     "vae tail_adaptive": VAE
     + ["elbo.name=tail_adaptive", "elbo.num_particles=3", "elbo.vectorize_particles=true"],
     "vae trace bf16": VAE + ["train.precision=bf16"],
+    "vae vamp": VAE + ["model.prior=vamp", "model.num_pseudo_inputs=5"],
+    "vae mog trace_graph": VAE + ["model.prior=mog", "elbo.name=trace_graph"],
+    # the floor applies to the union batch: dimension 0's mean KL is 0.093 on it, 0.095 on rank 0
+    "vae free_bits mean_field": VAE + ["elbo.free_bits=0.094", "elbo.name=mean_field"],
     "gan r1 bf16": GAN + ["adversarial.r1_penalty=1.0", "train.precision=bf16"],
     "vae conv gaussian": SGD
     + ["data.flatten=false", "model.architecture=conv", "model.likelihood=gaussian"]

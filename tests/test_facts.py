@@ -132,6 +132,11 @@ def test_every_guide_declares_its_facts_and_they_are_true(name):
     except NotImplementedError:
         analytic = False
     assert analytic == cls.analytic_kl, name
+    # factorised: q(z|x) is a product of per-dimension densities (elbo.free_bits reads them)
+    per_dim = isinstance(q, torch.distributions.Independent) and q.reinterpreted_batch_ndims == 1
+    assert isinstance(cls.factorised, bool) and cls.factorised == (
+        per_dim and tuple(q.base_dist.batch_shape) == (5, 3)
+    ), name
 
 
 @pytest.mark.parametrize("name", FLOWS.names())

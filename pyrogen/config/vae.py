@@ -11,7 +11,7 @@ from pyrogen.config.schema import MAX_COUNT, MAX_STEPS, MAX_WIDTH, num, sizes
 
 @dataclass
 class VAEModelConfig:
-    """z ~ N(0, I); x ~ likelihood(decoder(z))."""
+    """z ~ p(z) (N(0, I) or a learned prior); x ~ likelihood(decoder(z))."""
 
     family: Literal["vae"] = field(
         default="vae", metadata={"doc": "the model family: vae, flow or gan"}
@@ -35,6 +35,17 @@ class VAEModelConfig:
     activation: Literal["relu", "tanh", "softplus", "elu", "leaky_relu"] = field(
         default="relu", metadata={"doc": "nonlinearity of the networks"}
     )
+    prior: Literal["standard", "vamp", "mog"] = field(
+        default="standard",
+        metadata={
+            "doc": "p(z): N(0, I); vamp: (1/K) sum_k q(z | u_k), K learned pseudo-inputs u_k; "
+            "mog: a learned Gaussian mixture"
+        },
+    )
+    num_pseudo_inputs: int = num(
+        500, ge=1, le=MAX_COUNT, doc="vamp: K, the pseudo-inputs (from K random training examples)"
+    )
+    num_components: int = num(10, ge=1, le=MAX_COUNT, doc="mog: K, the mixture's components")
 
 
 @dataclass
@@ -82,3 +93,10 @@ class ELBOConfig:
         0, ge=0, le=MAX_STEPS, doc="KL weight β from 0 to elbo.beta over these steps"
     )
     beta: float = num(1.0, gt=0.0, le=1e3, doc="β-VAE: E_q[log p(x|z)] − β KL(q ‖ p); 1: the ELBO")
+    free_bits: float = num(
+        0.0,
+        ge=0.0,
+        le=1e3,
+        doc="free bits λ (nats per latent dimension): each dimension's batch-mean KL "
+        "is floored, max(λ, KL_j); 0: the ELBO",
+    )

@@ -34,6 +34,12 @@ class FlowFamily(Family):
     monitor = "log_prob"
 
     def validate(self, cfg: Config) -> None:
+        if cfg.elbo.free_bits != 0.0:
+            raise ConfigError(
+                f"elbo.free_bits={cfg.elbo.free_bits} floors the KL of a VAE's latent "
+                "dimensions; a flow has no latent variables: it is fitted by exact maximum "
+                "likelihood (remove elbo.free_bits)"
+            )
         if cfg.elbo.beta != 1.0:
             raise ConfigError(
                 f"elbo.beta={cfg.elbo.beta} weighs KL(q(z|x) ‖ p(z)) in a VAE's ELBO; "

@@ -21,6 +21,12 @@ class GANFamily(Family):
     validation_metrics = {"d_loss": None, "g_loss": None, "d_real": None, "d_fake": None}
 
     def validate(self, cfg: Config) -> None:
+        if cfg.elbo.free_bits != 0.0:
+            raise ConfigError(
+                f"elbo.free_bits={cfg.elbo.free_bits} floors the KL of a VAE's latent "
+                "dimensions; a GAN has no ELBO: it is fitted by its adversarial loss (remove "
+                "elbo.free_bits)"
+            )
         if cfg.elbo.beta != 1.0:
             raise ConfigError(
                 f"elbo.beta={cfg.elbo.beta} weighs KL(q(z|x) ‖ p(z)) in a VAE's ELBO; "

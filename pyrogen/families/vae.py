@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from pyrogen.config import Config, ConfigError
@@ -13,6 +14,7 @@ from pyrogen.families.base import Family, check_conv_shape, learner_options, mlp
 from pyrogen.inference.elbo import check_compatible, make_elbo
 from pyrogen.inference.variational import VariationalLearner
 from pyrogen.models.likelihoods import make_likelihood
+from pyrogen.models.priors import MixtureOfGaussiansPrior, VampPrior, num_prior_parameters
 from pyrogen.models.vae import VAE
 from pyrogen.nets import MLP, ConvDecoder, ConvEncoder
 from pyrogen.registry import ELBOS, GUIDES, check_name
@@ -27,6 +29,25 @@ def guide_options(cfg: Config) -> dict[str, Any]:
     return {
         k: getattr(g, k) for k in accepted if k not in ("name", "hidden_sizes") and hasattr(g, k)
     }
+
+
+def build_prior(cfg: Config, data: Dataset) -> nn.Module | None:
+    """The learned prior of ``model.prior`` (``None`` for the standard normal). The VampPrior's
+    K pseudo-inputs start as K training examples drawn without replacement (with replacement
+    when K exceeds the training set) and mapped to the model's space as a batch is, all from a
+    generator seeded by ``train.seed``: the run's random stream is not touched."""
+    m = cfg.model
+    if m.prior == "mog":
+        return MixtureOfGaussiansPrior(m.latent_dim, m.num_components)
+    if m.prior != "vamp":
+        return None
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    n, k = data.train.shape[0], m.num_pseudo_inputs
+    index = (
+        torch.randperm(n, generator=gen)[:k] if k <= n else torch.randint(n, (k,), generator=gen)
+    )
+    init = data.process(data.train[index.to(data.device)], gen)
+    return VampPrior(k, data.event_shape, init=init.reshape(k, *data.event_shape).cpu())
 
 
 class VAEFamily(Family):
@@ -48,6 +69,8 @@ class VAEFamily(Family):
             kl_warmup_steps=e.kl_warmup_steps,
             baseline=g.baseline,
             beta=e.beta,
+            free_bits=e.free_bits,
+            prior=m.prior,
         )
         if problem:
             raise ConfigError(problem)
@@ -91,6 +114,7 @@ class VAEFamily(Family):
         enc_hidden = g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]
         outputs = z * (2 + g.rank) + z * z  # at least any guide's encoder output
         total = mlp_size([z, *m.hidden_sizes, 2 * d]) + mlp_size([d, *enc_hidden, outputs])
+        total += num_prior_parameters(m.prior, z, d, m.num_pseudo_inputs, m.num_components)
         return total + GUIDES.get(g.name).num_parameters(z, **guide_options(cfg))
 
     def build_model(self, cfg: Config, data: Dataset) -> VAE:
@@ -119,7 +143,10 @@ class VAEFamily(Family):
         if options.get("baseline") == "neural":
             options["baseline_net"] = MLP(data.num_dims, [64], 1, "relu")
         guide = guide_cls(encoder, m.latent_dim, **options)
-        return VAE(None, decoder, m.latent_dim, data.event_shape, likelihood, guide=guide)
+        prior = build_prior(cfg, data)
+        return VAE(
+            None, decoder, m.latent_dim, data.event_shape, likelihood, guide=guide, prior=prior
+        )
 
     def networks(self, model: nn.Module) -> list[nn.Module]:
         return [model.decoder, model.guide.encoder]
@@ -138,5 +165,6 @@ class VAEFamily(Family):
             elbo,
             kl_warmup_steps=e.kl_warmup_steps,
             beta=e.beta,
+            free_bits=e.free_bits,
             **learner_options(cfg),
         )

@@ -224,6 +224,8 @@ def check_compatible(
     kl_warmup_steps: int = 0,
     baseline: str = "none",
     beta: float = 1.0,
+    free_bits: float = 0.0,
+    prior: str = "standard",
 ) -> str | None:
     """Why the guide called ``guide`` (a name in ``GUIDES``) cannot be trained with the
     estimator ``elbo`` (with these options), or ``None`` when the pair works. Messages use the
@@ -253,6 +255,16 @@ def check_compatible(
       and log q(z|x) gives the bound of a tempered joint, not E_q[log p(x|z)] − β KL. (A
       guide that is not reparameterised is fine: Pyro scales a site's log-density and entropy
       term but not its score-function term, so REINFORCE stays the gradient of the β-loss.)
+    * ``model.prior`` ``vamp`` or ``mog`` (a mixture) with ``mean_field``: no closed-form
+      KL(q ‖ mixture) exists and Pyro would silently fall back to the Monte Carlo term;
+    * ``elbo.free_bits`` > 0 (:class:`~pyrogen.inference.variational.FreeBits`: each
+      dimension's KL floored) needs a per-dimension KL, so a guide that factorises
+      (``factorised``: not ``low_rank_normal``, ``full_normal``, ``iaf``) and a prior that does
+      (not ``vamp``, ``mog``: log Σ_k π_k p_k(z) is not a sum over dimensions, and flooring
+      per-dimension Monte Carlo terms of it would floor nothing the objective contains); a
+      reparameterised guide (Pyro's score-function term would use the floored log q, not
+      the score of the distribution z was drawn from); and not with ``renyi``, ``rws``,
+      ``tail_adaptive`` (their particle weights contain no KL term to floor).
     """
     g, e = guide, elbo
     k, vec = num_particles, vectorize_particles
@@ -302,6 +314,37 @@ def check_compatible(
             f"bound in which scaling log p(z) and log q(z|x) is not a β-weighted KL (use "
             f"elbo.name=trace, mean_field or trace_graph, or elbo.beta=1)"
         )
+    mixture = prior in ("vamp", "mog")
+    if mixture and e in _MEAN_FIELD:
+        return (
+            f"elbo.name={e} computes KL(q(z|x) ‖ p(z)) in closed form, which model.prior={prior} "
+            f"(a mixture) does not have: Pyro would silently estimate it by Monte Carlo, which "
+            f"is what elbo.name=trace does (use elbo.name=trace)"
+        )
+    if free_bits > 0:
+        floor = f"elbo.free_bits={free_bits} floors each latent dimension's KL(q ‖ p)"
+        if e in ("renyi", "rws", "tail_adaptive"):
+            return (
+                f"{floor}; elbo.name={e} weighs particles by p(x,z)/q(z|x) and has no KL term "
+                f"to floor (use elbo.name=trace, mean_field or trace_graph, or elbo.free_bits=0)"
+            )
+        if mixture:
+            return (
+                f"{floor}, which needs a prior that factorises per dimension; model.prior="
+                f"{prior} is a mixture whose log p(z) is no sum over dimensions (use "
+                f"model.prior=standard or elbo.free_bits=0)"
+            )
+        if not q.factorised:
+            return (
+                f"{floor}, which needs a guide q(z|x) = Π_j q(z_j|x); guide.name={g} does not "
+                f"factorise per dimension (use guide.name=diagonal_normal or elbo.free_bits=0)"
+            )
+        if not q.reparameterised:
+            return (
+                f"{floor}, which needs a reparameterised guide: with guide.name={g} Pyro's "
+                f"score-function term would use the floored log q(z|x) (use guide.name="
+                f"diagonal_normal or elbo.free_bits=0)"
+            )
     if e in ("jit_trace", "jit_trace_graph", "jit_trace_enum") and kl_warmup_steps > 0:
         return (
             f"elbo.kl_warmup_steps needs a KL weight that changes every step, but elbo.name={e} "

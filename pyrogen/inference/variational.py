@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions import TorchDistribution
 from pyro.infer import ELBO, Trace_ELBO, TraceTailAdaptive_ELBO
 from pyro.infer.util import is_validation_enabled
+from pyro.poutine.subsample_messenger import _Subsample
 from torch import nn
-from torch.distributions import constraints
+from torch.distributions import Independent, constraints, kl_divergence, register_kl
 from torch.overrides import TorchFunctionMode
 
 from pyrogen.config import ELBOConfig, check_argument
@@ -67,6 +69,136 @@ class ScaleLatents(poutine.messenger.Messenger):
             msg["scale"] = msg["scale"] * self.beta
 
 
+class FreeBits(poutine.messenger.Messenger):
+    """Free bits (Kingma et al. 2016, "Improved variational inference with inverse
+    autoregressive flow", App. C.8) as a Pyro effect. In a batch of N examples each latent
+    dimension j's KL term S_j = Σ_n KL(q(z_nj | x_n) ‖ p(z_nj)) becomes max(N λ, S_j), i.e. the
+    batch-mean KL of the dimension is floored at λ nats::
+
+        loss = −Σ_n E_q[log p(x_n | z_n)] + Σ_j max(N λ, S_j)
+
+    A dimension at or below the floor contributes the constant N λ and no gradient, so the
+    encoder may spend those nats on reconstruction; the others contribute their KL as before.
+
+    Every latent site is met twice per particle: in the guide (q), then in the model (p,
+    replayed on the guide's draw). Both distributions are wrapped to score only dimensions above
+    the floor, with m_j = [S_j > N λ] (no gradient)::
+
+        log q̃(z_n) = Σ_j m_j log q(z_nj),   log p̃(z_n) = Σ_j [m_j log p(z_nj) − (1 − m_j) λ]
+
+    so Σ_n (log p̃ − log q̃) = −Σ_j max(N λ, S_j). S_j is the estimator's own KL: the Monte
+    Carlo Σ_n log q(z_nj) − log p(z_nj) on the draws for the estimators that score sites
+    (``trace``, ``trace_graph``, their JIT versions), the closed form Σ_n KL(q_nj ‖ p_nj) for
+    ``mean_field`` (which asks for KL(q̃ ‖ p̃): registered below). Under DDP ``reduce`` sums S
+    and N over the ranks, so the floor applies to the union batch as in one process.
+
+    Needs q and p that factorise per dimension (``Independent`` over one event dimension): a
+    site that does not is a ``ValueError`` (configs refuse such guides and priors earlier)."""
+
+    def __init__(
+        self, free_bits: float, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
+        super().__init__()
+        if not free_bits > 0:
+            raise ValueError(f"free_bits must be > 0 (0 is the ELBO: no effect), got {free_bits}")
+        self.free_bits = float(free_bits)
+        self.reduce = reduce
+        self._pending: dict[str, _FreeBitsPair] = {}
+
+    def _process_message(self, msg: dict[str, Any]) -> None:
+        if msg["type"] != "sample" or msg["is_observed"] or isinstance(msg["fn"], _Subsample):
+            return  # observed sites and plates' index sites are not latents
+        fn, name = msg["fn"], msg["name"]
+        if not (isinstance(fn, Independent) and fn.reinterpreted_batch_ndims == 1):
+            raise ValueError(
+                f"free bits need a latent site whose density factorises per dimension (an "
+                f"Independent over one event dimension); site {name!r} has {type(fn).__name__}"
+            )
+        pair = self._pending.pop(name, None)
+        if pair is None:  # the guide's draw comes first
+            self._pending[name] = pair = _FreeBitsPair(fn, self.free_bits, self.reduce)
+            msg["fn"] = _FlooredDims(fn, pair, model_side=False)
+        else:  # the model's site, replayed on that draw
+            pair.p = fn
+            msg["fn"] = _FlooredDims(fn, pair, model_side=True)
+
+
+class _FreeBitsPair:
+    """q and p of one latent site in one particle, and the masks m_j = [S_j > N λ] computed
+    (once per kind, without gradient) from the Monte Carlo or the closed-form S_j."""
+
+    def __init__(self, q: Independent, free_bits: float, reduce: Callable | None) -> None:
+        self.q, self.p = q, None
+        self.free_bits, self.reduce = free_bits, reduce
+        self.masks: dict[str, torch.Tensor] = {}
+
+    def mask(self, kl: torch.Tensor, kind: str) -> torch.Tensor:
+        """m of shape ``(..., 1, D)`` from the per-example, per-dimension KL ``(..., N, D)``."""
+        if kind not in self.masks:
+            kl = kl.detach()
+            total, n = kl.sum(-2, keepdim=True), kl.shape[-2]
+            if self.reduce is None:
+                above = total > n * self.free_bits
+            else:  # the union batch: Σ over ranks of S and of N
+                both = self.reduce(torch.cat([total.flatten(), total.new_tensor([n])]))
+                above = (both[:-1] > both[-1] * self.free_bits).reshape(total.shape)
+            self.masks[kind] = above.to(device=kl.device, dtype=kl.dtype)
+        return self.masks[kind]
+
+    def monte_carlo_mask(self, z: torch.Tensor) -> torch.Tensor:
+        if "mc" in self.masks:
+            return self.masks["mc"]
+        if self.p is None:
+            raise ValueError("free bits: the guide's latent site was scored before the model's")
+        return self.mask(self.q.base_dist.log_prob(z) - self.p.base_dist.log_prob(z), "mc")
+
+
+_NO_SHAPE = torch.Size()
+
+
+class _FlooredDims(TorchDistribution):
+    """q̃ or p̃ of :class:`FreeBits`: samples are ``fn``'s, ``log_prob`` scores only the
+    dimensions above the floor (plus −λ per floored dimension on the model's side)."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, fn: Independent, pair: _FreeBitsPair, model_side: bool) -> None:
+        self.fn, self.pair, self.model_side = fn, pair, model_side
+        super().__init__(fn.batch_shape, fn.event_shape, validate_args=False)
+
+    @property
+    def support(self):  # noqa: ANN201
+        return self.fn.support
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.fn.has_rsample
+
+    def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
+        return self.fn.sample(sample_shape)
+
+    def rsample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
+        return self.fn.rsample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        m = self.pair.monte_carlo_mask(value)
+        log_prob = (m * self.fn.base_dist.log_prob(value)).sum(-1)
+        if self.model_side:
+            log_prob = log_prob - self.pair.free_bits * (1 - m).sum(-1)
+        return log_prob
+
+
+@register_kl(_FlooredDims, _FlooredDims)
+def _kl_floored_dims(q: _FlooredDims, p: _FlooredDims) -> torch.Tensor:
+    """KL(q̃ ‖ p̃) = Σ_j [m_j KL(q_j ‖ p_j) + (1 − m_j) λ] per example, m from the closed-form
+    S_j (``NotImplementedError`` where torch has no closed form per dimension)."""
+    if q.model_side or not p.model_side or q.pair is not p.pair:
+        raise NotImplementedError
+    kl = kl_divergence(q.fn.base_dist, p.fn.base_dist)
+    m = q.pair.mask(kl, "analytic")
+    return (m * kl).sum(-1) + q.pair.free_bits * (1 - m).sum(-1)
+
+
 def is_jit(elbo: ELBO) -> bool:
     return type(elbo).__name__.startswith("Jit")
 
@@ -100,12 +232,15 @@ class VariationalLearner:
             −(E_q[log p(x|z)] − β KL) (a β-VAE; 1: the ELBO), applied as a Pyro effect
             (:class:`ScaleLatents`); kl_warmup_steps: β rises linearly from 0 to ``beta``
             over these steps.
+        free_bits: λ > 0 floors each latent dimension's batch-mean KL at λ nats
+            (:class:`FreeBits`, Kingma et al. 2016); 0: the ELBO (the effect is not applied).
         precision: ``32`` (float32), ``"bf16"`` or ``"16-mixed"``: the loss's forward pass
             runs under ``torch.autocast`` in bfloat16 or float16 (float16 with a gradient
             scaler); evaluation always runs in float32.
 
     ``loss`` is per example: −ELBO / batch size (nats; the β-weighted ELBO when β ≠ 1,
-    reported with ``kl_beta``). ``evaluate`` reports the plain
+    reported with ``kl_beta``; with free bits the
+    floored loss). ``evaluate`` reports the plain
     Monte Carlo ELBO (``Trace_ELBO``, one particle) whatever the training estimator, so runs
     trained with different estimators (or β) are compared on the same quantity; for a flow (no
     latent sites) it is the exact log-likelihood.
@@ -150,8 +285,10 @@ class VariationalLearner:
         kl_warmup_steps: int = 0,
         precision: int | str = 32,
         beta: float = 1.0,
+        free_bits: float = 0.0,
     ) -> None:
         check_argument(ELBOConfig, "beta", beta)
+        check_argument(ELBOConfig, "free_bits", free_bits)
         if guide is None:
             guide = getattr(model, "guide", None)
             guide = guide if isinstance(guide, nn.Module) else EmptyGuide()
@@ -174,7 +311,13 @@ class VariationalLearner:
                 f"beta={beta} weighs KL(q(z|x) ‖ p(z)), but this model has no guide (no "
                 "latent variables, e.g. a flow): use beta=1"
             )
+        if free_bits > 0 and isinstance(guide, EmptyGuide):
+            raise ValueError(
+                f"free_bits={free_bits} floors the KL of each latent dimension, but this model "
+                "has no guide (no latent variables, e.g. a flow): use free_bits=0"
+            )
         self.beta = beta
+        self.free_bits = free_bits
         self.kl_warmup_steps = kl_warmup_steps
         self.num_steps = 0
         # Pyro keeps a decaying-average baseline per position in the batch: it needs batches
@@ -273,13 +416,16 @@ class VariationalLearner:
     def _step_context(self, args: tuple, beta: float) -> Iterator[None]:
         """What every training step runs in: this learner's param store (compiling a JIT
         estimator on the first step), pyrogen's param statements where Pyro's estimator reads
-        param sites, Pyro's argument checks on the first step only, and the KL weight β
-        (entered before compiling)."""
+        param sites, Pyro's argument checks on the first step only, the KL weight β and the
+        free-bits floor (both entered before compiling)."""
         with ExitStack() as stack:
             stack.enter_context(self.own_param_store())
             stack.enter_context(param_statements(self._needs_statements))
             if beta != 1.0:  # before compiling: JitTrace_ELBO keeps the β it was compiled with
                 stack.enter_context(ScaleLatents(beta))
+            if self.free_bits > 0:  # also before compiling: the JIT keeps the floor's ops
+                reduce = distributed.all_reduce_sum if self.world_size > 1 else None
+                stack.enter_context(FreeBits(self.free_bits, reduce))
             if not self._compiled:
                 self._compile(args)
             # Pyro's argument checks run on the first step, where a user's mistake shows (e.g.

@@ -69,8 +69,9 @@ class AmortisedGuide(nn.Module):
 
     **Facts** the rest of pyrogen reads instead of testing a guide's name (a new guide sets
     those that differ from these defaults; CONTRIBUTING.md): ``reparameterised``,
-    ``analytic_kl``, :meth:`options` (from the constructor's signature: a config passes the
-    ``guide`` section's keys of the same names), :meth:`problem` and :meth:`num_parameters`.
+    ``analytic_kl``, ``factorised``, :meth:`options` (from the constructor's signature: a
+    config passes the ``guide`` section's keys of the same names), :meth:`problem` and
+    :meth:`num_parameters`.
     """
 
     infer: dict[str, Any] = {}
@@ -80,6 +81,9 @@ class AmortisedGuide(nn.Module):
     #: torch knows KL(q(z|x) ‖ N(0, I)) in closed form, so ``TraceMeanField_ELBO`` computes it
     #: exactly (without, Pyro silently falls back to a Monte Carlo estimate)
     analytic_kl: ClassVar[bool] = True
+    #: q(z | x) = Π_j q(z_j | x): ``posterior`` is an ``Independent`` over per-dimension
+    #: densities, so each dimension's KL(q(z_j|x) ‖ p(z_j)) exists (``elbo.free_bits`` needs it)
+    factorised: ClassVar[bool] = False
     #: constructor parameters a config never sets (they are the family's or built by it)
     not_options: ClassVar[tuple[str, ...]] = ("encoder", "latent_dim", "name")
 
@@ -141,6 +145,8 @@ class AmortisedGuide(nn.Module):
 class DiagonalNormalGuide(AmortisedGuide):
     """q_φ(z | x) = N(μ(x), diag σ²(x)), σ = softplus(·) + 1e-4; the encoder outputs
     (μ, raw σ): 2 × latent_dim numbers."""
+
+    factorised = True
 
     def loc_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw = self.features(x).chunk(2, dim=-1)

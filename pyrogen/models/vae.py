@@ -55,6 +55,8 @@ class VAE(GenerativeProcess):
             :class:`~pyrogen.models.likelihoods.Likelihood`.
         guide: an amortised guide (e.g. ``IAFGuide(encoder, latent_dim)``) instead of
             ``encoder``.
+        prior: a learned prior module (:mod:`pyrogen.models.priors`: ``VampPrior``,
+            ``MixtureOfGaussiansPrior``) whose ``forward(guide)`` is p(z); default N(0, I).
 
     ``forward`` (alias ``model``) is the Pyro model; ``guide`` the Pyro guide.
     """
@@ -69,6 +71,7 @@ class VAE(GenerativeProcess):
         event_shape: int | Sequence[int],
         likelihood: str | Likelihood = "bernoulli",
         guide: AmortisedGuide | None = None,
+        prior: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if (encoder is None) == (guide is None):
@@ -94,10 +97,14 @@ class VAE(GenerativeProcess):
             )
         self.register_buffer("prior_loc", torch.zeros(self.latent_dim))
         self.register_buffer("prior_scale", torch.ones(self.latent_dim))
+        self.prior_module = prior
 
     # ------------------------------------------------------------------ p(z), p(x | z)
     def prior(self) -> dist.Distribution:
-        """p(z) = N(0, I), built from buffers so it follows the module's device."""
+        """p(z): N(0, I), built from buffers so it follows the module's device, or the learned
+        prior's mixture (its parameters are the module's, so they move and checkpoint too)."""
+        if self.prior_module is not None:
+            return self.prior_module(self.guide)
         return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
 
     def decode(self, z: torch.Tensor) -> dist.Distribution:

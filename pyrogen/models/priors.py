@@ -1,0 +1,136 @@
+"""Learned priors p_λ(z) for the VAE (``model.prior``), each an exact mixture density::
+
+    standard   p(z) = N(z; 0, I)                                     (the VAE's own buffers)
+    vamp       p(z) = (1/K) Σ_k q_φ(z | u_k)                         (Tomczak & Welling, 2018)
+    mog        p(z) = Σ_k π_k N(z; μ_k, diag σ_k²),  π = softmax(a)  (a learned Gaussian mixture)
+
+The VampPrior's K pseudo-inputs u_k live in the data's space and go through the VAE's own
+encoder (the guide's ``posterior``), so prior and posterior share φ. Both learned priors are a
+:class:`Mixture` (Pyro's ``MixtureSameFamily``) whose ``log_prob`` is the exact
+
+    log p(z) = logsumexp_k (log π_k + log p_k(z))
+
+so every estimator that scores the model's ``z`` site (``Trace_ELBO`` and friends) and the
+importance-sampled log p(x) use the mixture density with no loss code of their own; ``sample``
+picks a component k ~ π, then draws from p_k. A mixture has no closed-form KL(q ‖ p): the
+``mean_field`` estimators refuse these priors.
+
+A prior module's ``forward(guide)`` returns p(z) (batch shape ``()``, event shape
+``(latent_dim,)``); the MoG ignores the guide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+#: ``model.prior`` values: the standard normal and the learned priors below
+PRIORS = ("standard", "vamp", "mog")
+#: the smallest component scale of the MoG prior
+MIN_SCALE = 1e-4
+
+
+class Mixture(dist.MixtureSameFamily):
+    """Pyro's ``MixtureSameFamily``, log p(z) = logsumexp_k (log π_k + log p_k(z)), with each z
+    expanded over the K components before the components score it (instead of broadcast
+    from a size-1 dimension): a flow posterior (the ``iaf`` guide) conditioned on K contexts
+    scores only inputs whose batch already holds the K."""
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.unsqueeze(-1 - self._event_ndims)
+        shape = list(x.shape)
+        shape[-1 - self._event_ndims] = self._num_component
+        return x.expand(shape)
+
+    def expand(self, batch_shape: Sequence[int], _instance: Mixture | None = None) -> Mixture:
+        new = self._get_checked_instance(Mixture, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+
+class VampPrior(nn.Module):
+    """p(z) = (1/K) Σ_k q_φ(z | u_k), the "variational mixture of posteriors" prior, with K
+    learned pseudo-inputs u_k of the data's shape.
+
+    Args:
+        num_pseudo_inputs: K (500 in Tomczak & Welling's experiments).
+        event_shape: the shape of one example (the encoder's input).
+        init: the pseudo-inputs' initial values, shape ``(K, *event_shape)``; default
+            N(0.5, 0.01²) per coordinate (the middle of [0, 1], for image data).
+    """
+
+    def __init__(
+        self,
+        num_pseudo_inputs: int,
+        event_shape: int | Sequence[int],
+        init: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if num_pseudo_inputs < 1:
+            raise ValueError(f"num_pseudo_inputs must be >= 1, got {num_pseudo_inputs}")
+        shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+        k = int(num_pseudo_inputs)
+        if init is None:
+            init = 0.5 + 0.01 * torch.randn(k, *shape)
+        if tuple(init.shape) != (k, *shape):
+            raise ValueError(f"init has shape {tuple(init.shape)}, the pseudo-inputs {(k, *shape)}")
+        self.num_pseudo_inputs = k
+        self.pseudo_inputs = nn.Parameter(init.detach().clone().float())
+
+    def forward(self, guide: nn.Module) -> Mixture:
+        """p(z): the guide's posteriors at the pseudo-inputs, mixed with equal weights."""
+        components = guide.posterior(self.pseudo_inputs)  # batch (K,), event (latent_dim,)
+        logits = self.pseudo_inputs.new_zeros(self.num_pseudo_inputs)
+        return Mixture(dist.Categorical(logits=logits), components)
+
+
+class MixtureOfGaussiansPrior(nn.Module):
+    """p(z) = Σ_k π_k N(z; μ_k, diag σ_k²) with learned means μ_k, scales σ_k = exp(s_k) + 1e-4
+    and weights π = softmax(a).
+
+    Args:
+        latent_dim: dimension of z.
+        num_components: K.
+
+    The means start as draws from N(0, I) (spread over the standard prior's mass), the scales
+    at about 1 and the weights equal.
+    """
+
+    def __init__(self, latent_dim: int, num_components: int) -> None:
+        super().__init__()
+        if latent_dim < 1 or num_components < 1:
+            raise ValueError(
+                f"latent_dim and num_components must be >= 1, got {latent_dim}, {num_components}"
+            )
+        self.num_components = int(num_components)
+        self.means = nn.Parameter(torch.randn(num_components, latent_dim))
+        self.log_scales = nn.Parameter(torch.zeros(num_components, latent_dim))
+        self.logits = nn.Parameter(torch.zeros(num_components))
+
+    def forward(self, guide: nn.Module | None = None) -> Mixture:
+        """p(z) (the guide is not used)."""
+        scales = self.log_scales.exp() + MIN_SCALE
+        components = dist.Normal(self.means, scales).to_event(1)
+        return Mixture(dist.Categorical(logits=self.logits), components)
+
+
+def num_prior_parameters(
+    prior: str, latent_dim: int, num_dims: int, num_pseudo_inputs: int, num_components: int
+) -> int:
+    """How many numbers the prior learns: K·D pseudo-inputs (vamp), K(2·latent_dim + 1) (mog)."""
+    if prior == "vamp":
+        return num_pseudo_inputs * num_dims
+    if prior == "mog":
+        return num_components * (2 * latent_dim + 1)
+    return 0
+
+
+__all__ = [
+    "PRIORS",
+    "Mixture",
+    "MixtureOfGaussiansPrior",
+    "VampPrior",
+    "num_prior_parameters",
+]
