@@ -16,7 +16,7 @@ Example::
 
     >>> from pyrogen.families import FAMILIES
     >>> sorted(FAMILIES)
-    ['flow', 'gan', 'vae']
+    ['flow', 'gan', 'ssvae', 'vae']
 """
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ from __future__ import annotations
 from pyrogen.families.base import Family
 from pyrogen.families.flow import FlowFamily
 from pyrogen.families.gan import GANFamily
+from pyrogen.families.ssvae import SSVAEFamily
 from pyrogen.families.vae import VAEFamily
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (VAEFamily(), FlowFamily(), GANFamily())}
+FAMILIES: dict[str, Family] = {
+    f.name: f for f in (VAEFamily(), FlowFamily(), GANFamily(), SSVAEFamily())
+}
 
 
 def family_of(cfg) -> Family:
