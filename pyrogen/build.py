@@ -132,5 +132,6 @@ def build(
         for net in family_of(cfg).networks(model):
             net.compile()  # in place: parameter names, and so checkpoints, are unchanged
     learner = build_learner(cfg, model)
+    family_of(cfg).attach_data(learner, dataset)
     learner.module.to(device)
     return dataset, learner

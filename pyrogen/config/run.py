@@ -32,18 +32,22 @@ from pyrogen.config.schema import (
     read_yaml_file,
     section_rows,
 )
+from pyrogen.config.ssvae import SSVAEModelConfig
 from pyrogen.config.vae import ELBOConfig, GuideConfig, VAEModelConfig
 
 # --------------------------------------------------------------------------------------
 # the model section of each family
 # --------------------------------------------------------------------------------------
 
-ModelConfig = VAEModelConfig | FlowModelConfig | GANModelConfig | ProgramModelConfig
+ModelConfig = (
+    VAEModelConfig | FlowModelConfig | GANModelConfig | ProgramModelConfig | SSVAEModelConfig
+)
 MODEL_CONFIGS: dict[str, type] = {
     "vae": VAEModelConfig,
     "flow": FlowModelConfig,
     "gan": GANModelConfig,
     "program": ProgramModelConfig,
+    "ssvae": SSVAEModelConfig,
 }
 
 # --------------------------------------------------------------------------------------
@@ -112,6 +116,9 @@ class DataConfig:
     )
     num_test: int | None = num(
         None, ge=1, le=1 << 31, doc="test examples (toy sizes / a subset of files)"
+    )
+    labelled: int | None = num(
+        None, ge=10, le=1 << 31, doc="semisupervised_mnist: labelled examples, balanced per class"
     )
     noise: float | None = num(None, ge=0.0, le=1e3, doc="noise level of 2-D toy densities")
     flatten: bool = field(

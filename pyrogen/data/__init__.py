@@ -34,7 +34,7 @@ from pyrogen.data.preprocess import (
 )
 
 # importing these modules registers their data sets in pyrogen.registry.DATASETS
-from pyrogen.data import digits, images, toy, user_datasets  # noqa: E402, F401  isort: skip
+from pyrogen.data import digits, images, semisupervised, toy, user_datasets  # noqa: E402, F401  isort: skip
 
 __all__ = [
     "DataError",

@@ -17,6 +17,7 @@ from pyrogen.evaluation.report import model_kind
 from pyrogen.evaluation.vae_figures import save_vae_figures
 from pyrogen.models.flow import Flow
 from pyrogen.models.likelihoods import BernoulliLikelihood
+from pyrogen.models.ssvae import SSVAE
 from pyrogen.models.vae import VAE
 
 
@@ -24,6 +25,8 @@ def samples_figure(run: Any, n: int) -> Figure | None:
     """``n`` samples x ~ p(x) of ``run``'s model: an image grid (for a Bernoulli VAE, the
     draws x ~ p(x | z) beside the decoder means E[x | z] of the same z: binary draws alone
     read as failure), or samples over the test data in 2-D; ``None`` for other points."""
+    if isinstance(run.model, SSVAE):
+        return class_grid_figure(run.model, run.dataset, max(1, n // run.model.num_classes))
     ds, kind = run.dataset, model_kind(run.model)
     if ds.kind == "image":
         if isinstance(run.model, VAE) and isinstance(run.model.likelihood, BernoulliLikelihood):
@@ -42,6 +45,16 @@ def samples_figure(run: Any, n: int) -> Figure | None:
         title = f"{max(n, 2000)} samples of the {kind}"
         return plots.points_figure(run.sample(max(n, 2000)), ds.test, title, lim)
     return None
+
+
+def class_grid_figure(model: SSVAE, ds: Any, num_styles: int) -> Figure:
+    """The semi-supervised VAE's class-conditional samples: decoder means E[x | y, z], one
+    row per style z ~ p(z), one column per class y."""
+    model.eval()
+    grid = model.class_grid(num_styles)
+    k = model.num_classes
+    title = f"E[x | y, z]: rows {num_styles} styles z ~ p(z), columns y = 0..{k - 1}"
+    return plots.image_grid_figure(grid, ds.image_shape, nrow=model.num_classes, title=title)
 
 
 def curve_labels(learner: Any) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The family table: one object per family (VAE, flow, GAN) that builds its model and learner
+"""The family table: one object per family (VAE, flow, GAN, a user's
+Pyro program, the semi-supervised VAE) that builds its model and learner
 from a config, evaluates its own log-likelihoods and draws its own figures.
 
 =======  ===============================  =====================================================
@@ -12,13 +13,15 @@ gan      ``GAN(generator, discr., ...)``  :class:`~pyrogen.inference.adversarial
                                           AdversarialLearner` (Goodfellow et al., Alg. 1)
 program  ``PyroProgram(model, guide)``     the variational learner; the pair is given from
                                           Python (``pyrogen.train(cfg, model=, guide=)``)
+ssvae    ``SSVAE(...)`` (M2)              the semi-supervised learner: TraceEnum_ELBO with y
+                                          summed out where unlabelled, + α log q(y|x)
 =======  ===============================  =====================================================
 
 Example::
 
     >>> from pyrogen.families import FAMILIES
     >>> sorted(FAMILIES)
-    ['flow', 'gan', 'program', 'vae']
+    ['flow', 'gan', 'program', 'ssvae', 'vae']
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from pyrogen.families.base import Family
 from pyrogen.families.flow import FlowFamily
 from pyrogen.families.gan import GANFamily
 from pyrogen.families.program import ProgramFamily
+from pyrogen.families.ssvae import SSVAEFamily
 from pyrogen.families.vae import VAEFamily
 
 FAMILIES: dict[str, Family] = {
-    f.name: f for f in (VAEFamily(), FlowFamily(), GANFamily(), ProgramFamily())
+    f.name: f for f in (VAEFamily(), FlowFamily(), GANFamily(), ProgramFamily(), SSVAEFamily())
 }
 
 

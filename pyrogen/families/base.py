@@ -58,6 +58,10 @@ class Family:
             f"{self.name} is built from its config"
         )
 
+    def attach_data(self, learner: Learner, data: Dataset) -> None:
+        """Give the learner what it draws from the data itself, beyond the loop's batches
+        (the semi-supervised learner's labelled set); nothing for most families."""
+
     def estimate_parameters(self, cfg: Config, data: Dataset) -> int:
         """About how many parameters :meth:`build_model` would allocate (the sum of the weight
         matrices of its networks), computed from the config before allocating anything."""
