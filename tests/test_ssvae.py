@@ -16,7 +16,7 @@ from torch import nn
 
 import pyrogen
 from conftest import assert_same, flat, state_of
-from pyrogen.config import ConfigError
+from pyrogen.config import ConfigError, EvaluationConfig
 from pyrogen.data.errors import DataError
 from pyrogen.data.semisupervised import balanced_subset
 from pyrogen.evaluation.figures import class_grid_figure
@@ -200,3 +200,19 @@ def test_resume_mid_epoch_equals_the_uninterrupted_run(tmp_path):
     again = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
     assert_same(flat(last["learner"]), flat(again["learner"]), "learner")
     assert_same(state_of(whole), state_of(resumed))
+
+
+@needs_mnist
+def test_evaluate_reports_the_bound_is_log_likelihood_and_test_accuracy(tmp_path):
+    """pyrogen.evaluate on an M2 run: the ELBO with y summed out, IS log p(x) with (y, z)
+    drawn from q(y|x) q(z|x,y) (>= the ELBO within error), and the classifier's test accuracy
+    equal to counting its hits by hand."""
+    run = pyrogen.train(tiny_cfg(), run_dir=tmp_path / "run", quiet=True)
+    report = pyrogen.evaluate(run, EvaluationConfig(split="test", is_samples=200))
+    est = report["estimates"]
+    assert report["family"] == "ssvae"
+    x, y = run.dataset.test, run.dataset.test_labels
+    assert est["accuracy"]["mean"] == (run.model.classify(x) == y).double().mean().item()
+    assert est["accuracy"]["n"] == 50 and est["accuracy"]["unit"] == "fraction"
+    logp, elbo = est["importance_sampled"], est["elbo"]
+    assert logp["mean"] > elbo["mean"] - 3 * elbo["stderr"]

@@ -30,6 +30,7 @@ are gathered, so the numbers are those of one process.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import replace
 from types import SimpleNamespace
@@ -41,8 +42,11 @@ from pyrogen.config import ConfigError, EvaluationConfig
 from pyrogen.data import Dataset
 from pyrogen.evaluation.flow_metrics import flow_log_likelihood
 from pyrogen.evaluation.loglik import (
+    KHAT_THRESHOLD,
+    PsisWarning,
     evaluate_elbo,
     importance_sampling,
+    psis_min_samples,
     summed_out_log_weights,
 )
 from pyrogen.evaluation.parzen import parzen_log_likelihood, select_sigma
@@ -53,6 +57,7 @@ from pyrogen.inference.elbo import check_compatible, make_elbo
 from pyrogen.models.flow import Flow
 from pyrogen.models.gan import GAN
 from pyrogen.models.program import PyroProgram
+from pyrogen.models.ssvae import SSVAE
 from pyrogen.models.vae import VAE
 from pyrogen.parallel import distributed
 from pyrogen.progress import line
@@ -73,8 +78,10 @@ __all__ = [
 def model_kind(model: torch.nn.Module) -> str:
     """``"vae"`` (a latent-variable model with an amortised guide), ``"flow"`` (an exact
     density), ``"gan"`` (a sampler without a likelihood) or ``"program"`` (a Pyro program
-    given from Python), by the model's class; a ``TypeError`` for anything else."""
-    for cls, kind in ((VAE, "vae"), (Flow, "flow"), (GAN, "gan"), (PyroProgram, "program")):
+    given from Python) or ``"ssvae"`` (M2, a class label y beside z), by the model's class; a
+    ``TypeError`` for anything else."""
+    kinds = ((VAE, "vae"), (Flow, "flow"), (GAN, "gan"), (PyroProgram, "program"), (SSVAE, "ssvae"))
+    for cls, kind in kinds:
         if isinstance(model, cls):
             return kind
     raise TypeError(f"pyrogen.evaluate takes {ACCEPTED}; got {type(model).__name__}")
@@ -102,8 +109,11 @@ def likelihood_estimates(
     exact log-likelihood (and bits/dim for images); for a GAN nothing."""
     if isinstance(run.model, Flow):
         return flow_log_likelihood(run.model, x, run.dataset, y=y, seed=ev.seed)
-    if not isinstance(run.model, VAE | PyroProgram):
+    if not isinstance(run.model, VAE | PyroProgram | SSVAE):
         return {}
+    accuracy = {}
+    if isinstance(run.model, SSVAE) and y is not None:
+        accuracy = {"accuracy": classification_accuracy(run.model, x, y)}
 
     vae = run.model
     weights: dict[str, Any] = {}
@@ -145,7 +155,19 @@ def likelihood_estimates(
     }
     for spec in ev.bounds:
         out.update(estimator_bound(run, x, spec, ev.seed))
-    return out
+    return {**out, **accuracy}
+
+
+def classification_accuracy(model: SSVAE, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """The share of examples whose argmax_y q(y | x) is their label, with its binomial
+    standard error √(p(1 − p)/n)."""
+    hits = torch.cat(
+        [model.classify(xb) == yb for xb, yb in zip(x.split(1000), y.split(1000), strict=True)]
+    )
+    p = hits.double().mean().item()
+    n = hits.numel()
+    stderr = math.sqrt(p * (1 - p) / n) if n > 1 else None
+    return {"mean": p, "stderr": stderr, "n": n, "unit": "fraction", "kind": "classification"}
 
 
 def psis_summary(
@@ -156,8 +178,6 @@ def psis_summary(
     ``psis_diagnostic``; ``max`` is then ``inf``), or ``None`` values with a ``reason`` when K
     is too small for a tail fit. Warns (:class:`~pyrogen.evaluation.loglik.PsisWarning`) with
     the examples whose k̂ > 0.7, by their ``index`` (their position by default)."""
-    from pyrogen.evaluation.loglik import KHAT_THRESHOLD, PsisWarning, psis_min_samples
-
     share = f"share_above_{KHAT_THRESHOLD}"
     if khat is None:
         reason = f"K={num_samples} < {psis_min_samples()}: too few weights for a Pareto tail fit"
