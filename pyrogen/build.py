@@ -42,8 +42,10 @@ def validate(cfg: Config, has_data: bool = False) -> Config:
                 f"data.name={d.name} needs data.path ({what}), or pass the data from Python: "
                 "pyrogen.train(cfg, data=x)"
             )
-    family_of(cfg).validate(cfg)
-    family_of(cfg).monitor_of(cfg)
+    family = family_of(cfg)
+    family.check_kl_weights(cfg)
+    family.validate(cfg)
+    family.monitor_of(cfg)
     device = resolve_device(cfg.train.device)
     if cfg.train.precision == "16-mixed" and device.type != "cuda":
         raise ConfigError(

@@ -17,6 +17,7 @@ from conftest import POINTS, VAE_DIGITS, tiny
 from pyrogen.cli import main
 from pyrogen.evaluation.diagnostics import (
     PosteriorCollapseWarning,
+    Refinement,
     active_units,
     amortisation_gap,
     diagnose_vae,
@@ -138,7 +139,7 @@ def test_with_the_exact_posterior_the_elbo_is_log_p_and_refining_cannot_beat_it(
     marginal = torch.distributions.MultivariateNormal(mu, w @ w.T + sigma**2 * torch.eye(5))
     exact = marginal.log_prob(x).double().mean().item()
     torch.manual_seed(0)
-    gap = amortisation_gap(vae.model, vae.guide, x, num_samples=200, steps=30)
+    gap = amortisation_gap(vae.model, vae.guide, x, num_samples=200, refine=Refinement(steps=30))
     assert gap["elbo_amortised"]["mean"] == pytest.approx(exact, abs=1e-4)
     assert gap["log_p"]["mean"] == pytest.approx(exact, abs=3e-3)
     approx = gap["approximation_gap"]

@@ -25,6 +25,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -212,18 +213,24 @@ def _local_start(guide: AmortisedGuide, x: torch.Tensor) -> tuple[torch.Tensor, 
     return mean, sd.clamp_min(1e-3)
 
 
+@dataclass(frozen=True)
+class Refinement:
+    """How each example's local q_n is refined: ``steps`` steps of Adam (``lr``) on its ELBO
+    estimated with ``particles`` reparameterised draws."""
+
+    steps: int = 100
+    lr: float = 0.01
+    particles: int = 8
+
+
 def refine_local_posterior(
-    model: Callable,
-    guide: AmortisedGuide,
-    x: torch.Tensor,
-    steps: int = 100,
-    lr: float = 0.01,
-    particles: int = 8,
+    model: Callable, guide: AmortisedGuide, x: torch.Tensor, refine: Refinement = Refinement()
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(μ_n, σ_n) of a diagonal Gaussian q_n(z) = N(μ_n, diag σ_n²) per example, initialised
-    at the encoder's output and refined by ``steps`` steps of Adam (``lr``) on the
-    reparameterised ELBO_n = E_q_n[log p(x_n, z) − log q_n(z)] with ``particles`` draws (the
-    model's parameters stay fixed; the examples' problems are independent and run together)."""
+    at the encoder's output and refined (:class:`Refinement`) on the reparameterised
+    ELBO_n = E_q_n[log p(x_n, z) − log q_n(z)] (the model's parameters stay fixed; the
+    examples' problems are independent and run together)."""
+    steps, lr, particles = refine.steps, refine.lr, refine.particles
     with torch.no_grad():
         loc0, scale0 = _local_start(guide, x)
     loc = loc0.detach().clone().requires_grad_(True)
@@ -284,9 +291,7 @@ def amortisation_gap(
     guide: AmortisedGuide,
     x: torch.Tensor,
     num_samples: int = 1000,
-    steps: int = 100,
-    lr: float = 0.01,
-    particles: int = 8,
+    refine: Refinement = Refinement(),
     log_det: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Inference suboptimality (Cremer et al., 2018) of the examples ``x``::
@@ -295,7 +300,7 @@ def amortisation_gap(
                                   =   approximation gap       +   amortisation gap
 
     ELBO_refined is the ELBO of a local diagonal Gaussian per example refined by SVI from the
-    encoder's output (:func:`refine_local_posterior`: ``steps``, ``lr``, ``particles``); each
+    encoder's output (:func:`refine_local_posterior` with ``refine``); each
     ELBO is averaged over ``num_samples`` = K draws and log p(x) is importance sampled from the
     mixture of both q's (2K draws). For a diagonal Gaussian guide the refined q starts at the
     amortised one, so the amortisation gap is ≥ 0 up to Monte Carlo error; for another guide
@@ -306,14 +311,14 @@ def amortisation_gap(
     differences), and the settings. ``log_det`` (per example) is added to log p(x) and the
     ELBOs: the log-determinant of a preprocessing, so they are in the stored data's space.
     """
-    loc, scale = refine_local_posterior(model, guide, x, steps, lr, particles)
+    loc, scale = refine_local_posterior(model, guide, x, refine)
     v = _gap_values(model, guide, x, loc, scale, num_samples)
     if log_det is not None:
         v = {k: t + log_det.to(t.dtype) for k, t in v.items()}
     v["approximation_gap"] = v["log_p"] - v["elbo_refined"]
     v["amortisation_gap"] = v["elbo_refined"] - v["elbo_amortised"]
     out: dict[str, Any] = {k: mean_stderr(t) for k, t in v.items()}
-    out.update(K=num_samples, refine_steps=steps, lr=lr, particles=particles)
+    out.update(K=num_samples, refine_steps=refine.steps, lr=refine.lr, particles=refine.particles)
     return out
 
 
@@ -363,7 +368,7 @@ def diagnose_vae(
         ld = None if log_det is None else log_det[:gap_examples]
         with own_stream(seed, "diagnostics:amortisation_gap", device):
             out["amortisation_gap"] = amortisation_gap(
-                vae.model, vae.guide, xg, num_samples, refine_steps, log_det=ld
+                vae.model, vae.guide, xg, num_samples, Refinement(refine_steps), log_det=ld
             )
     message = collapse_message(units["active"], units["dimension"])
     if message is not None:

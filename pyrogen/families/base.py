@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from pyro.infer import ELBO
 from torch import nn
 
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
 from pyrogen.inference.base import Learner
+from pyrogen.inference.elbo import check_compatible, make_elbo
 
 
 class Family:
@@ -28,6 +30,24 @@ class Family:
     validation_metrics: dict[str, str | None] = {}
     #: the metric ``train.monitor`` follows by default (``best.pt``), or ``None``
     monitor: str | None = None
+    #: why ``elbo.beta`` and ``elbo.free_bits`` (weights on a VAE's KL(q(z|x) ‖ p(z))) do not
+    #: apply to this family, or ``None`` where they do
+    no_latent_kl: str | None = None
+
+    def check_kl_weights(self, cfg: Config) -> None:
+        """Refuse ``elbo.beta`` ≠ 1 and ``elbo.free_bits`` > 0 where :attr:`no_latent_kl`."""
+        if self.no_latent_kl is None:
+            return
+        e = cfg.elbo
+        for key, value, unset, what in (
+            ("free_bits", e.free_bits, 0.0, "floors the KL of a VAE's latent dimensions"),
+            ("beta", e.beta, 1.0, "weighs KL(q(z|x) ‖ p(z)) in a VAE's ELBO"),
+        ):
+            if value != unset:
+                raise ConfigError(
+                    f"elbo.{key}={value} {what}; {self.no_latent_kl} (remove elbo.{key})"
+                )
+
     #: the model is given from Python (``pyrogen.train(cfg, model=..., guide=...)``), never
     #: built from the config
     from_python: bool = False
@@ -129,6 +149,38 @@ def check_conv_shape(cfg: Config, data: Dataset) -> None:
         problem = conv_shape_problem(data.image_shape, "model.architecture")
         if problem:
             raise ConfigError(problem)
+
+
+def check_estimator(guide: str, cfg: Config, **facts: Any) -> None:
+    """Refuse the pair of the guide called ``guide`` and the config's estimator (``elbo``
+    section) where :func:`~pyrogen.inference.elbo.check_compatible` finds it cannot work;
+    ``facts``: the model's (``baseline``, ``prior``)."""
+    e = cfg.elbo
+    problem = check_compatible(
+        guide,
+        e.name,
+        num_particles=e.num_particles,
+        vectorize_particles=e.vectorize_particles,
+        alpha=e.alpha,
+        kl_warmup_steps=e.kl_warmup_steps,
+        beta=e.beta,
+        free_bits=e.free_bits,
+        **facts,
+    )
+    if problem:
+        raise ConfigError(problem)
+
+
+def estimator(cfg: Config) -> ELBO:
+    """The Pyro estimator the config's ``elbo`` section names, with its options."""
+    e = cfg.elbo
+    return make_elbo(
+        e.name,
+        num_particles=e.num_particles,
+        vectorize_particles=e.vectorize_particles,
+        alpha=e.alpha,
+        tail_adaptive_beta=e.tail_adaptive_beta,
+    )
 
 
 def set_options(optim: Any) -> dict[str, Any]:

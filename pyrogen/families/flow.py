@@ -30,22 +30,11 @@ MODEL_OPTIONS = ("num_layers", "hidden_sizes", "count_bins", "bound", "normaliza
 class FlowFamily(Family):
     name = "flow"
     description = "normalizing flow: exact log p(x) (and bits/dim for images)"
+    no_latent_kl = "a flow has no latent variables: it is fitted by exact maximum likelihood"
     validation_metrics = {"log_prob": "max"}
     monitor = "log_prob"
 
     def validate(self, cfg: Config) -> None:
-        if cfg.elbo.free_bits != 0.0:
-            raise ConfigError(
-                f"elbo.free_bits={cfg.elbo.free_bits} floors the KL of a VAE's latent "
-                "dimensions; a flow has no latent variables: it is fitted by exact maximum "
-                "likelihood (remove elbo.free_bits)"
-            )
-        if cfg.elbo.beta != 1.0:
-            raise ConfigError(
-                f"elbo.beta={cfg.elbo.beta} weighs KL(q(z|x) ‖ p(z)) in a VAE's ELBO; "
-                "a flow has no latent variables: it is fitted by exact maximum likelihood "
-                "(remove elbo.beta)"
-            )
         m = cfg.model
         check_name(FLOWS, m.flow, "model.flow")
         arch = FLOWS.get(m.flow)

@@ -17,21 +17,11 @@ from pyrogen.registry import GAN_LOSSES, check_name
 class GANFamily(Family):
     name = "gan"
     description = "generative adversarial network: no likelihood (Parzen window only)"
+    no_latent_kl = "a GAN has no ELBO: it is fitted by its adversarial loss"
     #: a GAN's losses measure the game, not the generator's quality: no default monitor
     validation_metrics = {"d_loss": None, "g_loss": None, "d_real": None, "d_fake": None}
 
     def validate(self, cfg: Config) -> None:
-        if cfg.elbo.free_bits != 0.0:
-            raise ConfigError(
-                f"elbo.free_bits={cfg.elbo.free_bits} floors the KL of a VAE's latent "
-                "dimensions; a GAN has no ELBO: it is fitted by its adversarial loss (remove "
-                "elbo.free_bits)"
-            )
-        if cfg.elbo.beta != 1.0:
-            raise ConfigError(
-                f"elbo.beta={cfg.elbo.beta} weighs KL(q(z|x) ‖ p(z)) in a VAE's ELBO; "
-                "a GAN has no ELBO: it is fitted by its adversarial loss (remove elbo.beta)"
-            )
         check_name(GAN_LOSSES, cfg.adversarial.loss, "adversarial.loss")
         a = cfg.adversarial
         penalty = "adversarial.r1_penalty" if a.r1_penalty else None

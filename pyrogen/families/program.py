@@ -13,8 +13,7 @@ from torch import nn
 
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
-from pyrogen.families.base import Family, learner_options
-from pyrogen.inference.elbo import check_compatible, make_elbo
+from pyrogen.families.base import Family, check_estimator, estimator, learner_options
 from pyrogen.inference.variational import VariationalLearner
 from pyrogen.models.program import PyroProgram, inspect_program
 from pyrogen.registry import ELBOS, check_name
@@ -47,17 +46,13 @@ class ProgramFamily(Family):
         e = cfg.elbo
         check_name(ELBOS, e.name, "elbo.name")
         # the user's guide is judged as a reparameterised one; Pyro checks the rest itself
-        problem = check_compatible(
-            "diagonal_normal",
-            e.name,
-            num_particles=e.num_particles,
-            vectorize_particles=e.vectorize_particles,
-            alpha=e.alpha,
-            kl_warmup_steps=e.kl_warmup_steps,
-            beta=e.beta,
-        )
-        if problem:
-            raise ConfigError(problem)
+        if e.free_bits:
+            raise ConfigError(
+                f"elbo.free_bits={e.free_bits} floors the KL of each dimension of a VAE's z; a "
+                "Pyro program given from Python names its own latent sites, so it would not be "
+                "applied (remove elbo.free_bits)"
+            )
+        check_estimator("diagonal_normal", cfg)
 
     def build_model(self, cfg: Config, data: Dataset) -> nn.Module:
         raise ConfigError(program_needed(cfg))
@@ -75,13 +70,7 @@ class ProgramFamily(Family):
     def build_learner(self, cfg: Config, model: nn.Module) -> VariationalLearner:
         e = cfg.elbo
         nesting = model.facts.max_plate_nesting
-        elbo = make_elbo(
-            e.name,
-            num_particles=e.num_particles,
-            vectorize_particles=e.vectorize_particles,
-            alpha=e.alpha,
-            tail_adaptive_beta=e.tail_adaptive_beta,
-        )
+        elbo = estimator(cfg)
         elbo.max_plate_nesting = nesting  # the program's deepest plate, found by tracing it
         learner = VariationalLearner(
             model,

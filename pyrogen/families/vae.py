@@ -10,8 +10,14 @@ from torch import nn
 
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
-from pyrogen.families.base import Family, check_conv_shape, learner_options, mlp_size
-from pyrogen.inference.elbo import check_compatible, make_elbo
+from pyrogen.families.base import (
+    Family,
+    check_conv_shape,
+    check_estimator,
+    estimator,
+    learner_options,
+    mlp_size,
+)
 from pyrogen.inference.variational import VariationalLearner
 from pyrogen.models.likelihoods import make_likelihood
 from pyrogen.models.priors import MixtureOfGaussiansPrior, VampPrior, num_prior_parameters
@@ -60,20 +66,7 @@ class VAEFamily(Family):
         g, e, m = cfg.guide, cfg.elbo, cfg.model
         check_name(GUIDES, g.name, "guide.name")
         check_name(ELBOS, e.name, "elbo.name")
-        problem = check_compatible(
-            g.name,
-            e.name,
-            num_particles=e.num_particles,
-            vectorize_particles=e.vectorize_particles,
-            alpha=e.alpha,
-            kl_warmup_steps=e.kl_warmup_steps,
-            baseline=g.baseline,
-            beta=e.beta,
-            free_bits=e.free_bits,
-            prior=m.prior,
-        )
-        if problem:
-            raise ConfigError(problem)
+        check_estimator(g.name, cfg, baseline=g.baseline, prior=m.prior)
         guide_cls = GUIDES.get(g.name)
         if g.baseline != "none" and "baseline" not in guide_cls.options():
             takers = [n for n, c in GUIDES.items() if "baseline" in c.options()]
@@ -153,13 +146,7 @@ class VAEFamily(Family):
 
     def build_learner(self, cfg: Config, model: nn.Module) -> VariationalLearner:
         e = cfg.elbo
-        elbo = make_elbo(
-            e.name,
-            num_particles=e.num_particles,
-            vectorize_particles=e.vectorize_particles,
-            alpha=e.alpha,
-            tail_adaptive_beta=e.tail_adaptive_beta,
-        )
+        elbo = estimator(cfg)
         return VariationalLearner(
             model,
             elbo,
