@@ -4,7 +4,8 @@
 name             Pyro class                      what it estimates (per example x)
 ===============  ==============================  ================================================
 trace            ``Trace_ELBO``                  E_q[log p(x,z) − log q(z|x)], Monte Carlo
-jit_trace        ``JitTrace_ELBO``               the same, compiled with the PyTorch JIT
+jit_trace        ``JitTrace_ELBO``               the same, compiled with the PyTorch JIT (its
+                                                 doubled gradient fixed: :class:`JitTraceELBO`)
 mean_field       ``TraceMeanField_ELBO``         E_q[log p(x|z)] − KL(q‖p), the KL in closed form
 jit_mean_field   ``JitTraceMeanField_ELBO``      the same, compiled
 trace_graph      ``TraceGraph_ELBO``             Trace_ELBO with Rao-Blackwellised score-function
@@ -104,6 +105,21 @@ class PerExampleTailAdaptive(infer.TraceTailAdaptive_ELBO):
         return loss
 
 
+class JitTraceELBO(infer.JitTrace_ELBO):
+    """Pyro's ``JitTrace_ELBO`` with the gradient of ``differentiable_loss`` fixed.
+
+    Pyro 1.9.2 returns ``loss + (surrogate − surrogate.detach())`` from its compiled function,
+    where ``loss`` = −ELBO is *not* detached there (it is in ``Trace_ELBO``): for
+    reparameterised sites ∇loss = ∇surrogate, so every gradient came out exactly twice
+    ``Trace_ELBO``'s on the same draws (SGD took double steps). Here the value is the loss and
+    the gradient the surrogate's alone, as in ``Trace_ELBO`` and Pyro's own ``loss_and_grads``.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        loss, surrogate = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        return loss.detach() + (surrogate - surrogate.detach())
+
+
 def trace(num_particles: int = 1, vectorize_particles: bool = False, **_: object) -> infer.ELBO:
     """Trace_ELBO: the Monte Carlo ELBO (reparameterised or score-function gradients)."""
     return infer.Trace_ELBO(**_common(num_particles, vectorize_particles))
@@ -111,9 +127,7 @@ def trace(num_particles: int = 1, vectorize_particles: bool = False, **_: object
 
 def jit_trace(num_particles: int = 1, vectorize_particles: bool = False, **_: object):
     """JitTrace_ELBO: Trace_ELBO compiled with the PyTorch JIT."""
-    return infer.JitTrace_ELBO(
-        **_common(num_particles, vectorize_particles), ignore_jit_warnings=True
-    )
+    return JitTraceELBO(**_common(num_particles, vectorize_particles), ignore_jit_warnings=True)
 
 
 def mean_field(num_particles: int = 1, vectorize_particles: bool = False, **_: object):
