@@ -323,9 +323,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         quiet=args.quiet or args.json,
     )
     results = evaluate_run(run, ev)
-    if args.json and run.family == "vae" and results["num_examples"] > 1:  # gaps: diagnose
-        from pyrogen.evaluation.diagnostics import diagnose_run
+    from pyrogen.evaluation.diagnostics import diagnose_run, refusal
 
+    if args.json and refusal(run.model) is None and results["num_examples"] > 1:  # no gaps
         results["diagnostics"] = diagnose_run(
             run, args.split, max_examples=args.max_examples, gap_examples=None, seed=args.seed
         )

@@ -140,8 +140,8 @@ def build_with_step_hook(real_build: Callable, hook: Callable) -> Callable:
     n-th step (n from 1); ``run_step()`` takes the real step and returns its output, which the
     hook returns."""
 
-    def build(cfg, device, data=None):
-        dataset, learner = real_build(cfg, device, data=data)
+    def build(cfg, device, **options):
+        dataset, learner = real_build(cfg, device, **options)
         real_step, calls = learner.step, {"n": 0}
 
         def step(x, y=None):
@@ -158,3 +158,45 @@ def fill_first_parameter(learner, value: float) -> None:
     """Make the model's first parameter tensor ``value`` everywhere (inf or nan)."""
     with torch.no_grad():
         next(learner.model.parameters()).fill_(value)
+
+
+# ------------------------------------------------------------------ a tiny binary VAE, stepped
+#: a tiny VAE on dynamically binarised digits with a 3-d latent (β, free bits, priors)
+TINY_BINARY_VAE = ["data.binarize=dynamic", *tiny("vae", latent=3), "train.device=cpu"]
+
+
+def vae_and_batch(*extra: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The model of :data:`TINY_BINARY_VAE` (+ ``extra`` overrides) and 32 processed examples."""
+    from pyrogen import load_config
+    from pyrogen.build import build
+
+    dataset, learner = build(load_config(None, TINY_BINARY_VAE + list(extra)), "cpu")
+    x = dataset.process(dataset.train[:32], torch.Generator().manual_seed(0))
+    return learner.model, x
+
+
+def frozen_learner(model: torch.nn.Module, name: str, **kwargs):
+    """A learner whose steps report the loss and leave the parameters alone (SGD, lr 0)."""
+    from pyrogen.inference.elbo import make_elbo
+    from pyrogen.inference.variational import VariationalLearner
+
+    return VariationalLearner(model, make_elbo(name), optim="sgd", lr=0.0, **kwargs)
+
+
+def assert_trains_from_the_config(overrides: list[str]) -> None:
+    """Three steps of the config's learner: finite losses, every parameter moved (networks,
+    baselines, pseudo-inputs, mixtures), and a finite validation ELBO."""
+    import math
+
+    from pyrogen import load_config
+    from pyrogen.build import build
+
+    dataset, learner = build(load_config(None, overrides), "cpu")
+    before = [p.detach().clone() for p in learner.module.parameters()]
+    gen = torch.Generator().manual_seed(0)
+    for i in range(3):
+        out = learner.step(dataset.process(dataset.train[32 * i : 32 * (i + 1)], gen))
+        assert math.isfinite(out["loss"])
+    after = list(learner.module.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert math.isfinite(learner.evaluate(dataset.process(dataset.valid[:64], gen))["elbo"])

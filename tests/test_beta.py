@@ -13,33 +13,35 @@ import torch
 from pyro import poutine
 from torch.distributions import kl_divergence
 
-from conftest import CONFIGS, assert_same, flat, tiny
+from conftest import (
+    CONFIGS,
+    TINY_BINARY_VAE,
+    assert_same,
+    flat,
+    frozen_learner,
+    tiny,
+    vae_and_batch,
+)
 from pyrogen import ConfigError, load_config
 from pyrogen.build import build
 from pyrogen.cli import main
 from pyrogen.inference.elbo import make_elbo
 from pyrogen.inference.variational import VariationalLearner
 
-TINY = ["data.binarize=dynamic", *tiny("vae", latent=3), "train.device=cpu"]
+TINY = TINY_BINARY_VAE
 
 
-def _setup(*extra: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    cfg = load_config(None, TINY + list(extra))
-    dataset, learner = build(cfg, "cpu")
-    x = dataset.process(dataset.train[:32], torch.Generator().manual_seed(0))
-    return learner.model, x
-
-
-def _frozen(model: torch.nn.Module, name: str, **kwargs) -> VariationalLearner:
-    """A learner whose steps report the loss and leave the parameters alone (lr 0)."""
-    return VariationalLearner(model, make_elbo(name), optim="sgd", lr=0.0, **kwargs)
-
-
-@pytest.mark.parametrize("name", ["trace", "mean_field", "trace_graph"])
-def test_beta_one_is_todays_loss_bit_for_bit(name):
-    model, x = _setup()
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        *[(n, {"beta": 1.0}) for n in ("trace", "mean_field", "trace_graph")],
+        *[(n, {"free_bits": 0.0, "beta": 1.0}) for n in ("trace", "mean_field", "jit_trace")],
+    ],
+)
+def test_beta_one_and_free_bits_zero_are_todays_loss_bit_for_bit(name, options):
+    model, x = vae_and_batch()
     runs = []
-    for kwargs in [{}, {"beta": 1.0}]:
+    for kwargs in [{}, options]:
         learner = VariationalLearner(copy.deepcopy(model), make_elbo(name), **kwargs)
         pyro.set_rng_seed(7)
         metrics = [learner.step(x) for _ in range(3)]
@@ -67,8 +69,8 @@ def test_the_beta_loss_is_reconstruction_plus_beta_kl(name, beta):
     """β = 0.5 and 4: the step's loss is −log p(x|z) + β KL(q ‖ p) on the same draw (the KL in
     closed form for mean_field, log q − log p for trace and jit_trace: the compiled estimator
     keeps the configured β, not the 1 it would see if compiled outside the effect)."""
-    model, x = _setup()
-    learner = _frozen(model, name, beta=beta)
+    model, x = vae_and_batch()
+    learner = frozen_learner(model, name, beta=beta)
     for seed in (3, 4):  # jit_trace: the second step runs the compiled function
         pyro.set_rng_seed(seed)
         metrics = learner.step(x)
@@ -81,8 +83,8 @@ def test_the_beta_loss_is_reconstruction_plus_beta_kl(name, beta):
 def test_warmup_ramps_beta_to_its_target():
     """β at step k is min(1, k/N)·beta, logged as ``kl_beta``; with the draws fixed the loss
     grows by beta·KL/N per step and stops at the target."""
-    model, x = _setup()
-    learner = _frozen(model, "mean_field", beta=4.0, kl_warmup_steps=4)
+    model, x = vae_and_batch()
+    learner = frozen_learner(model, "mean_field", beta=4.0, kl_warmup_steps=4)
     logged, losses = [], []
     for _ in range(6):
         pyro.set_rng_seed(1)
@@ -99,9 +101,9 @@ def test_a_score_function_guide_gets_the_gradient_of_the_beta_loss(name):
     """With a guide that cannot be reparameterised the encoder's gradient is REINFORCE's,
     E[∇ log q(z|x) · (log p(x|z) + β (log p(z) − log q(z|x)))]: Pyro scales the site's
     log-density by β but not its score-function term, so β ≠ 1 is allowed here."""
-    model, x = _setup("guide.name=score_function")
+    model, x = vae_and_batch("guide.name=score_function")
     beta = 0.25
-    learner = _frozen(model, name, beta=beta)
+    learner = frozen_learner(model, name, beta=beta)
     encoder = next(model.guide.parameters())
     pyro.set_rng_seed(0)
     learner.step(x)
@@ -119,8 +121,8 @@ def test_a_score_function_guide_gets_the_gradient_of_the_beta_loss(name):
 def test_validation_is_the_plain_elbo_whatever_beta():
     """``evaluate`` is the β = 1 ELBO: learners with β = 4 and β = 1 on the same parameters
     report the same validation number, while their training losses differ."""
-    model, x = _setup()
-    plain, heavy = _frozen(model, "trace"), _frozen(model, "trace", beta=4.0)
+    model, x = vae_and_batch()
+    plain, heavy = frozen_learner(model, "trace"), frozen_learner(model, "trace", beta=4.0)
     results = []
     for learner in (plain, heavy):
         pyro.set_rng_seed(2)
@@ -176,7 +178,7 @@ def test_the_cli_refuses_in_one_line_and_creates_nothing(tmp_path, capsys):
 
 
 def test_the_constructor_checks_beta():
-    model, _ = _setup()
+    model, _ = vae_and_batch()
     with pytest.raises(ConfigError, match="beta"):
         VariationalLearner(model, beta=0.0)
     flow_model = build(load_config(None, [*tiny("flow"), "train.device=cpu"]), "cpu")[1].model

@@ -21,11 +21,14 @@ SMALL_VAE = SMALL_RUNS["vae"]
 
 
 BETA_RUN = SMALL_RUNS["vae"] + ["elbo.beta=4", "elbo.kl_warmup_steps=15"]  # a β-VAE
+#: a VampPrior VAE: its pseudo-inputs are parameters and resume with the rest
+VAMP_RUN = SMALL_RUNS["vae"] + ["model.prior=vamp", "model.num_pseudo_inputs=50"]
+VARIANTS = {"vae_beta": BETA_RUN, "vae_vamp": VAMP_RUN}
 
 
-@pytest.mark.parametrize("family", [*SMALL_RUNS, "vae_beta"])
+@pytest.mark.parametrize("family", [*SMALL_RUNS, *VARIANTS])
 def test_resume_equals_uninterrupted_run(tmp_path: Path, family: str) -> None:
-    base = BETA_RUN if family == "vae_beta" else SMALL_RUNS[family]
+    base = VARIANTS.get(family) or SMALL_RUNS[family]
     full = train(load_config(None, base + ["train.epochs=4"]), tmp_path / "full", quiet=True)
     part = tmp_path / "part"
     train(load_config(None, base + ["train.epochs=2"]), part, quiet=True)
@@ -89,8 +92,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypat
     non-finite, training stops naming the step, and the checkpoint of epoch 2 stays."""
     real_build = training.build
 
-    def build_with_blow_up(cfg, device, data=None):
-        dataset, learner = real_build(cfg, device, data=data)
+    def build_with_blow_up(cfg, device, **options):
+        dataset, learner = real_build(cfg, device, **options)
         real_step, calls = learner.step, {"n": 0}
 
         def step(x, y=None):

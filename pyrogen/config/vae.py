@@ -38,8 +38,8 @@ class VAEModelConfig:
     prior: Literal["standard", "vamp", "mog"] = field(
         default="standard",
         metadata={
-            "doc": "p(z): N(0, I); vamp: (1/K) sum_k q(z | u_k), K learned pseudo-inputs u_k; "
-            "mog: a learned Gaussian mixture"
+            "doc": "p(z): standard N(0, I), vamp (1/K) Σ_k q(z | u_k) with learned u_k, mog "
+            "(learned mixture)"
         },
     )
     num_pseudo_inputs: int = num(
@@ -97,6 +97,5 @@ class ELBOConfig:
         0.0,
         ge=0.0,
         le=1e3,
-        doc="free bits λ (nats per latent dimension): each dimension's batch-mean KL "
-        "is floored, max(λ, KL_j); 0: the ELBO",
+        doc="free bits λ: each latent dimension's KL floored, max(λ, KL_j) nats; 0: the ELBO",
     )
