@@ -11,7 +11,7 @@ from pyrogen.config.schema import MAX_COUNT, MAX_STEPS, MAX_WIDTH, num, sizes
 
 @dataclass
 class VAEModelConfig:
-    """z ~ N(0, I); x ~ likelihood(decoder(z))."""
+    """z ~ N(0, I) (prior=mixture: c ~ Cat(π), z | c ~ N(μ_c, σ_c²)); x ~ likelihood(decoder(z))."""
 
     family: Literal["vae"] = field(
         default="vae", metadata={"doc": "the model family: vae, flow or gan"}
@@ -35,6 +35,14 @@ class VAEModelConfig:
     activation: Literal["relu", "tanh", "softplus", "elu", "leaky_relu"] = field(
         default="relu", metadata={"doc": "nonlinearity of the networks"}
     )
+    prior: Literal["normal", "mixture"] = field(
+        default="normal",
+        metadata={
+            "doc": "p(z): N(0, I), or a learned Gaussian mixture whose component c is "
+            "enumerated (the GMVAE; needs elbo.name=trace_enum)"
+        },
+    )
+    num_components: int = num(10, ge=2, le=MAX_WIDTH, doc="prior=mixture: components K of p(z)")
 
 
 @dataclass

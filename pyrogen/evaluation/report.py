@@ -39,6 +39,7 @@ import torch
 
 from pyrogen.config import ConfigError, EvaluationConfig
 from pyrogen.data import Dataset
+from pyrogen.evaluation.clusters import cluster_accuracy, clusters
 from pyrogen.evaluation.flow_metrics import flow_log_likelihood
 from pyrogen.evaluation.loglik import evaluate_elbo, importance_sampling
 from pyrogen.evaluation.parzen import parzen_log_likelihood, select_sigma
@@ -127,6 +128,11 @@ def likelihood_estimates(
     }
     for spec in ev.bounds:
         out.update(estimator_bound(run, x, spec, ev.seed))
+    if vae.prior_kind == "mixture" and y is not None:  # the GMVAE's components as clusters
+        assigned = clusters(run, x, seed=ev.seed)
+        acc = cluster_accuracy(assigned, y, vae.num_components)
+        del acc["mapping"]
+        out["cluster_accuracy"] = {**acc, "unit": "share", "kind": "clustering"}
     return out
 
 

@@ -17,6 +17,9 @@ from pyrogen.models.vae import VAE
 from pyrogen.nets import MLP, ConvDecoder, ConvEncoder
 from pyrogen.registry import ELBOS, GUIDES, check_name
 
+#: the estimators that sum a model's enumerated sites out (``model.prior=mixture`` needs one)
+ENUMERATING_ELBOS = ("trace_enum", "jit_trace_enum")
+
 
 def guide_options(cfg: Config) -> dict[str, Any]:
     """The ``guide`` section's values that the configured guide's constructor takes: every
@@ -68,6 +71,20 @@ class VAEFamily(Family):
         problem = guide_cls.problem(m.latent_dim, **guide_options(cfg))
         if problem:
             raise ConfigError(problem)
+        if m.prior == "mixture":
+            if e.name not in ENUMERATING_ELBOS:
+                raise ConfigError(
+                    f"model.prior=mixture sums its component c out by enumeration, which "
+                    f"elbo.name={e.name} does not do (it would sample c from the prior): use "
+                    f"elbo.name={' or '.join(ENUMERATING_ELBOS)}"
+                )
+            if e.beta != 1.0 or e.kl_warmup_steps:
+                raise ConfigError(
+                    "elbo.beta and elbo.kl_warmup_steps scale each latent site's log-density, "
+                    "which under model.prior=mixture tempers p(c) and p(z | c) inside "
+                    "log Σ_c p(c) p(z | c) rather than weighting a KL: use elbo.beta=1 and "
+                    "elbo.kl_warmup_steps=0"
+                )
 
     def check_data(self, cfg: Config, data: Dataset) -> None:
         m = cfg.model
@@ -91,6 +108,8 @@ class VAEFamily(Family):
         enc_hidden = g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]
         outputs = z * (2 + g.rank) + z * z  # at least any guide's encoder output
         total = mlp_size([z, *m.hidden_sizes, 2 * d]) + mlp_size([d, *enc_hidden, outputs])
+        if m.prior == "mixture":
+            total += m.num_components * (2 * z + 1)
         return total + GUIDES.get(g.name).num_parameters(z, **guide_options(cfg))
 
     def build_model(self, cfg: Config, data: Dataset) -> VAE:
@@ -119,7 +138,16 @@ class VAEFamily(Family):
         if options.get("baseline") == "neural":
             options["baseline_net"] = MLP(data.num_dims, [64], 1, "relu")
         guide = guide_cls(encoder, m.latent_dim, **options)
-        return VAE(None, decoder, m.latent_dim, data.event_shape, likelihood, guide=guide)
+        return VAE(
+            None,
+            decoder,
+            m.latent_dim,
+            data.event_shape,
+            likelihood,
+            guide=guide,
+            prior=m.prior,
+            num_components=m.num_components,
+        )
 
     def networks(self, model: nn.Module) -> list[nn.Module]:
         return [model.decoder, model.guide.encoder]

@@ -5,6 +5,18 @@
                                                    x_i ~ N(μ_i(z), σ_i²(z)) for real data)
     q_φ(z | x) = guide(encoder(x))                (amortised variational posterior)
 
+With ``prior="mixture"`` (the GMVAE) the prior is a learned Gaussian mixture whose component
+is a latent site of the model, marked for enumeration::
+
+    c ~ Cat(π)                                    (num_components K, site "c")
+    z | c ~ N(μ_c, diag σ_c²)
+    x | z ~ p_θ(x | z)
+
+``TraceEnum_ELBO`` sums c out exactly (the guide has no site for c), so the bound is
+E_q[log Σ_c π_c N(z; μ_c, σ_c²) + log p_θ(x | z) − log q_φ(z | x)], and
+``pyro.infer.infer_discrete`` reads each example's most probable component
+(:func:`pyrogen.evaluation.clusters.clusters`).
+
 A VAE is built from plain arguments: an encoder and a decoder (any ``nn.Module``s), the
 latent dimension, the shape of one example and a likelihood. The encoder becomes the guide
 (``vae.guide``; by default the diagonal Gaussian :class:`~pyrogen.models.guides.
@@ -39,6 +51,9 @@ from pyrogen.models.guides import AmortisedGuide, DiagonalNormalGuide
 from pyrogen.models.likelihoods import Likelihood, as_shape, make_likelihood
 from pyrogen.params import declare_params
 
+#: ``prior`` values of :class:`VAE`
+PRIORS = ("normal", "mixture")
+
 
 class VAE(nn.Module):
     """p_θ(x, z) = N(z; 0, I) p_θ(x | z) and its guide q_φ(z | x).
@@ -55,6 +70,9 @@ class VAE(nn.Module):
             :class:`~pyrogen.models.likelihoods.Likelihood`.
         guide: an amortised guide (e.g. ``IAFGuide(encoder, latent_dim)``) instead of
             ``encoder``.
+        prior: ``"normal"`` (N(0, I)) or ``"mixture"`` (the GMVAE: c ~ Cat(π), z | c ~
+            N(μ_c, diag σ_c²), π, μ and σ learned; train with ``TraceEnum_ELBO``).
+        num_components: K, the mixture's number of components (``prior="mixture"``).
 
     ``forward`` (alias ``model``) is the Pyro model; ``guide`` the Pyro guide.
     """
@@ -67,8 +85,14 @@ class VAE(nn.Module):
         event_shape: int | Sequence[int],
         likelihood: str | Likelihood = "bernoulli",
         guide: AmortisedGuide | None = None,
+        prior: str = "normal",
+        num_components: int = 10,
     ) -> None:
         super().__init__()
+        if prior not in PRIORS:
+            raise ValueError(f"unknown prior {prior!r} (allowed: {', '.join(PRIORS)})")
+        if prior == "mixture" and num_components < 2:
+            raise ValueError(f"a mixture prior needs num_components >= 2, got {num_components}")
         if (encoder is None) == (guide is None):
             raise ValueError("give the VAE an encoder or a guide (built on an encoder), not both")
         if latent_dim < 1:
@@ -92,11 +116,39 @@ class VAE(nn.Module):
             )
         self.register_buffer("prior_loc", torch.zeros(self.latent_dim))
         self.register_buffer("prior_scale", torch.ones(self.latent_dim))
+        self.prior_kind = prior
+        self.num_components = int(num_components) if prior == "mixture" else 0
+        if prior == "mixture":  # means spread apart, so that the components start distinct
+            k, d = self.num_components, self.latent_dim
+            self.mixture_logits = nn.Parameter(torch.zeros(k))
+            self.mixture_loc = nn.Parameter(torch.randn(k, d))
+            self.mixture_log_scale = nn.Parameter(torch.zeros(k, d))
 
     # ------------------------------------------------------------------ p(z), p(x | z)
     def prior(self) -> dist.Distribution:
-        """p(z) = N(0, I), built from buffers so it follows the module's device."""
+        """p(z): N(0, I), built from buffers so it follows the module's device; for the
+        mixture prior the marginal Σ_c π_c N(z; μ_c, diag σ_c²) (a ``MixtureSameFamily``)."""
+        if self.prior_kind == "mixture":
+            return dist.MixtureSameFamily(self.component_prior(), self.component(None))
         return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
+
+    def component_prior(self) -> dist.Categorical:
+        """p(c) = Cat(softmax(logits)) of the mixture prior."""
+        return dist.Categorical(logits=self.mixture_logits)
+
+    def component(self, c: torch.Tensor | None) -> dist.Distribution:
+        """p(z | c) = N(μ_c, diag σ_c²) (σ_c = exp of a learned log-scale); ``c=None``: all K
+        components, batch shape ``(K,)``."""
+        loc, log_scale = self.mixture_loc, self.mixture_log_scale
+        if c is not None:
+            loc, log_scale = loc[c], log_scale[c]
+        return dist.Normal(loc, log_scale.exp()).to_event(1)
+
+    def component_log_posterior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(c | z) = log π_c + log N(z; μ_c, σ_c²) − log Σ_k π_k N(z; μ_k, σ_k²), shape
+        ``(*z.shape[:-1], K)``."""
+        joint = self.component_prior().logits + self.component(None).log_prob(z.unsqueeze(-2))
+        return joint - joint.logsumexp(-1, keepdim=True)
 
     def decode(self, z: torch.Tensor) -> dist.Distribution:
         """p_θ(x | z) with batch shape ``z.shape[:-1]`` and event shape ``event_shape``."""
@@ -128,7 +180,11 @@ class VAE(nn.Module):
         declare_params(self, "", exclude=("guide",))
         n = x.shape[0] if x is not None else num_samples
         with pyro.plate("data", n):
-            z = pyro.sample("z", self.prior())
+            if self.prior_kind == "mixture":
+                c = pyro.sample("c", self.component_prior(), infer={"enumerate": "parallel"})
+                z = pyro.sample("z", self.component(c))
+            else:
+                z = pyro.sample("z", self.prior())
             return pyro.sample("x", self.decode(z), obs=x)
 
     model = forward
@@ -166,4 +222,4 @@ def posterior_mean(guide: AmortisedGuide, x: torch.Tensor, num_samples: int = 64
         return q.sample((num_samples,)).mean(0)
 
 
-__all__ = ["VAE", "posterior_mean"]
+__all__ = ["PRIORS", "VAE", "posterior_mean"]
