@@ -28,7 +28,7 @@ __all__ = ["cluster_accuracy", "clusters", "majority_labels"]
 
 
 def _mixture_vae(obj: Any) -> VAE:
-    vae = getattr(obj, "model", obj)
+    vae = obj if isinstance(obj, VAE) else getattr(obj, "model", None)  # a VAE or a run
     if not isinstance(vae, VAE) or vae.prior_kind != "mixture":
         raise ValueError(
             "clusters are the components of a mixture prior: this model is not a VAE with "
