@@ -37,10 +37,7 @@ class VAEModelConfig:
     )
     prior: Literal["normal", "mixture"] = field(
         default="normal",
-        metadata={
-            "doc": "p(z): N(0, I), or a learned Gaussian mixture whose component c is "
-            "enumerated (the GMVAE; needs elbo.name=trace_enum)"
-        },
+        metadata={"doc": "p(z): N(0, I), or a learned Gaussian mixture, c enumerated (GMVAE)"},
     )
     num_components: int = num(10, ge=2, le=MAX_WIDTH, doc="prior=mixture: components K of p(z)")
 
