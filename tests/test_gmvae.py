@@ -177,3 +177,9 @@ def test_gmvae_trains_from_config_resumes_bit_equal_and_reports_cluster_accuracy
     pick = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(ev.seed))[:100]
     expected = cluster_accuracy(clusters(full, x[pick], seed=ev.seed), y[pick], 3)
     assert acc["mean"] == expected["mean"]
+    # a bound that would sample c is refused, the enumerating one is the ELBO again
+    with pytest.raises(ConfigError, match="would sample the mixture prior's component c"):
+        evaluate_run(full, EvaluationConfig(bounds=["renyi:5"], max_test=10))
+    small = EvaluationConfig(bounds=["trace_enum"], max_test=100, is_samples=20)
+    bound = evaluate_run(full, small)["estimates"]["trace_enum"]["mean"]
+    assert abs(bound - est["elbo"]["mean"]) < 4 * est["elbo"]["stderr"], (bound, est["elbo"])

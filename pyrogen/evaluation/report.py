@@ -45,6 +45,7 @@ from pyrogen.evaluation.loglik import evaluate_elbo, importance_sampling
 from pyrogen.evaluation.parzen import parzen_log_likelihood, select_sigma
 from pyrogen.evaluation.stats import mean_stderr
 from pyrogen.evaluation.streams import EXAMPLES_PER_CHUNK, own_stream, per_example
+from pyrogen.families.vae import ENUMERATING_ELBOS
 from pyrogen.inference.base import device_of
 from pyrogen.inference.elbo import check_compatible, make_elbo
 from pyrogen.models.flow import Flow
@@ -204,6 +205,10 @@ def evaluate_run(run: Any, evaluation: EvaluationConfig | None = None) -> dict[s
         raise ConfigError(
             f"bounds ({', '.join(ev.bounds)}) apply to VAE runs, not to a {model_kind(run.model)}"
         )
+    for spec in ev.bounds:  # refused before any estimate is computed
+        reason = _summed_out(run.model, parse_bound(spec)[0])
+        if reason:
+            raise ConfigError(f"bound {spec!r}: {reason}")
     x, y = _split(run, ev)
     index = _subset(run.dataset.split(ev.split).shape[0], ev)
     return _report(run, x, y, ev, ev.split, index=index)
@@ -387,6 +392,16 @@ def parse_bound(spec: str) -> tuple[str, int]:
     return name, particles
 
 
+def _summed_out(vae: VAE, name: str) -> str | None:
+    """Why the estimator ``name`` cannot bound a mixture-prior VAE's log p(x), or ``None``."""
+    if vae.prior_kind == "mixture" and name not in ENUMERATING_ELBOS:
+        return (
+            f"{name} would sample the mixture prior's component c instead of summing it out "
+            f"(model.prior=mixture): use {' or '.join(ENUMERATING_ELBOS)}"
+        )
+    return None
+
+
 def estimator_bound(
     run: Any, x: torch.Tensor, spec: str, seed: int = 0
 ) -> dict[str, dict[str, Any]]:
@@ -405,6 +420,7 @@ def estimator_bound(
     )
     if name == "tail_adaptive":  # Pyro leaves its loss unimplemented: no value to report
         reason = "TraceTailAdaptive_ELBO estimates a gradient, not a bound: evaluate with trace"
+    reason = reason or _summed_out(run.model, name)
     if reason is not None:
         raise ConfigError(f"bound {spec!r}: {reason}")
     elbo = make_elbo(name, num_particles=k, vectorize_particles=k > 1, alpha=e.alpha)
