@@ -405,6 +405,7 @@ def _cmd_gradients(args: argparse.Namespace) -> int:
     import torch
 
     from pyrogen.build import build, load_config
+    from pyrogen.evaluation.discrete_gradients import DISCRETE_ESTIMATORS
     from pyrogen.evaluation.gradients import (
         ESTIMATORS,
         encoder_output_groups,
@@ -415,9 +416,14 @@ def _cmd_gradients(args: argparse.Namespace) -> int:
     paths, overrides = _split_args(args.args)
     if len(paths) != 1:
         raise UsageError("give one RUN_DIR or CONFIG (and, for a config, key=value overrides)")
+    allowed = DISCRETE_ESTIMATORS if args.discrete else ESTIMATORS
+    args.estimators = args.estimators or list(allowed)
     for est in args.estimators:
-        if est not in ESTIMATORS:
-            raise UsageError(f"unknown estimator {est!r} (allowed: {', '.join(ESTIMATORS)})")
+        if est not in allowed:
+            what = "discrete estimator" if args.discrete else "estimator"
+            raise UsageError(f"unknown {what} {est!r} (allowed: {', '.join(allowed)})")
+    if not args.discrete and (args.temperatures or args.components):
+        raise UsageError("--temperatures and --components apply to --discrete")
     path = Path(paths[0])
     if path.is_dir():
         if overrides:
@@ -434,6 +440,8 @@ def _cmd_gradients(args: argparse.Namespace) -> int:
     from pyrogen.runtime import configure_threads, count_all_parameters
 
     configure_threads(args.num_threads, count_all_parameters(learner.module))
+    if args.discrete:
+        return _discrete_gradients(args, dataset, out)
     vae = learner.model
     guide = getattr(vae, "guide", None)
     if guide is None or not hasattr(guide, "encoder"):
@@ -454,6 +462,52 @@ def _cmd_gradients(args: argparse.Namespace) -> int:
     print(format_table(rows))
     print(f"table, CSV and plot in {out}")
     return 0
+
+
+def _discrete_gradients(args: argparse.Namespace, dataset: Any, out: Path) -> int:
+    """``pyrogen gradients --discrete``: the estimators of a categorical latent's gradient on
+    a mixture of ``--components`` components fitted to a batch of the data."""
+    import torch
+
+    from pyrogen.evaluation.discrete_gradients import (
+        CategoricalGuide,
+        format_discrete_table,
+        mixture_for,
+        run_discrete_gradient_diagnostic,
+    )
+
+    x = dataset.process(dataset.train[: args.batch_size], torch.Generator().manual_seed(0))
+    x = x.reshape(x.shape[0], -1)
+    k = args.components or 10
+    if x.shape[0] < k:
+        raise UsageError(f"--components {k} needs --batch-size >= {k} (got {x.shape[0]})")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        guide = CategoricalGuide(x.shape[1], k).to(x.device)
+    rows = run_discrete_gradient_diagnostic(
+        mixture_for(x, k),
+        guide,
+        x,
+        out_dir=out,
+        estimators=args.estimators,
+        temperatures=args.temperatures or [1.0, 0.5, 0.1],
+        num_samples=args.samples,
+        warmup=args.warmup,
+        progress=not args.quiet,
+    )
+    print(format_discrete_table(rows))
+    print(f"table, CSV and plot in {out}")
+    return 0
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; expected 0 < τ <= 100")
+    return value
 
 
 def _version() -> str:
@@ -659,15 +713,40 @@ def build_parser() -> _Parser:
         "(a run folder, or a config for an untrained model) from the reparameterised and "
         "score-function estimators (no baseline, decaying average, neural) with several "
         "particle counts; print mean, variance and SNR per parameter group, and save a table "
-        "and a plot of variance against particles.",
+        "and a plot of variance against particles. With --discrete: the estimators of a "
+        "categorical latent's gradient (enumeration, score function with and without "
+        "baselines, Gumbel-softmax at several temperatures), their variance and their bias "
+        "against the exact enumerated gradient.",
     )
     p.add_argument("args", nargs="*", metavar="RUN_DIR|CONFIG [key=value ...]")
     p.add_argument(
         "--estimators",
         nargs="+",
-        default=["reparam", "score_function", "score_function_avg", "score_function_nn"],
+        default=None,
         metavar="NAME",
-        help="reparam, score_function, score_function_avg, score_function_nn",
+        help="reparam, score_function, score_function_avg, score_function_nn (default: all); "
+        "with --discrete: enum, score_function, score_function_avg, score_function_nn, "
+        "gumbel_softmax",
+    )
+    p.add_argument(
+        "--discrete",
+        action="store_true",
+        help="estimators of a categorical latent c instead: a mixture of --components "
+        "components fitted to the batch, q(c | x) linear; enumeration (exact) is the "
+        "reference each estimator's bias is measured against",
+    )
+    p.add_argument(
+        "--temperatures",
+        nargs="+",
+        type=_temperature,
+        metavar="TAU",
+        help="--discrete: the Gumbel-softmax temperatures (default: 1 0.5 0.1)",
+    )
+    p.add_argument(
+        "--components",
+        type=_int_range(2, 1000),
+        metavar="K",
+        help="--discrete: the mixture's number of components (default: 10)",
     )
     p.add_argument(
         "--particles",

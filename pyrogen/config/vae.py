@@ -11,7 +11,8 @@ from pyrogen.config.schema import MAX_COUNT, MAX_STEPS, MAX_WIDTH, num, sizes
 
 @dataclass
 class VAEModelConfig:
-    """z ~ p(z) (N(0, I) or a learned prior); x ~ likelihood(decoder(z))."""
+    """z ~ p(z) (N(0, I) or a learned prior; the GMVAE's: c ~ Cat(π), z | c ~ N(μ_c, σ_c²));
+    x ~ likelihood(decoder(z))."""
 
     family: Literal["vae"] = field(
         default="vae", metadata={"doc": "the model family: vae, flow or gan"}
@@ -35,17 +36,17 @@ class VAEModelConfig:
     activation: Literal["relu", "tanh", "softplus", "elu", "leaky_relu"] = field(
         default="relu", metadata={"doc": "nonlinearity of the networks"}
     )
-    prior: Literal["standard", "vamp", "mog"] = field(
+    prior: Literal["standard", "vamp", "mog", "mixture"] = field(
         default="standard",
         metadata={
-            "doc": "p(z): standard N(0, I), vamp (1/K) Σ_k q(z | u_k) with learned u_k, mog "
-            "(learned mixture)"
+            "doc": "p(z): standard N(0, I), vamp Σ_k q(z | u_k)/K, mog (learned mixture), "
+            "mixture (mog, c enumerated: GMVAE)"
         },
     )
     num_pseudo_inputs: int = num(
         500, ge=1, le=MAX_COUNT, doc="vamp: K, the pseudo-inputs (from K random training examples)"
     )
-    num_components: int = num(10, ge=1, le=MAX_COUNT, doc="mog: K, the mixture's components")
+    num_components: int = num(10, ge=1, le=MAX_COUNT, doc="mog, mixture: K, the components")
 
 
 @dataclass

@@ -50,16 +50,23 @@ MIN_TAIL = 10
 def log_importance_weights(
     model: Callable, guide: Callable, x: torch.Tensor, num_particles: int
 ) -> torch.Tensor:
-    """log w_k(x_n) = log p(x_n, z_kn) − log q(z_kn | x_n), shape ``(num_particles, N)``."""
+    """log w_k(x_n) = log p(x_n, z_kn) − log q(z_kn | x_n), shape ``(num_particles, N)``.
+
+    The model's sites marked ``infer={"enumerate": "parallel"}`` that the guide does not
+    sample (a mixture prior's component c) are summed out exactly: log p(x, z) =
+    log Σ_c p(x, z, c), their values enumerated in the dimensions left of the particles."""
     with pyro.plate("particles", num_particles, dim=-2):
         guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+        enumerated = poutine.enum(poutine.replay(model, trace=guide_trace), first_available_dim=-3)
+        model_trace = poutine.trace(enumerated).get_trace(x)
     log_w = torch.zeros(num_particles, x.shape[0], dtype=x.dtype, device=x.device)
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
         trace.compute_log_prob()
         for site in trace.nodes.values():
             if site["type"] == "sample":
                 log_w = log_w + sign * site["log_prob"]
+    while log_w.dim() > 2:  # the enumerated values: log Σ over each of their dimensions
+        log_w = log_w.logsumexp(0)
     return log_w
 
 

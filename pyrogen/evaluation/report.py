@@ -40,6 +40,7 @@ import torch
 
 from pyrogen.config import ConfigError, EvaluationConfig
 from pyrogen.data import Dataset
+from pyrogen.evaluation.clusters import cluster_accuracy, clusters
 from pyrogen.evaluation.flow_metrics import flow_log_likelihood
 from pyrogen.evaluation.loglik import (
     KHAT_THRESHOLD,
@@ -53,7 +54,7 @@ from pyrogen.evaluation.parzen import parzen_log_likelihood, select_sigma
 from pyrogen.evaluation.stats import mean_stderr
 from pyrogen.evaluation.streams import EXAMPLES_PER_CHUNK, own_stream, per_example
 from pyrogen.inference.base import device_of
-from pyrogen.inference.elbo import check_compatible, make_elbo
+from pyrogen.inference.elbo import ENUMERATING_ELBOS, check_compatible, make_elbo
 from pyrogen.models.flow import Flow
 from pyrogen.models.gan import GAN
 from pyrogen.models.program import PyroProgram
@@ -155,6 +156,11 @@ def likelihood_estimates(
     }
     for spec in ev.bounds:
         out.update(estimator_bound(run, x, spec, ev.seed))
+    if isinstance(vae, VAE) and vae.enumerates_component and y is not None:  # GMVAE clusters
+        assigned = clusters(run, x, seed=ev.seed)
+        acc = cluster_accuracy(assigned, y, vae.num_components)
+        del acc["mapping"]
+        out["cluster_accuracy"] = {**acc, "unit": "fraction", "kind": "clustering"}
     return {**out, **accuracy}
 
 
@@ -236,6 +242,10 @@ def evaluate_run(run: Any, evaluation: EvaluationConfig | None = None) -> dict[s
         raise ConfigError(
             f"bounds ({', '.join(ev.bounds)}) apply to VAE runs, not to a {model_kind(run.model)}"
         )
+    for spec in ev.bounds:  # refused before any estimate is computed
+        reason = _summed_out(run.model, parse_bound(spec)[0])
+        if reason:
+            raise ConfigError(f"bound {spec!r}: {reason}")
     x, y = _split(run, ev)
     index = _subset(run.dataset.split(ev.split).shape[0], ev)
     return _report(run, x, y, ev, ev.split, index=index)
@@ -419,6 +429,16 @@ def parse_bound(spec: str) -> tuple[str, int]:
     return name, particles
 
 
+def _summed_out(vae: VAE, name: str) -> str | None:
+    """Why the estimator ``name`` cannot bound a mixture-prior VAE's log p(x), or ``None``."""
+    if vae.prior_kind == "mixture" and name not in ENUMERATING_ELBOS:
+        return (
+            f"{name} would sample the mixture prior's component c instead of summing it out "
+            f"(model.prior=mixture): use {' or '.join(ENUMERATING_ELBOS)}"
+        )
+    return None
+
+
 def estimator_bound(
     run: Any, x: torch.Tensor, spec: str, seed: int = 0
 ) -> dict[str, dict[str, Any]]:
@@ -437,6 +457,7 @@ def estimator_bound(
     )
     if name == "tail_adaptive":  # Pyro leaves its loss unimplemented: no value to report
         reason = "TraceTailAdaptive_ELBO estimates a gradient, not a bound: evaluate with trace"
+    reason = reason or _summed_out(run.model, name)
     if reason is not None:
         raise ConfigError(f"bound {spec!r}: {reason}")
     elbo = make_elbo(name, num_particles=k, vectorize_particles=k > 1, alpha=e.alpha)

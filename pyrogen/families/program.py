@@ -14,6 +14,7 @@ from torch import nn
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
 from pyrogen.families.base import Family, check_estimator, estimator, learner_options
+from pyrogen.inference.elbo import ENUMERATING_ELBOS
 from pyrogen.inference.variational import VariationalLearner
 from pyrogen.models.program import PyroProgram, inspect_program
 from pyrogen.registry import ELBOS, check_name
@@ -64,7 +65,9 @@ class ProgramFamily(Family):
         (:func:`~pyrogen.models.program.inspect_program`)."""
         program = PyroProgram(model, guide).to(data.device)
         x = data.process(data.train[:8], torch.Generator().manual_seed(0))
-        program.facts = inspect_program(program, x, cfg.elbo.name)
+        program.facts = inspect_program(
+            program, x, cfg.elbo.name, enumerates=cfg.elbo.name in ENUMERATING_ELBOS
+        )
         return program
 
     def build_learner(self, cfg: Config, model: nn.Module) -> VariationalLearner:

@@ -18,6 +18,7 @@ from pyrogen.families.base import (
     learner_options,
     mlp_size,
 )
+from pyrogen.inference.elbo import ENUMERATING_ELBOS
 from pyrogen.inference.variational import VariationalLearner
 from pyrogen.models.likelihoods import make_likelihood
 from pyrogen.models.priors import MixtureOfGaussiansPrior, VampPrior, num_prior_parameters
@@ -45,6 +46,8 @@ def build_prior(cfg: Config, data: Dataset) -> nn.Module | None:
     m = cfg.model
     if m.prior == "mog":
         return MixtureOfGaussiansPrior(m.latent_dim, m.num_components)
+    if m.prior == "mixture":  # the GMVAE: its component c a site summed out by enumeration
+        return MixtureOfGaussiansPrior(m.latent_dim, m.num_components, enumerated=True)
     if m.prior != "vamp":
         return None
     gen = torch.Generator().manual_seed(cfg.train.seed)
@@ -84,6 +87,20 @@ class VAEFamily(Family):
         problem = guide_cls.problem(m.latent_dim, **guide_options(cfg))
         if problem:
             raise ConfigError(problem)
+        if m.prior == "mixture":
+            if e.name not in ENUMERATING_ELBOS:
+                raise ConfigError(
+                    f"model.prior=mixture sums its component c out by enumeration, which "
+                    f"elbo.name={e.name} does not do (it would sample c from the prior): use "
+                    f"elbo.name={' or '.join(ENUMERATING_ELBOS)}"
+                )
+            if e.beta != 1.0 or e.kl_warmup_steps:
+                raise ConfigError(
+                    "elbo.beta and elbo.kl_warmup_steps scale each latent site's log-density, "
+                    "which under model.prior=mixture tempers p(c) and p(z | c) inside "
+                    "log Σ_c p(c) p(z | c) rather than weighting a KL: use elbo.beta=1 and "
+                    "elbo.kl_warmup_steps=0"
+                )
 
     def check_data(self, cfg: Config, data: Dataset) -> None:
         m = cfg.model

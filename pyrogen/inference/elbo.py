@@ -46,7 +46,12 @@ from pyro import infer
 
 from pyrogen.registry import ELBOS, GUIDES
 
-MAX_PLATE_NESTING = 1  # the data plate; vectorised particles add one dimension to its left
+MAX_PLATE_NESTING = 1
+#: the estimators that sum a model's sites marked for enumeration out exactly
+ENUMERATING_ELBOS = (
+    "trace_enum",
+    "jit_trace_enum",
+)  # the data plate; vectorised particles add one dimension to its left
 
 
 def _common(num_particles: int, vectorize_particles: bool) -> dict:
@@ -328,7 +333,7 @@ def check_compatible(
             f"bound in which scaling log p(z) and log q(z|x) is not a β-weighted KL (use "
             f"elbo.name=trace, mean_field or trace_graph, or elbo.beta=1)"
         )
-    mixture = prior in ("vamp", "mog")
+    mixture = prior in ("vamp", "mog", "mixture")
     if mixture and e in _MEAN_FIELD:
         return (
             f"elbo.name={e} computes KL(q(z|x) ‖ p(z)) in closed form, which model.prior={prior} "

@@ -26,7 +26,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions import TorchDistribution
-from pyro.infer import ELBO, Trace_ELBO, TraceTailAdaptive_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceTailAdaptive_ELBO
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.subsample_messenger import _Subsample
 from torch import nn
@@ -295,7 +295,9 @@ class VariationalLearner:
         self.model = model
         self.guide = guide
         self.elbo = elbo if elbo is not None else Trace_ELBO(max_plate_nesting=1)
-        self.eval_elbo = Trace_ELBO(max_plate_nesting=1)
+        # an estimator that enumerates (a mixture prior's component) is evaluated enumerating
+        enumerates = isinstance(self.elbo, TraceEnum_ELBO)
+        self.eval_elbo = (TraceEnum_ELBO if enumerates else Trace_ELBO)(max_plate_nesting=1)
         self.reports_loss = not isinstance(self.elbo, TraceTailAdaptive_ELBO)
         self.loss_module = self.elbo(model, guide) if has_differentiable_loss(self.elbo) else None
         owned = any(m is guide for m in model.modules())

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 #: ``model.prior`` values: the standard normal and the learned priors below
-PRIORS = ("standard", "vamp", "mog")
+PRIORS = ("standard", "vamp", "mog", "mixture")
 #: the smallest component scale of the MoG prior
 MIN_SCALE = 1e-4
 
@@ -93,12 +93,16 @@ class MixtureOfGaussiansPrior(nn.Module):
     Args:
         latent_dim: dimension of z.
         num_components: K.
+        enumerated: the GMVAE's form: the model samples the component c ~ Cat(π) as a site
+            of its own, marked for enumeration (``TraceEnum_ELBO`` sums it out; its
+            ``infer_discrete`` reads it), then z ~ p(z | c); otherwise z is scored under the
+            mixture's log-density log Σ_k π_k N(z; μ_k, σ_k²) directly (same p(z)).
 
     The means start as draws from N(0, I) (spread over the standard prior's mass), the scales
     at about 1 and the weights equal.
     """
 
-    def __init__(self, latent_dim: int, num_components: int) -> None:
+    def __init__(self, latent_dim: int, num_components: int, enumerated: bool = False) -> None:
         super().__init__()
         if latent_dim < 1 or num_components < 1:
             raise ValueError(
@@ -108,12 +112,28 @@ class MixtureOfGaussiansPrior(nn.Module):
         self.means = nn.Parameter(torch.randn(num_components, latent_dim))
         self.log_scales = nn.Parameter(torch.zeros(num_components, latent_dim))
         self.logits = nn.Parameter(torch.zeros(num_components))
+        self.enumerated = bool(enumerated)
+
+    def component_prior(self) -> dist.Categorical:
+        """p(c) = Cat(softmax(logits))."""
+        return dist.Categorical(logits=self.logits)
+
+    def component(self, c: torch.Tensor | None = None) -> dist.Distribution:
+        """p(z | c) = N(μ_c, diag σ_c²); ``c=None``: all K components, batch shape ``(K,)``."""
+        loc, scale = self.means, self.log_scales.exp() + MIN_SCALE
+        if c is not None:
+            loc, scale = loc[c], scale[c]
+        return dist.Normal(loc, scale).to_event(1)
+
+    def component_log_posterior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(c | z) = log π_c + log N(z; μ_c, σ_c²) − log Σ_k π_k N(z; μ_k, σ_k²), shape
+        ``(*z.shape[:-1], K)``."""
+        joint = self.component_prior().logits + self.component().log_prob(z.unsqueeze(-2))
+        return joint - joint.logsumexp(-1, keepdim=True)
 
     def forward(self, guide: nn.Module | None = None) -> Mixture:
         """p(z) (the guide is not used)."""
-        scales = self.log_scales.exp() + MIN_SCALE
-        components = dist.Normal(self.means, scales).to_event(1)
-        return Mixture(dist.Categorical(logits=self.logits), components)
+        return Mixture(self.component_prior(), self.component())
 
 
 def num_prior_parameters(
@@ -122,7 +142,7 @@ def num_prior_parameters(
     """How many numbers the prior learns: K·D pseudo-inputs (vamp), K(2·latent_dim + 1) (mog)."""
     if prior == "vamp":
         return num_pseudo_inputs * num_dims
-    if prior == "mog":
+    if prior in ("mog", "mixture"):
         return num_components * (2 * latent_dim + 1)
     return 0
 

@@ -34,8 +34,6 @@ from pyrogen.config import ConfigError
 from pyrogen.params import declare_params, param_statements
 
 DATA_PLATE = "data"
-#: the estimators that sum out sites marked for enumeration
-ENUMERATING_ELBOS = ("trace_enum", "jit_trace_enum")
 
 
 class ProgramError(ConfigError):
@@ -138,10 +136,13 @@ def _latents(trace: poutine.Trace) -> dict[str, dict[str, Any]]:
 
 
 @torch.no_grad()
-def inspect_program(program: PyroProgram, x: torch.Tensor, elbo_name: str) -> ProgramFacts:
+def inspect_program(
+    program: PyroProgram, x: torch.Tensor, elbo_name: str, enumerates: bool
+) -> ProgramFacts:
     """Trace guide and model (the model replaying the guide's draws) on the batch ``x``,
     refuse a program pyrogen cannot train (:class:`ProgramError`, one line naming the sites)
-    and return its :class:`ProgramFacts`. Runs on a forked random stream: training draws
+    and return its :class:`ProgramFacts` (``enumerates``: the estimator ``elbo_name`` sums
+    sites marked for enumeration out). Runs on a forked random stream: training draws
     the same numbers whether or not a program was inspected."""
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), param_statements(False), poutine.block():
@@ -196,7 +197,7 @@ def inspect_program(program: PyroProgram, x: torch.Tensor, elbo_name: str) -> Pr
             "guide a site of the same name, or (a discrete site) mark it infer={'enumerate': "
             "'parallel'} and train with elbo.name=trace_enum"
         )
-    if summed and elbo_name not in ENUMERATING_ELBOS:
+    if summed and not enumerates:
         raise ProgramError(
             f"the model sums out site(s) {_listed(summed)} by enumeration, which needs "
             f"elbo.name=trace_enum (or jit_trace_enum); elbo.name={elbo_name} would not"

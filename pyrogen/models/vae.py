@@ -5,6 +5,19 @@
                                                    x_i ~ N(μ_i(z), σ_i²(z)) for real data)
     q_φ(z | x) = guide(encoder(x))                (amortised variational posterior)
 
+With ``prior=MixtureOfGaussiansPrior(latent_dim, K, enumerated=True)`` (the GMVAE,
+``model.prior=mixture``) the prior is a learned Gaussian mixture whose component is a latent
+site of the model, marked for enumeration::
+
+    c ~ Cat(π)                                    (num_components K, site "c")
+    z | c ~ N(μ_c, diag σ_c²)
+    x | z ~ p_θ(x | z)
+
+``TraceEnum_ELBO`` sums c out exactly (the guide has no site for c), so the bound is
+E_q[log Σ_c π_c N(z; μ_c, σ_c²) + log p_θ(x | z) − log q_φ(z | x)], and
+``pyro.infer.infer_discrete`` reads each example's most probable component
+(:func:`pyrogen.evaluation.clusters.clusters`).
+
 A VAE is built from plain arguments: an encoder and a decoder (any ``nn.Module``s), the
 latent dimension, the shape of one example and a likelihood. The encoder becomes the guide
 (``vae.guide``; by default the diagonal Gaussian :class:`~pyrogen.models.guides.
@@ -37,6 +50,7 @@ from torch import nn
 
 from pyrogen.models.guides import AmortisedGuide, DiagonalNormalGuide
 from pyrogen.models.likelihoods import Likelihood, as_shape, make_likelihood
+from pyrogen.models.priors import MixtureOfGaussiansPrior, VampPrior
 from pyrogen.models.process import GenerativeProcess
 
 
@@ -56,7 +70,8 @@ class VAE(GenerativeProcess):
         guide: an amortised guide (e.g. ``IAFGuide(encoder, latent_dim)``) instead of
             ``encoder``.
         prior: a learned prior module (:mod:`pyrogen.models.priors`: ``VampPrior``,
-            ``MixtureOfGaussiansPrior``) whose ``forward(guide)`` is p(z); default N(0, I).
+            ``MixtureOfGaussiansPrior``, with ``enumerated=True`` the GMVAE's) whose
+            ``forward(guide)`` is p(z); default N(0, I).
 
     ``forward`` (alias ``model``) is the Pyro model; ``guide`` the Pyro guide.
     """
@@ -107,6 +122,44 @@ class VAE(GenerativeProcess):
             return self.prior_module(self.guide)
         return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
 
+    @property
+    def prior_kind(self) -> str:
+        """``"standard"``, ``"vamp"``, ``"mog"`` or ``"mixture"`` (the GMVAE's enumerated
+        mixture): the ``model.prior`` this VAE's p(z) is."""
+        if self.prior_module is None:
+            return "standard"
+        if isinstance(self.prior_module, MixtureOfGaussiansPrior):
+            return "mixture" if self.prior_module.enumerated else "mog"
+        return "vamp" if isinstance(self.prior_module, VampPrior) else "custom"
+
+    @property
+    def enumerates_component(self) -> bool:
+        """Whether the mixture's component c is a site of the model summed out by enumeration
+        (the GMVAE), rather than z scored under the mixture's log-density."""
+        return self.prior_kind == "mixture"
+
+    @property
+    def num_components(self) -> int:
+        """K of a Gaussian-mixture prior (0 for the others)."""
+        return getattr(self.prior_module, "num_components", 0) if self.prior_kind != "vamp" else 0
+
+    def _mixture(self) -> MixtureOfGaussiansPrior:
+        if not isinstance(self.prior_module, MixtureOfGaussiansPrior):
+            raise ValueError(f"this VAE's prior ({self.prior_kind}) has no components")
+        return self.prior_module
+
+    def component_prior(self) -> dist.Categorical:
+        """p(c) = Cat(π) of a Gaussian-mixture prior."""
+        return self._mixture().component_prior()
+
+    def component(self, c: torch.Tensor | None) -> dist.Distribution:
+        """p(z | c) = N(μ_c, diag σ_c²); ``c=None``: all K components, batch shape ``(K,)``."""
+        return self._mixture().component(c)
+
+    def component_log_posterior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(c | z), shape ``(*z.shape[:-1], K)``."""
+        return self._mixture().component_log_posterior(z)
+
     def decode(self, z: torch.Tensor) -> dist.Distribution:
         """p_θ(x | z) with batch shape ``z.shape[:-1]`` and event shape ``event_shape``."""
         batch = z.shape[:-1]
@@ -122,9 +175,15 @@ class VAE(GenerativeProcess):
 
     # ------------------------------------------------------------------ the Pyro model
     def process(self, x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor:
-        """z ~ p(z), x ~ p_θ(x | z); the site ``x`` is observed when given. The decoder's and
-        likelihood's parameters are param sites (the guide's are the guide's)."""
-        z = pyro.sample("z", self.prior())
+        """z ~ p(z), x ~ p_θ(x | z); the site ``x`` is observed when given. Under the GMVAE's
+        prior the component c ~ Cat(π) is a site of its own, marked for enumeration (summed
+        out by ``TraceEnum_ELBO``), and z ~ p(z | c). The decoder's and likelihood's parameters
+        are param sites (the guide's are the guide's)."""
+        if self.enumerates_component:
+            c = pyro.sample("c", self.component_prior(), infer={"enumerate": "parallel"})
+            z = pyro.sample("z", self.component(c))
+        else:
+            z = pyro.sample("z", self.prior())
         return pyro.sample("x", self.decode(z), obs=x)
 
     @torch.no_grad()
