@@ -200,3 +200,21 @@ def assert_trains_from_the_config(overrides: list[str]) -> None:
     after = list(learner.module.parameters())
     assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
     assert math.isfinite(learner.evaluate(dataset.process(dataset.valid[:64], gen))["elbo"])
+
+
+def assert_measuring_leaves_no_trace(draw: Callable[[], object], module: torch.nn.Module) -> None:
+    """``draw()`` (gradient estimates) changes no parameter of ``module``, leaves no ``.grad``,
+    draws nothing from the global random stream and leaves the Pyro param store as it found
+    it (one unrelated entry)."""
+    before = [p.detach().clone() for p in module.parameters()]
+    pyro.get_param_store().clear()
+    pyro.param("unrelated", torch.ones(2))
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    draw()
+    assert torch.equal(torch.rand(3), expected_next)
+    assert all(torch.equal(p, b) for p, b in zip(module.parameters(), before, strict=True))
+    assert all(p.grad is None for p in module.parameters())
+    assert list(pyro.get_param_store().keys()) == ["unrelated"]
+    pyro.get_param_store().clear()

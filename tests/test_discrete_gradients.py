@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyro
 import pytest
 import torch
 
+from conftest import assert_measuring_leaves_no_trace
 from pyrogen.cli import main
 from pyrogen.evaluation.discrete_gradients import (
     DISCRETE_ESTIMATORS,
@@ -109,18 +109,12 @@ def test_gumbel_softmax_is_biased_and_its_bias_shrinks_with_temperature(draws):
 
 def test_no_side_effects_and_refusals():
     x, model, guide = problem()
-    before = [p.detach().clone() for p in guide.parameters()]
-    pyro.get_param_store().clear()
-    pyro.param("unrelated", torch.ones(2))
-    torch.manual_seed(123)
-    expected_next = torch.rand(3)
-    torch.manual_seed(123)
-    for est in DISCRETE_ESTIMATORS:
-        discrete_gradient_estimates(model, guide, x, est, 3, seed=0, warmup=3)
-    assert torch.equal(torch.rand(3), expected_next)
-    assert all(torch.equal(p, b) for p, b in zip(guide.parameters(), before, strict=True))
-    assert all(p.grad is None for p in guide.parameters())
-    assert list(pyro.get_param_store().keys()) == ["unrelated"]
+
+    def draw():
+        for est in DISCRETE_ESTIMATORS:
+            discrete_gradient_estimates(model, guide, x, est, 3, seed=0, warmup=3)
+
+    assert_measuring_leaves_no_trace(draw, guide)
     with pytest.raises(ValueError, match="allowed: enum, score_function"):
         discrete_gradient_estimates(model, guide, x, "reparam")
     with pytest.raises(ValueError, match="temperature must be > 0"):

@@ -20,7 +20,7 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from torch import nn
 
-from conftest import SMALL_RUN, VAE_DIGITS, assert_same, flat, state_of
+from conftest import SMALL_RUN, VAE_DIGITS
 from pyrogen import VAE, load_config, train
 from pyrogen.cli import main
 from pyrogen.config import ConfigError, EvaluationConfig
@@ -161,16 +161,10 @@ def test_mixture_prior_needs_an_enumerating_estimator(tmp_path: Path, capsys):
     assert not out.exists()
 
 
-def test_gmvae_trains_from_config_resumes_bit_equal_and_reports_cluster_accuracy(tmp_path):
+def test_gmvae_trains_from_config_and_reports_cluster_accuracy(tmp_path):
+    """(Its exact resume is tested with the other families' in test_training.)"""
     full = train(load_config(None, GMVAE_RUN + ["train.epochs=2"]), tmp_path / "full", quiet=True)
     assert full.model.prior_kind == "mixture" and full.model.num_components == 3
-    part = tmp_path / "part"
-    train(load_config(None, GMVAE_RUN + ["train.epochs=1"]), part, quiet=True)
-    resumed = train(
-        load_config(part / "config.yaml", ["train.epochs=2"]), part, resume=True, quiet=True
-    )
-    assert_same(state_of(full), state_of(resumed))
-    assert_same(flat(full.learner.state_dict()), flat(resumed.learner.state_dict()))
     # the mixture's parameters are trained
     assert not torch.equal(full.model.prior_module.logits, torch.zeros(3))
     ev = EvaluationConfig(is_samples=20, max_test=100)

@@ -58,17 +58,22 @@ class PosteriorGuide(nn.Module):
             pyro.sample("z", q)
 
 
-@pytest.fixture
-def ppca():
+def ppca_and_data(n: int) -> tuple[PPCA, torch.Tensor]:
+    """A 6-d pPCA with a 2-d latent (seed 0) and ``n`` examples drawn from it (float64)."""
     g = torch.Generator().manual_seed(0)
     D, L = 6, 2
     W = torch.randn(D, L, generator=g, dtype=torch.float64)
     b = torch.randn(D, generator=g, dtype=torch.float64)
     model = PPCA(W, b, 0.5)
     with torch.no_grad():
-        z = torch.randn(40, L, generator=g, dtype=torch.float64)
-        x = z @ W.T + b + 0.5 * torch.randn(40, D, generator=g, dtype=torch.float64)
+        z = torch.randn(n, L, generator=g, dtype=torch.float64)
+        x = z @ W.T + b + 0.5 * torch.randn(n, D, generator=g, dtype=torch.float64)
     return model, x
+
+
+@pytest.fixture
+def ppca():
+    return ppca_and_data(40)
 
 
 def test_exact_posterior_guide_makes_the_elbo_equal_log_px(ppca):

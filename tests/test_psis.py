@@ -11,7 +11,7 @@ import pyro.distributions as dist
 import pyro.infer.importance as pyro_importance
 import pytest
 import torch
-from test_loglik import PPCA, PosteriorGuide
+from test_loglik import PPCA, PosteriorGuide, ppca_and_data
 from torch import nn
 
 import pyrogen
@@ -32,14 +32,7 @@ from pyrogen.evaluation.streams import EXAMPLES_PER_CHUNK, chunk_generator, own_
 
 @pytest.fixture
 def ppca():
-    g = torch.Generator().manual_seed(0)
-    D, L = 6, 2
-    W = torch.randn(D, L, generator=g, dtype=torch.float64)
-    b = torch.randn(D, generator=g, dtype=torch.float64)
-    model = PPCA(W, b, 0.5)
-    z = torch.randn(20, L, generator=g, dtype=torch.float64)
-    x = z @ W.T + b + 0.5 * torch.randn(20, D, generator=g, dtype=torch.float64)
-    return model, x
+    return ppca_and_data(20)
 
 
 class NarrowOn(nn.Module):

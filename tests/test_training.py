@@ -23,7 +23,11 @@ SMALL_VAE = SMALL_RUNS["vae"]
 BETA_RUN = SMALL_RUNS["vae"] + ["elbo.beta=4", "elbo.kl_warmup_steps=15"]  # a β-VAE
 #: a VampPrior VAE: its pseudo-inputs are parameters and resume with the rest
 VAMP_RUN = SMALL_RUNS["vae"] + ["model.prior=vamp", "model.num_pseudo_inputs=50"]
-VARIANTS = {"vae_beta": BETA_RUN, "vae_vamp": VAMP_RUN}
+#: a GMVAE: its component c summed out by enumeration (trace_enum)
+GMVAE_RUN = SMALL_RUNS["vae"] + [
+    "model.prior=mixture", "model.num_components=3", "elbo.name=trace_enum"
+]  # fmt: skip
+VARIANTS = {"vae_beta": BETA_RUN, "vae_vamp": VAMP_RUN, "vae_gmvae": GMVAE_RUN}
 
 
 @pytest.mark.parametrize("family", [*SMALL_RUNS, *VARIANTS])

@@ -30,7 +30,6 @@ and the SNR; :func:`run_discrete_gradient_diagnostic` also writes a table, a CSV
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -46,7 +45,13 @@ from pyro.poutine.messenger import Messenger
 from torch import nn
 from torch.distributions import constraints
 
-from pyrogen.evaluation.gradients import Groups, _Estimator, default_groups
+from pyrogen.evaluation.gradients import (
+    Groups,
+    _Estimator,
+    default_groups_of,
+    measuring,
+    write_rows,
+)
 from pyrogen.progress import steps
 
 #: the estimators of a discrete latent's gradient, with what they are
@@ -269,16 +274,9 @@ def discrete_gradient_estimates(
         raise ValueError(f"unknown discrete estimator {estimator!r} (allowed: {allowed})")
     if estimator == "gumbel_softmax" and not temperature > 0:
         raise ValueError(f"the Gumbel-softmax temperature must be > 0, got {temperature}")
-    if groups is None:
-        if not isinstance(guide, nn.Module):
-            raise ValueError("a guide that is not an nn.Module needs explicit parameter groups")
-        groups = default_groups(guide)
+    groups = groups if groups is not None else default_groups_of(guide)
     params = [p for ps in groups.values() for p in ps]
-    devices = []
-    if x.device.type == "cuda":
-        devices = [x.device.index if x.device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices), pyro.get_param_store().scope():
-        torch.manual_seed(seed)
+    with measuring(x, seed):
         if estimator == "enum":
             return enumerated_gradient(model, guide, x, params).detach()[None]
         if estimator == "gumbel_softmax":
@@ -403,12 +401,6 @@ def run_discrete_gradient_diagnostic(
     also write ``discrete_gradients.{md,csv,png}``."""
     rows = discrete_gradient_table(model, guide, x, **table_options)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "discrete_gradients.md").write_text(format_discrete_table(rows) + "\n")
-        with (out / "discrete_gradients.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        save_discrete_plot(rows, out / "discrete_gradients.png")
+        stem = Path(out_dir) / "discrete_gradients"
+        write_rows(rows, stem, format_discrete_table, save_discrete_plot)
     return rows

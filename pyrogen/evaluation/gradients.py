@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,22 +264,36 @@ def gradient_estimates(
     average of the costs before it, so its b is still independent of its own z). No
     parameter, ``.grad``, global RNG state or Pyro param store entry is changed.
     """
-    if groups is None:
-        if not isinstance(guide, nn.Module):
-            raise ValueError("a guide that is not an nn.Module needs explicit parameter groups")
-        groups = default_groups(guide)
+    groups = groups if groups is not None else default_groups_of(guide)
     params = [p for ps in groups.values() for p in ps]
-    devices = []
-    if x.device.type == "cuda":
-        devices = [x.device.index if x.device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices), pyro.get_param_store().scope():
-        torch.manual_seed(seed)
+    with measuring(x, seed):
         est = _Estimator(model, guide, x, estimator, num_particles, params, max_plate_nesting)
         est.warm_up(warmup)
         draws = [torch.cat([g.flatten() for g in est.grads()]) for _ in range(num_samples)]
     stacked = torch.stack(draws).detach()
     sizes = [sum(p.numel() for p in ps) for ps in groups.values()]
     return dict(zip(groups, stacked.split(sizes, dim=1), strict=True))
+
+
+def default_groups_of(guide: Any) -> Groups:
+    """:func:`default_groups` of a guide that is an ``nn.Module`` (a plain callable must be
+    given its parameter groups)."""
+    if not isinstance(guide, nn.Module):
+        raise ValueError("a guide that is not an nn.Module needs explicit parameter groups")
+    return default_groups(guide)
+
+
+@contextmanager
+def measuring(x: torch.Tensor, seed: int) -> Iterator[None]:
+    """Where gradient estimates are drawn: a forked random stream seeded with ``seed`` (on
+    ``x``'s CUDA device too) and a scoped Pyro param store, so that measuring changes no
+    global RNG state and no param store entry."""
+    devices = []
+    if x.device.type == "cuda":
+        devices = [x.device.index if x.device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices), pyro.get_param_store().scope():
+        torch.manual_seed(seed)
+        yield
 
 
 def summarise(estimates: torch.Tensor) -> dict[str, float]:
@@ -377,12 +392,22 @@ def run_gradient_diagnostic(
     ``gradient_variance.{md,csv,png}``."""
     rows = gradient_variance_table(model, guide, x, *table_args, **table_options)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "gradient_variance.md").write_text(format_table(rows) + "\n")
-        with (out / "gradient_variance.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        save_variance_plot(rows, out / "gradient_variance.png")
+        write_rows(rows, Path(out_dir) / "gradient_variance", format_table, save_variance_plot)
     return rows
+
+
+def write_rows(
+    rows: list[dict[str, Any]],
+    stem: Path,
+    markdown: Callable[[list[dict[str, Any]]], str],
+    plot: Callable[[list[dict[str, Any]], Path], None],
+) -> None:
+    """``stem.md`` (``markdown(rows)``), ``stem.csv`` (one line per row) and ``stem.png``
+    (``plot``), in ``stem``'s folder (made if missing)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".md").write_text(markdown(rows) + "\n")
+    with stem.with_suffix(".csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    plot(rows, stem.with_suffix(".png"))
