@@ -302,3 +302,37 @@ def test_cli_on_a_program_run_is_one_line(tmp_path: Path, capsys) -> None:
         assert "\n" not in err and "Pyro program given from Python" in err, err
         assert "test_programs.Mixture" in err and "model=..., guide=..." in err
     assert not (tmp_path / "s.png").exists()
+
+
+# ----------------------------------------------------------------------------- labels
+class LabelledMixture(nn.Module):
+    """p(y) p(x | y) with y ~ Cat(softmax(logits)) observed when given, else summed out; every
+    class starts with the same mean, so without labels the program is symmetric in y and
+    its p(y) gets no gradient at all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(K))
+        self.means = nn.Parameter(torch.zeros(K, D))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample(
+                "y", dist.Categorical(logits=self.logits), obs=y, infer={"enumerate": "parallel"}
+            )
+            pyro.sample("x", dist.Normal(self.means[y], 1.0).to_event(1), obs=x)
+
+
+def test_a_program_gets_the_labels_the_data_have(tmp_path: Path) -> None:
+    """forward(x, y): with train_labels in the data the program sees y (here all 2, so p(y)
+    learns it); without them it gets x alone, y is summed out and p(y) stays uniform."""
+    x = data()
+    labelled = {"train": x, "train_labels": torch.full((x.shape[0],), 2, dtype=torch.int64)}
+    cfg = config("optim.lr=0.05")
+    torch.manual_seed(0)
+    run = pyrogen.train(cfg, tmp_path / "y", data=labelled, model=LabelledMixture(), quiet=True)
+    assert torch.softmax(run.model.program.program.logits.detach(), 0)[2] > 0.5  # from 1/3
+    torch.manual_seed(0)
+    run = pyrogen.train(cfg, tmp_path / "no_y", data=x, model=LabelledMixture(), quiet=True)
+    p_y = torch.softmax(run.model.program.program.logits.detach(), 0)
+    assert torch.allclose(p_y, torch.full((K,), 1 / K), atol=1e-5)

@@ -65,10 +65,20 @@ class ProgramFamily(Family):
         (:func:`~pyrogen.models.program.inspect_program`)."""
         program = PyroProgram(model, guide).to(data.device)
         x = data.process(data.train[:8], torch.Generator().manual_seed(0))
+        y = data.labels("train")
         program.facts = inspect_program(
-            program, x, cfg.elbo.name, enumerates=cfg.elbo.name in ENUMERATING_ELBOS
+            program,
+            x,
+            cfg.elbo.name,
+            enumerates=cfg.elbo.name in ENUMERATING_ELBOS,
+            y=None if y is None else y[:8],
         )
         return program
+
+    def uses_labels(self, cfg: Config) -> bool:
+        """A program is ``forward(x, y=None)``: it gets the data's class labels where the data
+        have them (``data={"train": x, "train_labels": y, ...}``), and ``x`` alone otherwise."""
+        return True
 
     def build_learner(self, cfg: Config, model: nn.Module) -> VariationalLearner:
         e = cfg.elbo

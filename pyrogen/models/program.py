@@ -137,17 +137,24 @@ def _latents(trace: poutine.Trace) -> dict[str, dict[str, Any]]:
 
 @torch.no_grad()
 def inspect_program(
-    program: PyroProgram, x: torch.Tensor, elbo_name: str, enumerates: bool
+    program: PyroProgram,
+    x: torch.Tensor,
+    elbo_name: str,
+    enumerates: bool,
+    y: torch.Tensor | None = None,
 ) -> ProgramFacts:
-    """Trace guide and model (the model replaying the guide's draws) on the batch ``x``,
+    """Trace guide and model (the model replaying the guide's draws) on the batch ``x`` (and
+    its labels ``y`` where the data have them),
     refuse a program pyrogen cannot train (:class:`ProgramError`, one line naming the sites)
     and return its :class:`ProgramFacts` (``enumerates``: the estimator ``elbo_name`` sums
     sites marked for enumeration out). Runs on a forked random stream: training draws
     the same numbers whether or not a program was inspected."""
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), param_statements(False), poutine.block():
-        guide_trace = poutine.trace(program.guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(program.forward, trace=guide_trace)).get_trace(x)
+        args = (x,) if y is None else (x, y)
+        guide_trace = poutine.trace(program.guide).get_trace(*args)
+        replayed = poutine.replay(program.forward, trace=guide_trace)
+        model_trace = poutine.trace(replayed).get_trace(*args)
     n = x.shape[0]
     observed = [
         (name, site)
