@@ -336,3 +336,19 @@ def test_a_program_gets_the_labels_the_data_have(tmp_path: Path) -> None:
     run = pyrogen.train(cfg, tmp_path / "no_y", data=x, model=LabelledMixture(), quiet=True)
     p_y = torch.softmax(run.model.program.program.logits.detach(), 0)
     assert torch.allclose(p_y, torch.full((K,), 1 / K), atol=1e-5)
+
+
+def test_a_program_that_fails_on_the_data_is_one_line(tmp_path: Path) -> None:
+    """A guide built for other data (here: 5 inputs, the data have 4) fails inside the user's
+    code: the error is one line naming the shapes, and nothing is written."""
+
+    class WrongEncoder(Encoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(D + 1, 2 * Z)
+
+    with pytest.raises(ProgramError) as err:
+        pyrogen.train(config(), tmp_path / "r", data=data(), model=Mixture(), guide=WrongEncoder())
+    message = str(err.value)
+    assert "\n" not in message and "(x of shape (8, 4))" in message and "RuntimeError" in message
+    assert not (tmp_path / "r").exists()

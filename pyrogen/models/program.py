@@ -152,9 +152,18 @@ def inspect_program(
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), param_statements(False), poutine.block():
         args = (x,) if y is None else (x, y)
-        guide_trace = poutine.trace(program.guide).get_trace(*args)
-        replayed = poutine.replay(program.forward, trace=guide_trace)
-        model_trace = poutine.trace(replayed).get_trace(*args)
+        try:
+            guide_trace = poutine.trace(program.guide).get_trace(*args)
+            replayed = poutine.replay(program.forward, trace=guide_trace)
+            model_trace = poutine.trace(replayed).get_trace(*args)
+        except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as e:
+            # the user's code failed on the data (shapes, dtypes, a missing argument):
+            # one line with Pyro's own first line, which names the site when it knows it
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ProgramError(
+                f"the program failed on a batch of the data (x of shape {tuple(x.shape)}): "
+                f"{type(e).__name__}: {first}"
+            ) from None
     n = x.shape[0]
     observed = [
         (name, site)
