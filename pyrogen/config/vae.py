@@ -39,8 +39,8 @@ class VAEModelConfig:
     prior: Literal["standard", "vamp", "mog", "mixture"] = field(
         default="standard",
         metadata={
-            "doc": "p(z): standard N(0, I), vamp Σ_k q(z | u_k)/K, mog (learned mixture), "
-            "mixture (mog, c enumerated: GMVAE)"
+            "doc": "p(z): standard N(0,I), vamp, mog (learned mixture), mixture (GMVAE: mog, "
+            "c enumerated)"
         },
     )
     num_pseudo_inputs: int = num(
