@@ -173,32 +173,6 @@ def test_refusals_name_the_key():
 
 
 @needs_mnist
-@pytest.mark.parametrize("labelled", [20, 50])
-def test_default_alpha_weighs_the_labelled_mean_by_a_tenth_of_n(labelled):
-    """Kingma et al.'s J^α = J + 0.1 N E_l[log q(y|x)]: over an epoch, the classifier term of
-    all N_l labelled rows together weighs 0.1 N (α per row times the row's epoch weight,
-    labelled_weight per appearance times 1 / labelled_weight appearances), whatever N_l; a
-    default of 0.1 N per row would weigh it N_l times more and make q(y|x) a supervised
-    classifier of the labelled rows alone."""
-    cfg = tiny_cfg(f"data.labelled={labelled}")
-    dataset, learner = pyrogen.build(cfg, "cpu")
-    n, n_l = dataset.train.shape[0], int((dataset.train_labels >= 0).sum())
-    assert n_l == labelled
-    model = learner.model
-    x, y = dataset.train, dataset.train_labels
-    trace = poutine.trace(
-        poutine.replay(model.model, trace=poutine.trace(model.guide).get_trace(x, y))
-    )
-    aux = trace.get_trace(x, y).nodes["y_aux"]
-    logq = model.guide.class_logits(x[y >= 0]).log_softmax(-1)
-    logq = logq.gather(1, y[y >= 0, None]).squeeze(1)
-    per_epoch = aux["scale"] * aux["fn"].log_prob(aux["value"]) / model.labelled_weight
-    assert float(per_epoch.sum()) == pytest.approx(0.1 * n * float(logq.mean()), rel=1e-5)
-    # an explicit model.alpha is taken per labelled row as given
-    assert pyrogen.build(tiny_cfg("model.alpha=3"), "cpu")[1].model.alpha == 3.0
-
-
-@needs_mnist
 def test_training_moves_parameters_reports_accuracy_and_draws_the_grid(tmp_path):
     cfg = tiny_cfg()
     dataset, learner = pyrogen.build(cfg, "cpu")
