@@ -27,7 +27,7 @@ class SSVAEModelConfig:
         None,
         ge=0.0,
         le=1e9,
-        doc="weight α of log q(y|x) per labelled example; null: 0.1 N (Kingma et al.)",
+        doc="weight α of log q(y|x) per labelled row; null: 0.1 N (Kingma et al.: 0.1 N / N_l)",
     )
     labelled_batch_size: int | None = num(
         None,
