@@ -277,13 +277,23 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     run = _load_run(args.run_dir, args.device, args.checkpoint)
     configure_threads(args.num_threads, count_all_parameters(run.learner.module))
     torch.manual_seed(args.seed)
-    x = run.sample_means(args.n) if args.means else run.sample(args.n)
+    if args.label is not None:
+        if args.means:
+            raise UsageError("--means and --label: class-conditional means are not drawn here")
+        try:
+            x = run.sample(args.n, args.label)
+        except ValueError as e:
+            raise UsageError(f"--label {args.label}: {e}") from None
+    else:
+        x = run.sample_means(args.n) if args.means else run.sample(args.n)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix == ".pt":
             torch.save(x.cpu(), out)
         elif run.dataset.kind == "image":
             what = "decoder means E[x | z]" if args.means else "samples x ~ p(x)"
+            if args.label is not None:
+                what = f"samples x ~ p(x | y={args.label})"
             title = f"{args.n} {what} of {run.run_dir.name}"
             plots.save_image_grid(x, run.dataset.image_shape, out, title=title)
         else:
@@ -619,6 +629,12 @@ def build_parser() -> _Parser:
         "--means",
         action="store_true",
         help="VAE: the decoder's means E[x | z], z ~ p(z), instead of draws x ~ p(x)",
+    )
+    p.add_argument(
+        "--label",
+        type=_int_range(0, 100_000),
+        default=None,
+        help="a class-conditional model: draw x ~ p(x | y) for this class y",
     )
     run_options(p)
     p.set_defaults(func=_cmd_sample)

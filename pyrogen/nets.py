@@ -152,16 +152,59 @@ def mlp_generator(
     return nn.Sequential(MLP(latent_dim, hidden_sizes, out_dim, "relu"), OUTPUT_LAYERS[output]())
 
 
+class ProjectionDiscriminator(nn.Module):
+    """The projection discriminator of Miyato & Koyama (2018) for a class-conditional GAN:
+
+        d(x, y) = ψ(φ(x)) + embed(y)ᵀ φ(x)
+
+    with φ = ``features`` (x -> F numbers), ψ = ``head`` (a linear layer F -> 1) and a learned
+    embedding of the K classes in R^F (spectrally normalised with the rest when
+    ``spectral_norm``). It is the discriminator of an unconditional GAN, ψ(φ(x)), plus an inner
+    product of its features with the class's embedding: the log-ratio of the class-conditional
+    densities, log p(y | x) − log q(y | x), is linear in φ(x).
+
+    Example::
+
+        >>> d = ProjectionDiscriminator(nn.Linear(4, 8), nn.Linear(8, 1), num_classes=3)
+        >>> d(torch.zeros(5, 4), torch.tensor([0, 1, 2, 0, 1])).shape
+        torch.Size([5])
+    """
+
+    def __init__(
+        self,
+        features: nn.Module,
+        head: nn.Linear,
+        num_classes: int,
+        spectral_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.features, self.head = features, head
+        embed = nn.Embedding(num_classes, head.in_features)
+        nn.init.xavier_uniform_(embed.weight)
+        self.embed = _maybe_sn(embed, spectral_norm)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        return self.head(h).squeeze(-1) + (self.embed(y) * h).sum(-1)
+
+
 def mlp_discriminator(
     in_dim: int,
     hidden_sizes: Sequence[int],
     dropout: float = 0.0,
     spectral_norm: bool = False,
-) -> nn.Sequential:
+    num_classes: int | None = None,
+) -> nn.Module:
     """d: x (any shape with ``in_dim`` numbers per example) -> one logit, leaky ReLU (0.2)
-    and optional dropout after each hidden layer, optional spectral normalisation."""
+    and optional dropout after each hidden layer, optional spectral normalisation; with
+    ``num_classes``, d(x, y): the same network as a :class:`ProjectionDiscriminator` whose
+    features are its last hidden layer."""
     mlp = MLP(in_dim, hidden_sizes, 1, "leaky_relu", dropout=dropout, spectral_norm=spectral_norm)
-    return nn.Sequential(nn.Flatten(), mlp)
+    if num_classes is None:
+        return nn.Sequential(nn.Flatten(), mlp)
+    return ProjectionDiscriminator(
+        nn.Sequential(nn.Flatten(), *list(mlp)[:-1]), mlp[-1], num_classes, spectral_norm
+    )
 
 
 def conv_generator(
@@ -180,11 +223,16 @@ def conv_discriminator(
     channels: Sequence[int],
     spectral_norm: bool = False,
     dropout: float = 0.0,
-) -> ConvEncoder:
+    num_classes: int | None = None,
+) -> nn.Module:
     """DCGAN-style d: two stride-2 convolutions (leaky ReLU, then optional dropout) and a
-    linear head to one logit."""
+    linear head to one logit; with ``num_classes``, d(x, y): a
+    :class:`ProjectionDiscriminator` on the flattened convolution features."""
     if len(channels) != 2:
         raise ValueError(f"give the two stages' channels, e.g. [64, 128], not {list(channels)}")
-    return ConvEncoder(
+    encoder = ConvEncoder(
         image_shape, 1, channels=channels, spectral_norm=spectral_norm, dropout=dropout
     )
+    if num_classes is None:
+        return encoder
+    return ProjectionDiscriminator(encoder.features, encoder.head, num_classes, spectral_norm)

@@ -194,6 +194,8 @@ STEP_CASES = {
     "gan r1 ema": GAN + ["adversarial.r1_penalty=1.0", "adversarial.ema_decay=0.9"],
     "gan wasserstein gp spectral": GAN
     + ["adversarial.loss=wasserstein", "model.spectral_norm=true"],
+    # G(z, y) and d(x, y) on the labelled digits: each rank's samples take its rows' labels
+    "gan conditional r1": SGD + tiny("gan", "model.conditional=true", "adversarial.r1_penalty=1.0"),
     "gan conv batchnorm k2": SGD
     + ["model.family=gan", "data.flatten=false", "model.architecture=conv"]
     + ["model.latent_dim=4", "model.hidden_sizes=[8,4]", "model.discriminator_hidden_sizes=[4,8]"]
@@ -223,6 +225,8 @@ def _steps(
     dataset, learner = build(cfg, device)
     initial = _state(learner)
     x = _batch(name, dataset)
+    labels = getattr(learner.module, "conditional", False)
+    y = dataset.labels("train")[: x.shape[0]] if labels else None
     offset = 0
     if distributed:
         learner.data_parallel()
@@ -230,10 +234,11 @@ def _steps(
         pieces = x.tensor_split(WORLD)
         offset = sum(p.shape[0] for p in pieces[:rank])
         x = pieces[rank]
+        y = None if y is None else y.tensor_split(WORLD)[rank]
     with common_noise(offset) as cursor:
         cursor["rows"] = x.shape[0]
         for _ in range(STEPS):
-            out = learner.step(x)
+            out = learner.step(x) if y is None else learner.step(x, y)
             assert math.isfinite(out["loss"]), (name, out)
     return {**_state(learner), **{f"initial/{k}": v for k, v in initial.items()}}
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import pyrogen.training.loop as training
-from conftest import SMALL_RUNS, assert_same, flat, state_of
+from conftest import SMALL_RUN, SMALL_RUNS, assert_same, flat, state_of, tiny
 from pyrogen import load_config
 from pyrogen.training import TrainingDiverged, load, read_metrics, train
 from pyrogen.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -27,7 +27,14 @@ VAMP_RUN = SMALL_RUNS["vae"] + ["model.prior=vamp", "model.num_pseudo_inputs=50"
 GMVAE_RUN = SMALL_RUNS["vae"] + [
     "model.prior=mixture", "model.num_components=3", "elbo.name=trace_enum"
 ]  # fmt: skip
-VARIANTS = {"vae_beta": BETA_RUN, "vae_vamp": VAMP_RUN, "vae_gmvae": GMVAE_RUN}
+# a class-conditional GAN on the labelled digits (G(z, y), projection discriminator)
+CGAN_RUN = SMALL_RUN + tiny("gan", "model.conditional=true", "adversarial.ema_decay=0.9")
+VARIANTS = {
+    "vae_beta": BETA_RUN,
+    "vae_vamp": VAMP_RUN,
+    "vae_gmvae": GMVAE_RUN,
+    "gan_conditional": CGAN_RUN,
+}
 
 
 @pytest.mark.parametrize("family", [*SMALL_RUNS, *VARIANTS])

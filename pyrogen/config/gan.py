@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pyrogen.config.schema import MAX_STEPS, MAX_WIDTH, num, sizes
+from pyrogen.config.schema import MAX_COUNT, MAX_STEPS, MAX_WIDTH, num, sizes
 
 
 @dataclass
@@ -36,6 +36,11 @@ class GANModelConfig:
     output: Literal["sigmoid", "tanh", "identity"] = field(
         default="sigmoid", metadata={"doc": "the generator's last layer"}
     )
+    conditional: bool = field(
+        default=False,
+        metadata={"doc": "class-conditional: G(z, y) and a projection discriminator d(x, y)"},
+    )
+    num_classes: int = num(10, ge=2, le=MAX_COUNT, doc="conditional: number of classes y")
 
 
 @dataclass

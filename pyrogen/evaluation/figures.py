@@ -38,6 +38,12 @@ def samples_figure(run: Any, n: int) -> Figure | None:
             ]
             title = f"{n} z ~ p(z) of the VAE (Bernoulli likelihood)"
             return plots.image_grids_figure(panels, ds.image_shape, title=title)
+        k = getattr(run.model, "num_classes", None)
+        if getattr(run.model, "conditional", False) and k:  # one row per class
+            m = max(1, n // k)
+            x = run.sample(m * k, torch.arange(k).repeat_interleave(m))
+            title = f"samples x ~ p(x | y) of the {kind}: one row per class y = 0..{k - 1}"
+            return plots.image_grid_figure(x, ds.image_shape, nrow=m, title=title)
         title = f"{n} samples x ~ p(x) of the {kind}"
         return plots.image_grid_figure(run.sample(n), ds.image_shape, title=title)
     if ds.num_dims == 2:

@@ -151,6 +151,23 @@ def check_conv_shape(cfg: Config, data: Dataset) -> None:
             raise ConfigError(problem)
 
 
+def check_class_labels(cfg: Config, data: Dataset) -> None:
+    """A class-conditional model (``model.conditional=true``) needs labelled data with at most
+    ``model.num_classes`` classes."""
+    m = cfg.model
+    if not m.conditional:
+        return
+    if data.num_classes is None:
+        raise ConfigError(
+            f"model.conditional=true needs class labels; data.name={data.name} has none"
+        )
+    if data.num_classes > m.num_classes:
+        raise ConfigError(
+            f"model.num_classes={m.num_classes} but data.name={data.name} has "
+            f"{data.num_classes} classes"
+        )
+
+
 def check_estimator(guide: str, cfg: Config, **facts: Any) -> None:
     """Refuse the pair of the guide called ``guide`` and the config's estimator (``elbo``
     section) where :func:`~pyrogen.inference.elbo.check_compatible` finds it cannot work;

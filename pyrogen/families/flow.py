@@ -10,7 +10,7 @@ from torch import nn
 
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
-from pyrogen.families.base import Family, learner_options
+from pyrogen.families.base import Family, check_class_labels, learner_options
 from pyrogen.inference.variational import VariationalLearner
 from pyrogen.models.flow import Flow, conditioner_networks, make_flow
 from pyrogen.registry import FLOWS, check_name
@@ -67,16 +67,7 @@ class FlowFamily(Family):
         problem = FLOWS.get(m.flow).problem(data.num_dims, **self.options(cfg, data))
         if problem:
             raise ConfigError(problem)
-        if m.conditional:
-            if data.num_classes is None:
-                raise ConfigError(
-                    f"model.conditional=true needs class labels; data.name={data.name} has none"
-                )
-            if data.num_classes > m.num_classes:
-                raise ConfigError(
-                    f"model.num_classes={m.num_classes} but data.name={data.name} has "
-                    f"{data.num_classes} classes"
-                )
+        check_class_labels(cfg, data)
 
     def options(self, cfg: Config, data: Dataset) -> dict[str, Any]:
         """The ``model`` keys (and the data's ``image_shape``) that the configured

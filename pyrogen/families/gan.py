@@ -7,7 +7,13 @@ from torch import nn
 
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
-from pyrogen.families.base import Family, check_conv_shape, learner_options, mlp_size
+from pyrogen.families.base import (
+    Family,
+    check_class_labels,
+    check_conv_shape,
+    learner_options,
+    mlp_size,
+)
 from pyrogen.inference.adversarial import AdversarialLearner, GANLoss, make_gan_loss
 from pyrogen.models.gan import GAN
 from pyrogen.nets import conv_discriminator, conv_generator, mlp_discriminator, mlp_generator
@@ -47,6 +53,7 @@ class GANFamily(Family):
     def check_data(self, cfg: Config, data: Dataset) -> None:
         m = cfg.model
         check_conv_shape(cfg, data)
+        check_class_labels(cfg, data)
         if m.output == "sigmoid" and data.kind == "points":
             low, high = float(data.train.min()), float(data.train.max())
             if low < 0 or high > 1:
@@ -58,35 +65,46 @@ class GANFamily(Family):
     def estimate_parameters(self, cfg: Config, data: Dataset) -> int:
         m = cfg.model
         d = data.num_dims
-        generator = mlp_size([m.latent_dim, *m.hidden_sizes, d])
-        discriminator = mlp_size([d, *m.discriminator_hidden_sizes, 1])
+        k = m.num_classes if m.conditional else 0  # G takes [z, e_y]; D embeds y
+        widths = [d, *m.discriminator_hidden_sizes]
+        generator = mlp_size([m.latent_dim + k, *m.hidden_sizes, d])
+        discriminator = mlp_size([*widths, 1]) + k * widths[-1]
         if m.architecture == "conv":  # the linear layers dominate; convolutions are 4x4
             c0, c1 = m.hidden_sizes
             d0, d1 = m.discriminator_hidden_sizes
-            generator = m.latent_dim * c0 * d // 16 + 16 * c0 * c1 + 16 * c1
-            discriminator = 16 * d0 + 16 * d0 * d1 + d1 * d // 16
+            generator = (m.latent_dim + k) * c0 * d // 16 + 16 * c0 * c1 + 16 * c1
+            discriminator = 16 * d0 + 16 * d0 * d1 + (1 + k) * d1 * d // 16
         return generator + discriminator
 
     def build_model(self, cfg: Config, data: Dataset) -> GAN:
         m = cfg.model
+        k = m.num_classes if m.conditional else None
+        g_in = m.latent_dim + (k or 0)  # a conditional G takes [z, e_y]
         if m.architecture == "conv":
             shape = data.image_shape
-            generator = conv_generator(m.latent_dim, shape, m.hidden_sizes, m.output)
+            generator = conv_generator(g_in, shape, m.hidden_sizes, m.output)
             discriminator = conv_discriminator(
                 shape,
                 m.discriminator_hidden_sizes,
                 spectral_norm=m.spectral_norm,
                 dropout=m.discriminator_dropout,
+                num_classes=k,
             )
         else:
-            generator = mlp_generator(m.latent_dim, m.hidden_sizes, data.num_dims, m.output)
+            generator = mlp_generator(g_in, m.hidden_sizes, data.num_dims, m.output)
             discriminator = mlp_discriminator(
                 data.num_dims,
                 m.discriminator_hidden_sizes,
                 dropout=m.discriminator_dropout,
                 spectral_norm=m.spectral_norm,
+                num_classes=k,
             )
-        return GAN(generator, discriminator, m.latent_dim, data.event_shape, prior=m.prior)
+        return GAN(
+            generator, discriminator, m.latent_dim, data.event_shape, prior=m.prior, num_classes=k
+        )
+
+    def uses_labels(self, cfg: Config) -> bool:
+        return bool(cfg.model.conditional)
 
     def networks(self, model: nn.Module) -> list[nn.Module]:
         return [model.generator, model.discriminator]

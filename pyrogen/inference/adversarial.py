@@ -334,30 +334,42 @@ class AdversarialLearner:
         return [self.opt_d, self.opt_g]
 
     # ---------------------------------------------------------------- the two players
-    def _generate(self, n: int) -> torch.Tensor:
-        """G(z) for n fresh z ~ p_z, shaped ``(n, *event_shape)``."""
-        return self.model.generate(self.model.prior().sample((n,)))
+    def _generate(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """G(z) for n fresh z ~ p_z (conditional: G(z, y)), shaped ``(n, *event_shape)``."""
+        return self.model.generate(self.model.prior().sample((n,)), y=y)
 
     def discriminator_logits(
-        self, real: torch.Tensor, fake: torch.Tensor
+        self, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """d(x) on data and d(G(z)) on samples: one pass of D over both."""
-        logits = self.model.discriminate(torch.cat([real, fake]))
+        """d(x) on data and d(G(z)) on samples: one pass of D over both (conditional: both
+        with the labels ``y``, the samples having been drawn for the data's labels)."""
+        labels = None if y is None else torch.cat([y, y])
+        logits = self.model.discriminate(torch.cat([real, fake]), labels)
         return logits[: real.shape[0]], logits[real.shape[0] :]
 
     def discriminator_loss(
-        self, real: torch.Tensor, fake: torch.Tensor
+        self, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """D's loss on data ``real`` and samples ``fake`` with the configured penalties, and
-        the logits of both."""
-        l_real, l_fake = self.discriminator_logits(real, fake)
+        """D's loss on data ``real`` and samples ``fake`` (of the labels ``y`` when
+        conditional) with the configured penalties, and the logits of both."""
+        l_real, l_fake = self.discriminator_logits(real, fake, y)
         loss = self.loss.d_loss(l_real, l_fake)
-        d = self.model.discriminate
+
+        def d(x: torch.Tensor) -> torch.Tensor:
+            return self.model.discriminate(x, y)
+
         if self.loss.gradient_penalty and self.gp_weight:
             loss = loss + self.gp_weight * gradient_penalty(d, real, fake)
         if self.r1_weight:
             loss = loss + 0.5 * self.r1_weight * r1_penalty(d, real)
         return loss, l_real, l_fake
+
+    def _labels(self, y: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """The labels of a batch of n: required by a class-conditional GAN, refused by an
+        unconditional one (never silently ignored)."""
+        if self.model.conditional and y is None:
+            raise ValueError("a class-conditional GAN trains on labelled data: give y")
+        return self.model.labels(y, n)
 
     def _cancel(self, out: dict[str, float]) -> dict[str, float]:
         self.opt_d.zero_grad(set_to_none=True)
@@ -380,18 +392,18 @@ class AdversarialLearner:
             guard.distributed = True
 
     def _discriminator_objective(
-        self, real: torch.Tensor, fake: torch.Tensor
+        self, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`discriminator_loss`, in float32 under autocast (the guarded step runs it
         under autocast in the configured precision)."""
-        loss, l_real, l_fake = self.discriminator_loss(real, fake)
+        loss, l_real, l_fake = self.discriminator_loss(real, fake, y)
         if self._dtype is None:
             return loss, l_real, l_fake
         return loss.float(), l_real.float(), l_fake.float()
 
-    def _generator_objective(self, n: int) -> torch.Tensor:
-        """G's loss on n fresh samples, through D."""
-        return self.loss.g_loss(self.model.discriminate(self._generate(n)))
+    def _generator_objective(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """G's loss on n fresh samples (conditional: of the labels ``y``), through D."""
+        return self.loss.g_loss(self.model.discriminate(self._generate(n, y), y))
 
     def _share(self, n: int) -> float:
         """Under DDP, the factor of this rank's batch mean, n W / B: DDP's average over the W
@@ -401,10 +413,13 @@ class AdversarialLearner:
         return 1.0 if total is None else n * self.world_size / total
 
     def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
-        """One D step on ``x``; every k-th call also one G step (see the class docstring)."""
+        """One D step on ``x``; every k-th call also one G step (see the class docstring). A
+        class-conditional GAN needs the labels ``y`` of ``x``: its samples are drawn for
+        them, so that D sees both classes' data and samples in the data's proportions."""
         gan = self.model
         gan.train()
         n = x.shape[0]
+        y = self._labels(y, n)
         g_step = (self.num_steps + 1) % self.k == 0
         buffers = [*gan.generator.buffers(), *gan.discriminator.buffers()]
         if g_step:  # D's update must be undone if G's step fails after it
@@ -415,12 +430,12 @@ class AdversarialLearner:
 
         # D ascends V: data labelled 1, fresh samples labelled 0
         with torch.no_grad(), self._guards["d"].autocast():
-            fake = self._generate(n)
+            fake = self._generate(n, y)
         real = x.reshape(fake.shape)
         d_objective = self._ddp_d or self._discriminator_objective
 
         def d_forward() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-            d_loss, l_real, l_fake = d_objective(real, fake)
+            d_loss, l_real, l_fake = d_objective(real, fake, y)
             l_real, l_fake = l_real.detach(), l_fake.detach()
             reports = [torch.sigmoid(l_real).mean(), torch.sigmoid(l_fake).mean()]
             return d_loss, d_loss.detach(), [*reports, self.loss.g_loss(l_fake)]
@@ -435,7 +450,7 @@ class AdversarialLearner:
             g_objective = self._ddp_g or self._generator_objective
 
             def g_forward() -> tuple[torch.Tensor, torch.Tensor]:
-                g_loss = g_objective(n)
+                g_loss = g_objective(n, y)
                 return g_loss, g_loss.detach()
 
             g = self._guards["g"].step(g_forward, share)
@@ -454,8 +469,9 @@ class AdversarialLearner:
         fresh samples of the trained (not averaged) generator."""
         self.model.eval()
         n = x.shape[0]
-        fake = self._generate(n)
-        l_real, l_fake = self.discriminator_logits(x.reshape(fake.shape), fake)
+        y = self._labels(y, n)
+        fake = self._generate(n, y)
+        l_real, l_fake = self.discriminator_logits(x.reshape(fake.shape), fake, y)
         values = torch.stack(
             [
                 self.loss.d_loss(l_real, l_fake),
@@ -510,9 +526,9 @@ class _DiscriminatorObjective(nn.Module):
         self.learner = learner  # not a module: not part of the tree
 
     def forward(
-        self, real: torch.Tensor, fake: torch.Tensor
+        self, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.learner._discriminator_objective(real, fake)
+        return self.learner._discriminator_objective(real, fake, y)
 
 
 class _GeneratorObjective(nn.Module):
@@ -524,5 +540,5 @@ class _GeneratorObjective(nn.Module):
         self.generator = learner.model.generator
         self.learner = learner
 
-    def forward(self, n: int) -> torch.Tensor:
-        return self.learner._generator_objective(n)
+    def forward(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.learner._generator_objective(n, y)

@@ -5,6 +5,11 @@
 
 with a discriminator D(x) = σ(d(x)) = P(label 1 = data | x), returned as the logit d(x).
 
+With ``num_classes`` K the GAN is class-conditional (Mirza & Osindero 2014): x = G([z, e_y])
+with e_y the one-hot label, and the discriminator is given the label too, d(x, y) — the
+configs use the projection discriminator of Miyato & Koyama (2018),
+d(x, y) = ψ(φ(x)) + embed(y)ᵀ φ(x) (:class:`pyrogen.nets.ProjectionDiscriminator`).
+
 A GAN is built from plain arguments: a generator and a discriminator (any ``nn.Module``s),
 the latent dimension, the shape of one example and the prior. The generator maps z of shape
 ``(N, latent_dim)`` to N examples (any shape with N·D numbers, D = prod(event_shape)); its
@@ -31,6 +36,7 @@ from typing import Literal
 import pyro
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -66,8 +72,12 @@ class GAN(GenerativeProcess):
         latent_dim: int,
         event_shape: int | Sequence[int],
         prior: Literal["normal", "uniform"] = "normal",
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (or None), got {num_classes}")
+        self.num_classes = num_classes
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
         if prior not in ("normal", "uniform"):
@@ -82,6 +92,27 @@ class GAN(GenerativeProcess):
         low = 0.0 if prior == "normal" else -1.0  # normal: (loc, scale); uniform: (low, high)
         self.register_buffer("prior_a", torch.full((self.latent_dim,), low))
         self.register_buffer("prior_b", torch.ones(self.latent_dim))
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the GAN is p(x | y): G and D are given the class label."""
+        return self.num_classes is not None
+
+    def labels(self, y: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """The labels of n examples of a conditional GAN (``y``, or 0..K−1 cycled when not
+        given; ``None`` for an unconditional GAN, which refuses labels)."""
+        if not self.conditional:
+            if y is not None:
+                raise ValueError("this GAN is not class-conditional: it takes no labels y")
+            return None
+        if y is None:
+            return torch.arange(n, device=self.prior_a.device) % self.num_classes
+        y = torch.as_tensor(y, device=self.prior_a.device).long().reshape(-1)
+        if y.shape[0] != n:
+            raise ValueError(f"{y.shape[0]} labels y for {n} examples")
+        if bool((y < 0).any()) or bool((y >= self.num_classes).any()):
+            raise ValueError(f"labels y must lie in 0..{self.num_classes - 1}")
+        return y
 
     def prior(self) -> dist.Distribution:
         """p_z, built from buffers so that it follows the module to its device."""
@@ -113,18 +144,29 @@ class GAN(GenerativeProcess):
 
     def process(self, x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor:
         """``z ~ p_z`` (sample site ``"z"``) and ``x = G(z)`` (``pyro.deterministic`` site
-        ``"x"``). Given ``x`` only its batch size is used: a GAN has no likelihood to
-        condition on."""
+        ``"x"``; conditional: x = G(z, y), with the classes cycled when ``y`` is not given).
+        Given ``x`` only its batch size is used: a GAN has no likelihood to condition on."""
         z = pyro.sample("z", self.prior())
-        out = self.generate(z, self.sampling_generator)
+        y = self.labels(y, z.shape[0]) if self.conditional else None
+        out = self.generate(z, self.sampling_generator, y)
         return pyro.deterministic("x", out, event_dim=len(self.event_shape))
 
-    def generate(self, z: torch.Tensor, generator: nn.Module | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        z: torch.Tensor,
+        generator: nn.Module | None = None,
+        y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x = G(z) shaped ``(*z.shape[:-1], *event_shape)`` (``generator`` defaults to the
-        trained one; the process itself uses :attr:`sampling_generator`)."""
+        trained one; the process itself uses :attr:`sampling_generator`); a conditional GAN
+        gives G the concatenation [z, e_y] of z and the one-hot label."""
         g = self.generator if generator is None else generator
         batch = z.shape[:-1]
-        out = g(z.reshape(-1, self.latent_dim))
+        z = z.reshape(-1, self.latent_dim)
+        if self.conditional:
+            y = self.labels(y, z.shape[0])
+            z = torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], dim=-1)
+        out = g(z)
         if out[0].numel() != self.num_dims:
             raise ValueError(
                 f"the generator gives {out[0].numel()} numbers per example; event_shape "
@@ -132,12 +174,21 @@ class GAN(GenerativeProcess):
             )
         return out.reshape(*batch, *self.event_shape)
 
-    def discriminate(self, x: torch.Tensor) -> torch.Tensor:
-        """The discriminator's logit d(x), shape ``(batch,)``; D(x) = sigmoid(d(x))."""
-        logits = self.discriminator(x.reshape(x.shape[0], *self.event_shape))
+    def discriminate(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The discriminator's logit d(x) (conditional: d(x, y)), shape ``(batch,)``;
+        D(x) = sigmoid(d(x))."""
+        x = x.reshape(x.shape[0], *self.event_shape)
+        if self.conditional:
+            if y is None:
+                raise ValueError("a class-conditional GAN's discriminator needs the labels y")
+            logits = self.discriminator(x, y.long())
+        else:
+            logits = self.discriminator(x)
         return logits.reshape(x.shape[0])
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        """``n`` draws x = G(z), shape ``(n, *event_shape)`` (EMA weights when enabled)."""
-        return self.generate(self.prior().sample((n,)), self.sampling_generator)
+    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``n`` draws x = G(z), shape ``(n, *event_shape)`` (EMA weights when enabled); a
+        conditional GAN draws them for the labels ``y`` (default: the classes cycled)."""
+        y = self.labels(y, n)
+        return self.generate(self.prior().sample((n,)), self.sampling_generator, y)

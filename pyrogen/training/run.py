@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -79,11 +80,31 @@ class TrainedRun:
         return out
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
+    def sample(self, n: int, y: int | Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
         """``n`` draws x ~ p(x) of the model, in the data set's stored space (e.g. images in
-        [0, 1]; binary images for a VAE with a Bernoulli likelihood)."""
+        [0, 1]; binary images for a VAE with a Bernoulli likelihood). A class-conditional
+        model draws x ~ p(x | y) for the labels ``y``: one label for all n, or n labels
+        (default: the classes in turn); a model that is not class-conditional refuses them."""
         self.learner.module.eval()
-        return self.dataset.to_data_space(self.model.sample(n))
+        if y is None:
+            return self.dataset.to_data_space(self.model.sample(n))
+        return self.dataset.to_data_space(self.model.sample(n, self.labels_for(n, y)))
+
+    def labels_for(self, n: int, y: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """``y`` as n class labels of the model (a ``ValueError`` naming what is allowed when
+        the model takes no labels, or a label is out of range)."""
+        k = getattr(self.model, "num_classes", None)
+        if not getattr(self.model, "conditional", False) or k is None:
+            raise ValueError(f"the model of {self.run_dir} is not class-conditional: no labels")
+        y = torch.as_tensor(y, dtype=torch.int64).reshape(-1)
+        if y.numel() == 1:
+            y = y.expand(n)
+        if y.numel() != n:
+            raise ValueError(f"give one label or {n} labels, not {y.numel()}")
+        if bool((y < 0).any()) or bool((y >= k).any()):
+            raise ValueError(f"labels must lie in 0..{k - 1}, got {sorted(set(y.tolist()))}")
+        device = next(self.learner.module.parameters()).device
+        return y.to(device)
 
     @torch.no_grad()
     def sample_means(self, n: int) -> torch.Tensor:
