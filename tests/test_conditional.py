@@ -4,16 +4,19 @@ as their training data say; labels are refused by a model that is not class-cond
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 from conftest import tiny
-from pyrogen import load_config, train
+from pyrogen import evaluate, load_config, train
 from pyrogen.cli import main
-from pyrogen.config import ConfigError
+from pyrogen.config import ConfigError, EvaluationConfig
+from pyrogen.evaluation.conditional import conditional_accuracy
 from pyrogen.inference.adversarial import AdversarialLearner
 from pyrogen.models.gan import GAN
 from pyrogen.nets import ProjectionDiscriminator
@@ -48,6 +51,32 @@ def test_samples_for_a_label_lie_where_that_labels_data_lie(tmp_path: Path, fami
     assert left[:, 0].mean() < -1.0 < 1.0 < right[:, 0].mean(), (left.mean(0), right.mean(0))
     both = run.sample(400, torch.arange(400) % 2)  # one label per example
     assert both[0::2, 0].mean() < 0 < both[1::2, 0].mean()
+    est = evaluate(run, EvaluationConfig(parzen_samples=100, quiet=True))["estimates"]
+    assert est["classifier_accuracy"]["mean"] > 0.99  # the blobs are separable: the ceiling
+    assert est["conditional_accuracy"]["mean"] > 0.75  # chance: 0.5
+    if family == "flow":  # log p(x | y), exact
+        assert math.isfinite(est["exact"]["mean"])
+
+
+def test_conditional_accuracy_is_the_share_of_samples_the_judge_labels_as_drawn() -> None:
+    """Samples drawn for the wrong class score 0 where the right class scores 1."""
+    data = two_blobs(400)
+    x, y = data["train"], data["train_labels"]
+    dataset = SimpleNamespace(train=x, num_classes=2, labels=lambda split: y)
+
+    def run_drawing(flip: bool) -> SimpleNamespace:
+        def sample(n: int, labels: torch.Tensor) -> torch.Tensor:
+            side = (labels ^ int(flip)).float() * 4.0 - 2.0
+            return torch.stack([side + 0.3 * torch.randn(n), 0.3 * torch.randn(n)], -1)
+
+        return SimpleNamespace(dataset=dataset, sample=sample)
+
+    right = conditional_accuracy(run_drawing(False), x, y, per_class=100)
+    wrong = conditional_accuracy(run_drawing(True), x, y, per_class=100)
+    assert right["conditional_accuracy"]["mean"] > 0.98
+    assert wrong["conditional_accuracy"]["mean"] < 0.02
+    assert right["conditional_accuracy"]["n"] == 200
+    assert right["classifier_accuracy"] == wrong["classifier_accuracy"]
 
 
 def test_the_projection_discriminator_is_psi_of_phi_plus_the_class_embedding() -> None:

@@ -41,6 +41,7 @@ import torch
 from pyrogen.config import ConfigError, EvaluationConfig
 from pyrogen.data import Dataset
 from pyrogen.evaluation.clusters import cluster_accuracy, clusters
+from pyrogen.evaluation.conditional import conditional_accuracy, is_class_conditional
 from pyrogen.evaluation.flow_metrics import flow_log_likelihood
 from pyrogen.evaluation.loglik import (
     KHAT_THRESHOLD,
@@ -265,6 +266,8 @@ def _report(
         estimates = dict(likelihood_estimates(run, x, y, ev, index))
         if with_parzen:
             estimates["parzen"] = parzen(run, x, ev)
+        if with_parzen and y is not None and is_class_conditional(run.model):
+            estimates.update(conditional_accuracy(run, x, y, seed=ev.seed))
     discrete = run.dataset.is_binary()
     for name, est in estimates.items():
         est.setdefault("unit", "bits/dim" if name == "bits_per_dim" else "nats")

@@ -40,6 +40,8 @@ COLUMNS = [
     ("parzen", "Parzen log p̂(x), nats"),
     ("mmd2", "MMD² of samples"),
     ("frechet", "Fréchet of samples"),
+    ("conditional_accuracy", "conditional accuracy"),
+    ("classifier_accuracy", "its ceiling (real data)"),
 ]
 
 
