@@ -277,7 +277,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     run = _load_run(args.run_dir, args.device, args.checkpoint)
     configure_threads(args.num_threads, count_all_parameters(run.learner.module))
     torch.manual_seed(args.seed)
-    x = run.sample_means(args.n) if args.means else run.sample(args.n)
+    if args.temperature != 1.0 and (args.means or run.family != "flow"):
+        raise UsageError(
+            f"--temperature {args.temperature} applies to flows (without --means); this run's "
+            f"model is a {run.family}"
+        )
+    x = run.sample_means(args.n) if args.means else run.sample(args.n, args.temperature)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix == ".pt":
@@ -510,6 +515,16 @@ def _temperature(text: str) -> float:
     return value
 
 
+def _sampling_temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; expected 0 <= T <= 100")
+    return value
+
+
 def _version() -> str:
     from pyrogen import __version__
 
@@ -619,6 +634,13 @@ def build_parser() -> _Parser:
         "--means",
         action="store_true",
         help="VAE: the decoder's means E[x | z], z ~ p(z), instead of draws x ~ p(x)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=_sampling_temperature,
+        default=1.0,
+        metavar="T",
+        help="flows: draw z ~ N(0, T² I) (every split prior's std times T too); default 1",
     )
     run_options(p)
     p.set_defaults(func=_cmd_sample)

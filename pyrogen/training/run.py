@@ -79,11 +79,20 @@ class TrainedRun:
         return out
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         """``n`` draws x ~ p(x) of the model, in the data set's stored space (e.g. images in
-        [0, 1]; binary images for a VAE with a Bernoulli likelihood)."""
+        [0, 1]; binary images for a VAE with a Bernoulli likelihood). A flow samples at a
+        ``temperature`` T (the std of its base, and of a multi-scale flow's split priors,
+        times T); the other families at T = 1 only."""
         self.learner.module.eval()
-        return self.dataset.to_data_space(self.model.sample(n))
+        if temperature == 1.0:
+            return self.dataset.to_data_space(self.model.sample(n))
+        if self.family != "flow":
+            raise ValueError(
+                f"temperature={temperature}: sampling at a temperature applies to flows; this "
+                f"run's model is a {self.family}"
+            )
+        return self.dataset.to_data_space(self.model.sample(n, temperature=temperature))
 
     @torch.no_grad()
     def sample_means(self, n: int) -> torch.Tensor:
