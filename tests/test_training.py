@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import pyrogen.training.loop as training
-from conftest import SMALL_RUNS, assert_same, flat, state_of
+from conftest import SMALL_RUN, SMALL_RUNS, assert_same, flat, state_of, tiny
 from pyrogen import load_config
 from pyrogen.training import TrainingDiverged, load, read_metrics, train
 from pyrogen.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -27,7 +27,12 @@ VAMP_RUN = SMALL_RUNS["vae"] + ["model.prior=vamp", "model.num_pseudo_inputs=50"
 GMVAE_RUN = SMALL_RUNS["vae"] + [
     "model.prior=mixture", "model.num_components=3", "elbo.name=trace_enum"
 ]  # fmt: skip
-VARIANTS = {"vae_beta": BETA_RUN, "vae_vamp": VAMP_RUN, "vae_gmvae": GMVAE_RUN}
+#: a multi-scale Glow on the digits: act-norm's data-dependent init, 1x1 convs, a split prior
+GLOW_RUN = SMALL_RUN + tiny("flow", "model.flow=glow", "model.levels=2", width=8) + [
+    "model.steps_per_level=1", "data.dequantize=true", "data.logit_lambda=1e-6"
+]  # fmt: skip
+VARIANTS = {"vae_beta": BETA_RUN, "vae_vamp": VAMP_RUN, "vae_gmvae": GMVAE_RUN,
+            "flow_glow_multiscale": GLOW_RUN}  # fmt: skip
 
 
 @pytest.mark.parametrize("family", [*SMALL_RUNS, *VARIANTS])
