@@ -277,15 +277,22 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     run = _load_run(args.run_dir, args.device, args.checkpoint)
     configure_threads(args.num_threads, count_all_parameters(run.learner.module))
     torch.manual_seed(args.seed)
+    if args.temperature != 1.0 and (args.means or run.family != "flow"):
+        raise UsageError(
+            f"--temperature {args.temperature} applies to flows (without --means); this run's "
+            f"model is a {run.family}"
+        )
     if args.label is not None:
         if args.means:
             raise UsageError("--means and --label: class-conditional means are not drawn here")
         try:
-            x = run.sample(args.n, args.label)
+            x = run.sample(args.n, args.label, temperature=args.temperature)
         except ValueError as e:
             raise UsageError(f"--label {args.label}: {e}") from None
+    elif args.means:
+        x = run.sample_means(args.n)
     else:
-        x = run.sample_means(args.n) if args.means else run.sample(args.n)
+        x = run.sample(args.n, temperature=args.temperature)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix == ".pt":
@@ -520,6 +527,16 @@ def _temperature(text: str) -> float:
     return value
 
 
+def _sampling_temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; expected 0 <= T <= 100")
+    return value
+
+
 def _version() -> str:
     from pyrogen import __version__
 
@@ -635,6 +652,13 @@ def build_parser() -> _Parser:
         type=_int_range(0, 100_000),
         default=None,
         help="a class-conditional model: draw x ~ p(x | y) for this class y",
+    )
+    p.add_argument(
+        "--temperature",
+        type=_sampling_temperature,
+        default=1.0,
+        metavar="T",
+        help="flows: draw z ~ N(0, T² I) (every split prior's std times T too); default 1",
     )
     run_options(p)
     p.set_defaults(func=_cmd_sample)

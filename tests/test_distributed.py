@@ -191,6 +191,9 @@ STEP_CASES = {
     "flow maf actnorm dequantized": SGD
     + tiny("flow", "model.flow=maf", "model.num_layers=2", "model.normalization=actnorm", width=64)
     + ["data.dequantize=true", "data.logit_lambda=1e-6"],
+    "flow glow multiscale": SGD
+    + tiny("flow", "model.flow=glow", "model.levels=2", "model.steps_per_level=1", width=8)
+    + ["data.dequantize=true", "data.logit_lambda=1e-6"],
     "gan r1 ema": GAN + ["adversarial.r1_penalty=1.0", "adversarial.ema_decay=0.9"],
     "gan wasserstein gp spectral": GAN
     + ["adversarial.loss=wasserstein", "model.spectral_norm=true"],

@@ -29,11 +29,16 @@ GMVAE_RUN = SMALL_RUNS["vae"] + [
 ]  # fmt: skip
 # a class-conditional GAN on the labelled digits (G(z, y), projection discriminator)
 CGAN_RUN = SMALL_RUN + tiny("gan", "model.conditional=true", "adversarial.ema_decay=0.9")
+#: a multi-scale Glow on the digits: act-norm's data-dependent init, 1x1 convs, a split prior
+GLOW_RUN = SMALL_RUN + tiny("flow", "model.flow=glow", "model.levels=2", width=8) + [
+    "model.steps_per_level=1", "data.dequantize=true", "data.logit_lambda=1e-6"
+]  # fmt: skip
 VARIANTS = {
     "vae_beta": BETA_RUN,
     "vae_vamp": VAMP_RUN,
     "vae_gmvae": GMVAE_RUN,
     "gan_conditional": CGAN_RUN,
+    "flow_glow_multiscale": GLOW_RUN,
 }
 
 

@@ -29,5 +29,9 @@ class FlowModelConfig:
     permutation: Literal["reverse", "random"] = field(
         default="reverse", metadata={"doc": "permutation of dimensions between transforms"}
     )
+    levels: int = num(1, ge=1, le=16, doc="glow, realnvp on images: scales; >1 squeezes and splits")
+    steps_per_level: int | None = num(
+        None, ge=1, le=1024, doc="glow, realnvp with levels: steps a scale; null: model.num_layers"
+    )
     conditional: bool = field(default=False, metadata={"doc": "class-conditional p(x | y)"})
     num_classes: int = num(10, ge=2, le=MAX_COUNT, doc="conditional: number of classes y")

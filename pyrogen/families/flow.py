@@ -24,7 +24,7 @@ def architectures(fact: str) -> list[str]:
 
 #: the ``model`` keys a flow architecture may take as options (by the same names)
 MODEL_OPTIONS = ("num_layers", "hidden_sizes", "count_bins", "bound", "normalization",
-                 "permutation")  # fmt: skip
+                 "permutation", "levels", "steps_per_level")  # fmt: skip
 
 
 class FlowFamily(Family):
@@ -50,6 +50,22 @@ class FlowFamily(Family):
                 "which bfloat16/float16 round to 2-3 significant digits (a MAF on digits "
                 "scored examples 0.06 nats off on average in bf16, more in higher dimension): "
                 "flows train in float32 (train.precision=32)"
+            )
+        multiscale = [name for name, a in FLOWS.items() if "levels" in a.options]
+        if m.levels > 1 and "levels" not in arch.options:
+            raise ConfigError(
+                f"model.levels={m.levels}: model.flow={m.flow} is single-scale; multi-scale "
+                f"flows are {', '.join(multiscale)}"
+            )
+        if m.steps_per_level is not None and "steps_per_level" not in arch.options:
+            raise ConfigError(
+                f"model.steps_per_level={m.steps_per_level} applies to {', '.join(multiscale)}; "
+                f"model.flow={m.flow} takes model.num_layers"
+            )
+        if m.levels > 1 and m.conditional:
+            raise ConfigError(
+                f"model.levels={m.levels}: multi-scale flows have no class-conditional form "
+                "yet; set model.conditional=false or model.levels=1"
             )
         if m.conditional and not arch.conditional:
             raise ConfigError(

@@ -64,6 +64,12 @@ from pyrogen.models.flow_layers import (
     glow,
     interleave,
 )
+from pyrogen.models.multiscale import (
+    max_levels,
+    multiscale_glow,
+    multiscale_parameters,
+    multiscale_realnvp,
+)
 from pyrogen.models.process import GenerativeProcess
 from pyrogen.registry import FLOWS
 
@@ -249,7 +255,33 @@ def architecture(name: str, doc: str = "", **facts: object) -> Callable:
     return wrap
 
 
-@architecture("realnvp")
+def _realnvp_parameters(dim, context=0, levels=1, image_shape=None, **options):
+    """The MLP couplings' (one scale), or the multi-scale convolutional flow's."""
+    if levels == 1:
+        one = _mlp_size([dim + context, *options["hidden_sizes"], 2 * dim])
+        return options["num_layers"] * one
+    steps = options.get("steps_per_level") or options["num_layers"]
+    return multiscale_parameters("realnvp", image_shape, levels, steps, options["hidden_sizes"][0])
+
+
+def _realnvp_problem(dim, levels=1, image_shape=None, normalization="none", **_):
+    if levels == 1:
+        return None
+    if image_shape is None:
+        return f"model.levels={levels}: a multi-scale realnvp needs image data; these are points"
+    most = max_levels(image_shape, extra=1)
+    if levels > most:
+        return (
+            f"model.levels={levels}: realnvp squeezes model.levels - 1 times, so height and "
+            f"width must be divisible by {2 ** (levels - 1)}, got "
+            f"{image_shape[1]}x{image_shape[2]}; use model.levels <= {most}"
+        )
+    if normalization == "batchnorm":
+        return "model.normalization=batchnorm: a multi-scale realnvp takes none or actnorm"
+    return None
+
+
+@architecture("realnvp", num_parameters=_realnvp_parameters, problem=_realnvp_problem)
 def realnvp(
     dim: int,
     num_layers: int = 5,
@@ -257,11 +289,33 @@ def realnvp(
     normalization: str = "none",
     permutation: str = "reverse",
     context_dim: int | None = None,
+    levels: int = 1,
+    steps_per_level: int | None = None,
+    image_shape: tuple[int, int, int] | None = None,
 ) -> list[nn.Module]:
     """Affine coupling layers with permutations (RealNVP). Each coupling transforms one half
     of the coordinates given the other; the reverse permutations alternate the halves and a
     last fixed permutation makes them the even and the odd coordinates rather than the first
-    and the second half (for an image: alternate columns, not the top and bottom rows)."""
+    and the second half (for an image: alternate columns, not the top and bottom rows).
+
+    With ``levels`` > 1, the multi-scale convolutional RealNVP of Dinh et al. (2017, §3.6) on
+    ``image_shape`` images (:func:`~pyrogen.models.multiscale.multiscale_realnvp`):
+    ``steps_per_level`` (default ``num_layers``) checkerboard and channel couplings a scale,
+    ``hidden_sizes[0]`` channels in their networks; ``permutation`` is unused (the masks
+    alternate)."""
+    if levels > 1:
+        if context_dim:
+            raise ValueError("a multi-scale realnvp (levels > 1) has no conditional form yet")
+        if normalization not in ("none", "actnorm"):
+            raise ValueError(f"a multi-scale realnvp takes none or actnorm, not {normalization}")
+        return multiscale_realnvp(
+            dim,
+            levels=levels,
+            steps_per_level=steps_per_level or num_layers,
+            hidden=hidden_sizes[0],
+            actnorm=normalization == "actnorm",
+            image_shape=image_shape,
+        )
 
     def make():
         if context_dim:
@@ -396,7 +450,9 @@ def radial(dim: int, num_layers: int = 5) -> list[nn.Module]:
     return layers
 
 
-def _glow_problem(dim: int, image_shape: tuple[int, int, int] | None = None, **_: object):
+def _glow_problem(
+    dim: int, image_shape: tuple[int, int, int] | None = None, levels: int = 1, **_: object
+):
     if image_shape is None:
         return "model.flow=glow needs image data; these data are points"
     if image_shape[1] % 2 or image_shape[2] % 2:
@@ -404,22 +460,52 @@ def _glow_problem(dim: int, image_shape: tuple[int, int, int] | None = None, **_
             f"model.flow=glow squeezes 2x2 pixels: height and width must be even, got "
             f"{image_shape[1]}x{image_shape[2]}"
         )
+    most = max_levels(image_shape)
+    if levels > most:
+        return (
+            f"model.levels={levels}: glow squeezes once a level, so height and width must be "
+            f"divisible by {2**levels}, got {image_shape[1]}x{image_shape[2]}; use "
+            f"model.levels <= {most}"
+        )
     return None
 
 
-def _glow_parameters(dim, context=0, num_layers=5, hidden_sizes=(64,), image_shape=None, **_):
+def _glow_parameters(dim, context=0, num_layers=5, hidden_sizes=(64,), image_shape=None,
+                     levels=1, steps_per_level=None, **_):  # fmt: skip
     """3x3 convolutions over the squeezed channels."""
+    if levels > 1:
+        steps = steps_per_level or num_layers
+        return multiscale_parameters("glow", image_shape, levels, steps, hidden_sizes[0])
     c = 4 * (image_shape[0] if image_shape else 1)
     w = hidden_sizes[0]
     return num_layers * (9 * c * w + w * w + 9 * w * 2 * c)
 
 
+def _glow(
+    dim: int,
+    num_layers: int = 5,
+    hidden_sizes: Sizes = (64,),
+    levels: int = 1,
+    steps_per_level: int | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+) -> list[nn.Module]:
+    """Glow on flattened ``image_shape`` images: ``levels`` scales of squeeze,
+    ``steps_per_level`` (default ``num_layers``) steps of act-norm, invertible 1x1 conv and
+    affine coupling, and a split with a learned conditional prior between scales
+    (:func:`~pyrogen.models.multiscale.multiscale_glow`); ``levels=1`` is the single-scale
+    :func:`~pyrogen.models.flow_layers.glow` (the same layers as before multi-scale flows)."""
+    steps = steps_per_level or num_layers
+    if levels == 1:
+        return glow(dim, num_layers=steps, hidden_sizes=hidden_sizes, image_shape=image_shape)
+    return multiscale_glow(dim, levels, steps, hidden_sizes[0], image_shape)
+
+
 architecture(
     "glow",
-    "single-scale Glow for images (squeeze, act-norm, 1x1 conv, coupling)",
+    "Glow for images (squeeze, act-norm, 1x1 conv, coupling; split between model.levels)",
     num_parameters=_glow_parameters,
     problem=_glow_problem,
-)(glow)
+)(_glow)
 
 #: Pyro's layer types without a closed-form inverse (a layer of one's own says so with a class
 #: attribute ``invertible = False``)
@@ -585,14 +671,29 @@ class Flow(GenerativeProcess):
         return pyro.sample("x", self.dist(y), obs=x)
 
     @torch.no_grad()
-    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, y: torch.Tensor | None = None, temperature: float = 1.0
+    ) -> torch.Tensor:
         """``n`` draws x = G(z) (a class-conditional flow draws classes uniformly if no
-        ``y``)."""
+        ``y``). At a ``temperature`` T ≠ 1, z = E[z] + T (z' − E[z]) with z' ~ p_z: for the
+        Gaussian base, z ~ N(0, T² I), and in a multi-scale flow every split prior's std is
+        scaled by T too (:mod:`pyrogen.models.multiscale`); T = 0 gives G(E[z])."""
+        if not (temperature >= 0.0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
         if self.num_classes is not None:
             if y is None:
                 y = torch.arange(n, device=self._like().device) % self.num_classes
-            return self.dist(y).sample()
-        return self.dist().sample((n,))
+            d, shape = self.dist(y), ()
+        else:
+            d, shape = self.dist(), (n,)
+        if temperature == 1.0:
+            return d.sample(shape)
+        z = d.base_dist.sample(shape)
+        mean = d.base_dist.mean
+        z = mean + temperature * (z - mean)
+        for t in d.transforms:
+            z = t(z)
+        return z
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, layers={len(self.layers)}, classes={self.num_classes}"

@@ -80,15 +80,31 @@ class TrainedRun:
         return out
 
     @torch.no_grad()
-    def sample(self, n: int, y: int | Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        y: int | Sequence[int] | torch.Tensor | None = None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
         """``n`` draws x ~ p(x) of the model, in the data set's stored space (e.g. images in
         [0, 1]; binary images for a VAE with a Bernoulli likelihood). A class-conditional
         model draws x ~ p(x | y) for the labels ``y``: one label for all n, or n labels
-        (default: the classes in turn); a model that is not class-conditional refuses them."""
+        (default: the classes in turn); a model that is not class-conditional refuses them.
+        A flow samples at a ``temperature`` T (the std of its base, and of a multi-scale
+        flow's split priors, times T); the other families at T = 1 only."""
         self.learner.module.eval()
+        options = {}
+        if temperature != 1.0:
+            if self.family != "flow":
+                raise ValueError(
+                    f"temperature={temperature}: sampling at a temperature applies to flows; "
+                    f"this run's model is a {self.family}"
+                )
+            options["temperature"] = temperature
         if y is None:
-            return self.dataset.to_data_space(self.model.sample(n))
-        return self.dataset.to_data_space(self.model.sample(n, self.labels_for(n, y)))
+            return self.dataset.to_data_space(self.model.sample(n, **options))
+        labels = self.labels_for(n, y)
+        return self.dataset.to_data_space(self.model.sample(n, labels, **options))
 
     def labels_for(self, n: int, y: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
         """``y`` as n class labels of the model (a ``ValueError`` naming what is allowed when
