@@ -28,6 +28,8 @@ GMVAE_RUN = SMALL_RUNS["vae"] + [
     "model.prior=mixture", "model.num_components=3", "elbo.name=trace_enum"
 ]  # fmt: skip
 VARIANTS = {"vae_beta": BETA_RUN, "vae_vamp": VAMP_RUN, "vae_gmvae": GMVAE_RUN}
+#: a two-level VAE (z2 -> z1 -> x): the top-down nets of model and guide resume with the rest
+VARIANTS["vae_hierarchical"] = SMALL_RUNS["vae"] + ["model.levels=2", "model.top_hidden_sizes=[8]"]
 
 
 @pytest.mark.parametrize("family", [*SMALL_RUNS, *VARIANTS])
