@@ -180,6 +180,8 @@ STEP_CASES = {
     "vae mog trace_graph": VAE + ["model.prior=mog", "elbo.name=trace_graph"],
     # the floor applies to the union batch: dimension 0's mean KL is 0.093 on it, 0.095 on rank 0
     "vae free_bits mean_field": VAE + ["elbo.free_bits=0.094", "elbo.name=mean_field"],
+    "vae levels2 mean_field": VAE
+    + ["model.levels=2", "model.top_hidden_sizes=[8]", "elbo.name=mean_field"],
     "gan r1 bf16": GAN + ["adversarial.r1_penalty=1.0", "train.precision=bf16"],
     "vae conv gaussian": SGD
     + ["data.flatten=false", "model.architecture=conv", "model.likelihood=gaussian"]

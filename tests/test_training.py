@@ -33,10 +33,13 @@ CGAN_RUN = SMALL_RUN + tiny("gan", "model.conditional=true", "adversarial.ema_de
 GLOW_RUN = SMALL_RUN + tiny("flow", "model.flow=glow", "model.levels=2", width=8) + [
     "model.steps_per_level=1", "data.dequantize=true", "data.logit_lambda=1e-6"
 ]  # fmt: skip
+#: a two-level VAE (z2 -> z1 -> x): the top-down nets of model and guide resume with the rest
+HVAE_RUN = SMALL_RUNS["vae"] + ["model.levels=2", "model.top_hidden_sizes=[8]"]
 VARIANTS = {
     "vae_beta": BETA_RUN,
     "vae_vamp": VAMP_RUN,
     "vae_gmvae": GMVAE_RUN,
+    "vae_hierarchical": HVAE_RUN,
     "gan_conditional": CGAN_RUN,
     "flow_glow_multiscale": GLOW_RUN,
 }

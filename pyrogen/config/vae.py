@@ -47,6 +47,18 @@ class VAEModelConfig:
         500, ge=1, le=MAX_COUNT, doc="vamp: K, the pseudo-inputs (from K random training examples)"
     )
     num_components: int = num(10, ge=1, le=MAX_COUNT, doc="mog, mixture: K, the components")
+    levels: int = num(
+        1, ge=1, le=2, doc="stochastic layers: 1 (z -> x) or 2 (z2 -> z1 -> x, z1 of latent_dim)"
+    )
+    top_latent_dim: int | None = num(
+        None,
+        ge=1,
+        le=MAX_WIDTH,
+        doc="levels=2: dimension of z2; null: latent_dim // 2 (at least 1)",
+    )
+    top_hidden_sizes: list[int] = sizes(
+        256, min_len=0, doc="levels=2: hidden widths of the MLPs of p(z1|z2) and q(z1|x,z2)"
+    )
 
 
 @dataclass

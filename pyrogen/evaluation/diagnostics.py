@@ -39,6 +39,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from pyrogen.evaluation.stats import mean_stderr
 from pyrogen.evaluation.streams import own_stream
 from pyrogen.models.guides import AmortisedGuide
+from pyrogen.models.hierarchical import HierarchicalVAE
 from pyrogen.models.vae import VAE
 
 #: Cov_x(E_q[z_u | x]) above which unit u counts as active (Burda et al., 2016)
@@ -380,6 +381,11 @@ def diagnose_vae(
 def refusal(model: torch.nn.Module) -> str | None:
     """Why the diagnostics do not apply to ``model`` (they need a latent z and a guide), or
     ``None`` for a VAE."""
+    if isinstance(model, HierarchicalVAE):  # p(z1) and q(z1 | x) are continuous mixtures
+        return (
+            "diagnostics read one latent z with closed-form q(z | x) and p(z); a two-level VAE "
+            "(model.levels=2) has neither for z1 (use pyrogen evaluate for its log p(x))"
+        )
     if isinstance(model, VAE):
         return None
     return (

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from pyrogen.evaluation.plots import save_image_grid
+from pyrogen.models.hierarchical import HierarchicalVAE
 from pyrogen.models.vae import posterior_mean
 
 
@@ -60,7 +61,7 @@ def save_vae_figures(vae, x: torch.Tensor, image_shape, out_dir: str | os.PathLi
             10,
             "E[x | z] along lines between posterior means of test images",
         )
-    if vae.latent_dim == 2:
+    if vae.latent_dim == 2 and not isinstance(vae, HierarchicalVAE):  # p(z1) is not N(0, I)
         save(
             "manifold.png",
             manifold(vae),

@@ -20,10 +20,11 @@ from pyrogen.families.base import (
 )
 from pyrogen.inference.elbo import ENUMERATING_ELBOS
 from pyrogen.inference.variational import VariationalLearner
+from pyrogen.models.hierarchical import HierarchicalVAE
 from pyrogen.models.likelihoods import make_likelihood
 from pyrogen.models.priors import MixtureOfGaussiansPrior, VampPrior, num_prior_parameters
 from pyrogen.models.vae import VAE
-from pyrogen.nets import MLP, ConvDecoder, ConvEncoder
+from pyrogen.nets import MLP, ConvDecoder, ConvEncoder, activation
 from pyrogen.registry import ELBOS, GUIDES, check_name
 
 
@@ -44,8 +45,8 @@ def build_prior(cfg: Config, data: Dataset) -> nn.Module | None:
     when K exceeds the training set) and mapped to the model's space as a batch is, all from a
     generator seeded by ``train.seed``: the run's random stream is not touched."""
     m = cfg.model
-    if m.prior == "mog":
-        return MixtureOfGaussiansPrior(m.latent_dim, m.num_components)
+    if m.prior == "mog":  # on z2 when model.levels=2
+        return MixtureOfGaussiansPrior(top_latent_dim(cfg), m.num_components)
     if m.prior == "mixture":  # the GMVAE: its component c a site summed out by enumeration
         return MixtureOfGaussiansPrior(m.latent_dim, m.num_components, enumerated=True)
     if m.prior != "vamp":
@@ -57,6 +58,83 @@ def build_prior(cfg: Config, data: Dataset) -> nn.Module | None:
     )
     init = data.process(data.train[index.to(data.device)], gen)
     return VampPrior(k, data.event_shape, init=init.reshape(k, *data.event_shape).cpu())
+
+
+def top_latent_dim(cfg: Config) -> int:
+    """z2's dimension under ``model.levels=2``: ``model.top_latent_dim``, by default
+    max(1, latent_dim // 2); for one level, z's (``model.latent_dim``)."""
+    m = cfg.model
+    if m.levels == 1:
+        return m.latent_dim
+    return m.top_latent_dim if m.top_latent_dim is not None else max(1, m.latent_dim // 2)
+
+
+def check_levels(cfg: Config) -> None:
+    """Refuse what the two-level model does not take, and its keys under one level."""
+    m, g = cfg.model, cfg.guide
+    if m.levels == 1:
+        if m.top_latent_dim is not None:
+            raise ConfigError(
+                f"model.top_latent_dim={m.top_latent_dim} sizes z2 of a two-level VAE: set "
+                "model.levels=2 or remove model.top_latent_dim"
+            )
+        return
+    if g.name != "diagonal_normal":
+        raise ConfigError(
+            f"model.levels=2 has its own top-down guide q(z2|x) q(z1|x,z2) of diagonal "
+            f"Gaussians; guide.name={g.name} is a one-level guide (use guide.name=diagonal_normal)"
+        )
+    if m.prior == "mixture":
+        raise ConfigError(
+            "model.levels=2 takes model.prior=standard, vamp or mog on z2; mixture (the GMVAE's "
+            "enumerated component) is not supported with two levels"
+        )
+    if m.architecture == "conv":
+        raise ConfigError(
+            "model.levels=2 builds MLP networks only: use model.architecture=mlp (or levels=1)"
+        )
+
+
+def build_hierarchical(cfg: Config, data: Dataset) -> HierarchicalVAE:
+    """The two-level VAE of ``model.levels=2``: the encoder is the guide's MLP without its
+    output layer (h = the last hidden layer, activated; ``[]``: h = x), the decoder reads z1."""
+    m, g = cfg.model, cfg.guide
+    likelihood = make_likelihood(m.likelihood, data.event_shape, **gaussian_options(cfg, data))
+    hidden = g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]
+    layers: list[nn.Module] = [nn.Flatten()]
+    if hidden:
+        layers += [
+            MLP(data.num_dims, hidden[:-1], hidden[-1], m.activation),
+            activation(m.activation),
+        ]
+    decoder = MLP(
+        m.latent_dim, m.hidden_sizes, data.num_dims * likelihood.outputs_per_dim, m.activation
+    )
+    return HierarchicalVAE(
+        nn.Sequential(*layers),
+        decoder,
+        m.latent_dim,
+        top_latent_dim(cfg),
+        data.event_shape,
+        likelihood,
+        feature_dim=hidden[-1] if hidden else data.num_dims,
+        hidden_sizes=m.top_hidden_sizes,
+        activation=m.activation,
+        prior=build_prior(cfg, data),
+    )
+
+
+def gaussian_options(cfg: Config, data: Dataset) -> dict[str, Any]:
+    """The Gaussian likelihood's options from the ``model`` section (none for Bernoulli)."""
+    m = cfg.model
+    if m.likelihood != "gaussian":
+        return {}
+    return {
+        "scale": m.scale,
+        "mean": "sigmoid" if data.kind == "image" else "identity",
+        "fixed_scale": m.fixed_scale,
+        "min_scale": m.min_scale,
+    }
 
 
 class VAEFamily(Family):
@@ -87,6 +165,7 @@ class VAEFamily(Family):
         problem = guide_cls.problem(m.latent_dim, **guide_options(cfg))
         if problem:
             raise ConfigError(problem)
+        check_levels(cfg)
         if m.prior == "mixture":
             if e.name not in ENUMERATING_ELBOS:
                 raise ConfigError(
@@ -124,20 +203,19 @@ class VAEFamily(Family):
         enc_hidden = g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]
         outputs = z * (2 + g.rank) + z * z  # at least any guide's encoder output
         total = mlp_size([z, *m.hidden_sizes, 2 * d]) + mlp_size([d, *enc_hidden, outputs])
+        if m.levels == 2:  # z2 is the prior's; the top-down net, q(z2 | x) and q(z1 | x, z2)
+            z2, h, th = top_latent_dim(cfg), (enc_hidden or [d])[-1], m.top_hidden_sizes
+            total += mlp_size([z2, *th, 2 * z]) + mlp_size([h + z2, *th, 2 * z])
+            total += mlp_size([h, 2 * z2])
+            z = z2
         total += num_prior_parameters(m.prior, z, d, m.num_pseudo_inputs, m.num_components)
         return total + GUIDES.get(g.name).num_parameters(z, **guide_options(cfg))
 
     def build_model(self, cfg: Config, data: Dataset) -> VAE:
         m, g = cfg.model, cfg.guide
-        gaussian = {}
-        if m.likelihood == "gaussian":
-            gaussian = {
-                "scale": m.scale,
-                "mean": "sigmoid" if data.kind == "image" else "identity",
-                "fixed_scale": m.fixed_scale,
-                "min_scale": m.min_scale,
-            }
-        likelihood = make_likelihood(m.likelihood, data.event_shape, **gaussian)
+        if m.levels == 2:
+            return build_hierarchical(cfg, data)
+        likelihood = make_likelihood(m.likelihood, data.event_shape, **gaussian_options(cfg, data))
         guide_cls = GUIDES.get(g.name)
         options = guide_options(cfg)
         outputs = guide_cls.encoder_outputs(m.latent_dim, **options)
@@ -159,6 +237,8 @@ class VAEFamily(Family):
         )
 
     def networks(self, model: nn.Module) -> list[nn.Module]:
+        if isinstance(model, HierarchicalVAE):
+            return model.networks()
         return [model.decoder, model.guide.encoder]
 
     def build_learner(self, cfg: Config, model: nn.Module) -> VariationalLearner:
