@@ -210,6 +210,7 @@ REFUSED = [
     (["model.prior=mixture", "elbo.name=trace_enum"], "mixture (the GMVAE's enumerated"),
     (["model.architecture=conv", "data.flatten=false"], "use model.architecture=mlp"),
     (["model.levels=1", "model.top_latent_dim=2"], "set model.levels=2 or remove"),
+    (["model.levels=1", "model.top_hidden_sizes=[8]"], "or remove model.top_hidden_sizes"),
     (["model.prior=mog", "elbo.name=mean_field"], "model.prior=mog (a mixture) does not have"),
     (["elbo.name=renyi"], "elbo.name=renyi is a multi-sample bound"),
 ]

@@ -78,6 +78,11 @@ def check_levels(cfg: Config) -> None:
                 f"model.top_latent_dim={m.top_latent_dim} sizes z2 of a two-level VAE: set "
                 "model.levels=2 or remove model.top_latent_dim"
             )
+        if list(m.top_hidden_sizes) != [256]:
+            raise ConfigError(
+                f"model.top_hidden_sizes={list(m.top_hidden_sizes)} sizes the z2 -> z1 networks "
+                "of a two-level VAE: set model.levels=2 or remove model.top_hidden_sizes"
+            )
         return
     if g.name != "diagonal_normal":
         raise ConfigError(
