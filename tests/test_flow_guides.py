@@ -141,7 +141,7 @@ def test_scores_any_z_says_whether_q_scores_a_point_it_did_not_draw(name):
 def test_vamp_prior_is_refused_in_one_line_for_the_flow_guides():
     for name in FLOW_GUIDES:
         message = check_compatible(name, "trace", prior="vamp")
-        assert message.startswith("model.prior=vamp") and f"guide.name={name}" in message
+        assert message.startswith(f"guide.name={name}") and "model.prior=vamp" in message
         with pytest.raises(ConfigError) as err:
             load_config(None, TINY_BINARY_VAE + [f"guide.name={name}", "model.prior=vamp"])
         assert str(err.value) == message and "\n" not in message

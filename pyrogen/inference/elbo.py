@@ -274,6 +274,9 @@ def check_compatible(
       and log q(z|x) gives the bound of a tempered joint, not E_q[log p(x|z)] − β KL. (A
       guide that is not reparameterised is fine: Pyro scales a site's log-density and entropy
       term but not its score-function term, so REINFORCE stays the gradient of the β-loss.)
+    * ``rws`` with a guide that scores only its own samples (``scores_any_z``): Pyro's
+      ReweightedWakeSleep scores detached copies of the guide's draws and the model's own
+      draws (sleep phase) under q, and the planar step raises a KeyError;
     * ``model.prior=vamp`` with a guide that scores only its own samples (``scores_any_z``:
       not ``planar``, ``sylvester``): p(z) = (1/K) Σ_k q(z | u_k) needs q's density at z drawn
       for another x, and Pyro's planar step raises a KeyError there;
@@ -336,11 +339,18 @@ def check_compatible(
             f"bound in which scaling log p(z) and log q(z|x) is not a β-weighted KL (use "
             f"elbo.name=trace, mean_field or trace_graph, or elbo.beta=1)"
         )
+    if e == "rws" and not q.scores_any_z:
+        return (
+            f"elbo.name=rws scores under q(z|x) detached copies of its draws and, in its sleep "
+            f"phase, z drawn from the model, which guide.name={g} cannot: its flow has no "
+            f"closed-form inverse and scores only its own samples (use elbo.name=renyi or "
+            f"guide.name=iaf)"
+        )
     if prior == "vamp" and not q.scores_any_z:
         return (
-            f"model.prior=vamp scores each z under q(z|u_k) of every pseudo-input, which "
-            f"guide.name={g} cannot: its flow has no closed-form inverse and scores only its own "
-            f"samples (use guide.name=iaf or diagonal_normal, or model.prior=mog)"
+            f"guide.name={g} scores only its own samples (its flow has no closed-form inverse), "
+            f"but model.prior=vamp scores each z under q(z|u_k) of every pseudo-input (use "
+            f"guide.name=iaf or diagonal_normal, or model.prior=mog)"
         )
     mixture = prior in ("vamp", "mog", "mixture")
     if mixture and e in _MEAN_FIELD:
