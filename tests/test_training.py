@@ -27,7 +27,16 @@ VAMP_RUN = SMALL_RUNS["vae"] + ["model.prior=vamp", "model.num_pseudo_inputs=50"
 GMVAE_RUN = SMALL_RUNS["vae"] + [
     "model.prior=mixture", "model.num_components=3", "elbo.name=trace_enum"
 ]  # fmt: skip
-VARIANTS = {"vae_beta": BETA_RUN, "vae_vamp": VAMP_RUN, "vae_gmvae": GMVAE_RUN}
+#: flow guides whose steps' parameters come from the encoder (planar, Householder Sylvester)
+PLANAR_RUN = SMALL_RUNS["vae"] + ["guide.name=planar", "guide.num_flows=3"]
+SYLVESTER_RUN = SMALL_RUNS["vae"] + ["guide.name=sylvester", "guide.num_flows=2"]
+VARIANTS = {
+    "vae_beta": BETA_RUN,
+    "vae_vamp": VAMP_RUN,
+    "vae_gmvae": GMVAE_RUN,
+    "vae_planar": PLANAR_RUN,
+    "vae_sylvester": SYLVESTER_RUN,
+}
 
 
 @pytest.mark.parametrize("family", [*SMALL_RUNS, *VARIANTS])
