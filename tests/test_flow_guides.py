@@ -5,12 +5,14 @@ the facts they declare are true, and the configs build them with the documented 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
-from conftest import TINY_BINARY_VAE
-from pyrogen import ConfigError, PlanarGuide, SylvesterGuide, load_config
+from conftest import TINY_BINARY_VAE, vae_and_batch
+from pyrogen import ConfigError, PlanarGuide, SylvesterGuide, diagnose, load_config
 from pyrogen.build import build
 from pyrogen.inference.elbo import check_compatible
 from pyrogen.registry import GUIDES
@@ -177,3 +179,14 @@ def test_the_config_builds_the_guide_with_its_options_and_encoder_width(
     x = torch.zeros(2, 64)
     assert guide.features(x).shape == (2, width)
     assert len(guide.posterior(x).transforms) == flows
+
+
+def test_diagnose_reports_what_a_guide_scoring_only_its_own_samples_cannot_give():
+    """KL(q ‖ p) is the Monte Carlo average over q's own draws (finite); I(x; z) and the
+    inference gaps need q at z drawn for other examples or by another q: named, not crashed."""
+    model, x = vae_and_batch("guide.name=planar", "guide.num_flows=2")
+    out = diagnose(model, data=x, gap_examples=4, num_samples=8, refine_steps=2)
+    assert math.isfinite(out["kl"]["total"]["mean"]) and out["kl"]["samples"] > 0
+    assert out["mutual_information"]["mean"] is None
+    assert "its own samples" in out["mutual_information"]["reason"]
+    assert "amortisation_gap" not in out and "its own samples" in out["amortisation_gap_reason"]
