@@ -19,6 +19,7 @@ from pyrogen.data import DataError, Dataset, load_dataset
 from pyrogen.inference.adversarial import AdversarialLearner
 from pyrogen.inference.variational import VariationalLearner
 from pyrogen.models.flow import Flow
+from pyrogen.models.flow_guides import PlanarGuide, SylvesterGuide
 from pyrogen.models.gan import GAN
 from pyrogen.models.guides import (
     DiagonalNormalGuide,
@@ -57,7 +58,9 @@ __all__ = [
     "GaussianLikelihood",
     "IAFGuide",
     "LowRankNormalGuide",
+    "PlanarGuide",
     "ScoreFunctionGuide",
+    "SylvesterGuide",
     "VariationalLearner",
     "Config",
     "ConfigError",

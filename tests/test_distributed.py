@@ -167,6 +167,10 @@ STEP_CASES = {
     "vae full_normal": VAE + ["guide.name=full_normal"],
     "vae iaf kl_warmup clip": VAE
     + ["guide.name=iaf", "elbo.kl_warmup_steps=3", "optim.clip_norm=0.5"],
+    "vae planar": VAE + ["guide.name=planar", "guide.num_flows=3"],
+    "vae sylvester renyi": VAE
+    + ["guide.name=sylvester", "guide.num_flows=2", "elbo.name=renyi", "elbo.num_particles=2"]
+    + ["elbo.vectorize_particles=true"],
     "vae trace_graph neural": VAE
     + ["guide.name=score_function", "guide.baseline=neural", "elbo.name=trace_graph"],
     "vae trace_graph decaying_average": VAE

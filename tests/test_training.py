@@ -35,6 +35,9 @@ GLOW_RUN = SMALL_RUN + tiny("flow", "model.flow=glow", "model.levels=2", width=8
 ]  # fmt: skip
 #: a two-level VAE (z2 -> z1 -> x): the top-down nets of model and guide resume with the rest
 HVAE_RUN = SMALL_RUNS["vae"] + ["model.levels=2", "model.top_hidden_sizes=[8]"]
+#: flow guides whose steps' parameters come from the encoder (planar, Householder Sylvester)
+PLANAR_RUN = SMALL_RUNS["vae"] + ["guide.name=planar", "guide.num_flows=3"]
+SYLVESTER_RUN = SMALL_RUNS["vae"] + ["guide.name=sylvester", "guide.num_flows=2"]
 VARIANTS = {
     "vae_beta": BETA_RUN,
     "vae_vamp": VAMP_RUN,
@@ -42,6 +45,8 @@ VARIANTS = {
     "vae_hierarchical": HVAE_RUN,
     "gan_conditional": CGAN_RUN,
     "flow_glow_multiscale": GLOW_RUN,
+    "vae_planar": PLANAR_RUN,
+    "vae_sylvester": SYLVESTER_RUN,
 }
 
 

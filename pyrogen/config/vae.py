@@ -80,7 +80,13 @@ class GuideConfig:
         },
     )
     rank: int = num(2, ge=1, le=MAX_WIDTH, doc="low_rank_normal: rank of the covariance factor")
-    num_flows: int = num(2, ge=1, le=256, doc="iaf: number of inverse autoregressive steps")
+    num_flows: int | None = num(
+        None,
+        ge=1,
+        le=256,
+        doc="flow guides' steps K; default: the guide's (iaf 2, planar 10, sylvester 4)",
+    )
+    num_householder: int = num(8, ge=1, le=256, doc="sylvester: Householder reflections per step")
     baseline: Literal["none", "decaying_average", "neural"] = field(
         default="none", metadata={"doc": "score-function estimators: variance-reducing baseline"}
     )

@@ -356,15 +356,22 @@ def diagnose_vae(
     with own_stream(seed, "diagnostics:kl", device):
         kl = kl_per_dimension(vae.model, vae.guide, x)
     xm = x[:mi_examples]
-    with own_stream(seed, "diagnostics:mutual_information", device):
-        mi = mutual_information(vae.guide, xm)
+    info: dict[str, Any] = {"mean": None, "n": int(xm.shape[0]), "max": math.log(xm.shape[0])}
+    own_only = "the guide scores only its own samples (a flow without a closed-form inverse)"
+    if vae.guide.scores_any_z:
+        with own_stream(seed, "diagnostics:mutual_information", device):
+            info["mean"] = mutual_information(vae.guide, xm)
+    else:  # q̂(z) needs q(z | x_m) at the z drawn for every other x_n
+        info["reason"] = own_only
     out: dict[str, Any] = {
         "num_examples": int(x.shape[0]),
         "active_units": units,
         "kl": kl,
-        "mutual_information": {"mean": mi, "n": int(xm.shape[0]), "max": math.log(xm.shape[0])},
+        "mutual_information": info,
     }
-    if gap_examples is not None:
+    if gap_examples is not None and not vae.guide.scores_any_z:  # r = (q + q_n)/2 needs q(z_n)
+        out["amortisation_gap_reason"] = own_only
+    elif gap_examples is not None:
         xg = x[:gap_examples]
         ld = None if log_det is None else log_det[:gap_examples]
         with own_stream(seed, "diagnostics:amortisation_gap", device):
@@ -525,11 +532,16 @@ def format_diagnostics(result: dict[str, Any]) -> str:
         top = sorted(enumerate(kl["per_dim"]), key=lambda p: -p[1])[:5]
         listed = ", ".join(f"z{u} {v:.3g}" for u, v in top)
         lines.append(f"{'KL per dimension':<22}{kl['kind']}; largest: {listed}")
-    lines.append(
-        f"{'I(x; z)':<22}{mi['mean']:.4g} nats (minibatch estimate on {mi['n']} examples; "
-        f"at most log N = {mi['max']:.3g})"
-    )
+    if mi["mean"] is None:
+        lines.append(f"{'I(x; z)':<22}none: {mi['reason']}")
+    else:
+        lines.append(
+            f"{'I(x; z)':<22}{mi['mean']:.4g} nats (minibatch estimate on {mi['n']} examples; "
+            f"at most log N = {mi['max']:.3g})"
+        )
     gap = result.get("amortisation_gap")
+    if "amortisation_gap_reason" in result:
+        lines.append(f"{'inference gaps':<22}none: {result['amortisation_gap_reason']}")
     if gap is not None:
         lines.append(
             f"inference gaps on {gap['log_p']['n']} examples (K={gap['K']}, "

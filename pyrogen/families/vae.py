@@ -31,11 +31,14 @@ from pyrogen.registry import ELBOS, GUIDES, check_name
 def guide_options(cfg: Config) -> dict[str, Any]:
     """The ``guide`` section's values that the configured guide's constructor takes: every
     key named like one of its :meth:`~pyrogen.models.guides.AmortisedGuide.options`
-    (``name`` and ``hidden_sizes`` describe the encoder and are never passed)."""
+    (``name`` and ``hidden_sizes`` describe the encoder and are never passed; a key left at
+    ``None`` leaves the guide's own default)."""
     g = cfg.guide
     accepted = GUIDES.get(g.name).options()
     return {
-        k: getattr(g, k) for k in accepted if k not in ("name", "hidden_sizes") and hasattr(g, k)
+        k: getattr(g, k)
+        for k in accepted
+        if k not in ("name", "hidden_sizes") and getattr(g, k, None) is not None
     }
 
 
@@ -207,6 +210,7 @@ class VAEFamily(Family):
         d, z = data.num_dims, m.latent_dim
         enc_hidden = g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]
         outputs = z * (2 + g.rank) + z * z  # at least any guide's encoder output
+        outputs = max(outputs, GUIDES.get(g.name).encoder_outputs(z, **guide_options(cfg)))
         total = mlp_size([z, *m.hidden_sizes, 2 * d]) + mlp_size([d, *enc_hidden, outputs])
         if m.levels == 2:  # z2 is the prior's; the top-down net, q(z2 | x) and q(z1 | x, z2)
             z2, h, th = top_latent_dim(cfg), (enc_hidden or [d])[-1], m.top_hidden_sizes

@@ -249,7 +249,7 @@ def check_compatible(
     """Why the guide called ``guide`` (a name in ``GUIDES``) cannot be trained with the
     estimator ``elbo`` (with these options), or ``None`` when the pair works. Messages use the
     config's keys. The guide is judged by its facts (``reparameterised``, ``analytic_kl``,
-    whether its options include ``baseline``), never by its name.
+    ``scores_any_z``, whether its options include ``baseline``), never by its name.
 
     Every refusal below was found by running the pair (digits, a few steps):
 
@@ -274,11 +274,17 @@ def check_compatible(
       and log q(z|x) gives the bound of a tempered joint, not E_q[log p(x|z)] − β KL. (A
       guide that is not reparameterised is fine: Pyro scales a site's log-density and entropy
       term but not its score-function term, so REINFORCE stays the gradient of the β-loss.)
+    * ``rws`` with a guide that scores only its own samples (``scores_any_z``): Pyro's
+      ReweightedWakeSleep scores detached copies of the guide's draws and the model's own
+      draws (sleep phase) under q, and the planar step raises a KeyError;
+    * ``model.prior=vamp`` with a guide that scores only its own samples (``scores_any_z``:
+      not ``planar``, ``sylvester``): p(z) = (1/K) Σ_k q(z | u_k) needs q's density at z drawn
+      for another x, and Pyro's planar step raises a KeyError there;
     * ``model.prior`` ``vamp`` or ``mog`` (a mixture) with ``mean_field``: no closed-form
       KL(q ‖ mixture) exists and Pyro would silently fall back to the Monte Carlo term;
     * ``elbo.free_bits`` > 0 (:class:`~pyrogen.inference.variational.FreeBits`: each
       dimension's KL floored) needs a per-dimension KL, so a guide that factorises
-      (``factorised``: not ``low_rank_normal``, ``full_normal``, ``iaf``) and a prior that does
+      (``factorised``: not ``low_rank_normal``, ``full_normal``, flows) and a prior that does
       (not ``vamp``, ``mog``: log Σ_k π_k p_k(z) is not a sum over dimensions, and flooring
       per-dimension Monte Carlo terms of it would floor nothing the objective contains); a
       reparameterised guide (Pyro's score-function term would use the floored log q, not
@@ -332,6 +338,19 @@ def check_compatible(
             f"elbo.beta={beta} weighs KL(q ‖ p) in the ELBO; elbo.name={e} is a multi-sample "
             f"bound in which scaling log p(z) and log q(z|x) is not a β-weighted KL (use "
             f"elbo.name=trace, mean_field or trace_graph, or elbo.beta=1)"
+        )
+    if e == "rws" and not q.scores_any_z:
+        return (
+            f"elbo.name=rws scores under q(z|x) detached copies of its draws and, in its sleep "
+            f"phase, z drawn from the model, which guide.name={g} cannot: its flow has no "
+            f"closed-form inverse and scores only its own samples (use elbo.name=renyi or "
+            f"guide.name=iaf)"
+        )
+    if prior == "vamp" and not q.scores_any_z:
+        return (
+            f"guide.name={g} scores only its own samples (its flow has no closed-form inverse), "
+            f"but model.prior=vamp scores each z under q(z|u_k) of every pseudo-input (use "
+            f"guide.name=iaf or diagonal_normal, or model.prior=mog)"
         )
     mixture = prior in ("vamp", "mog", "mixture")
     if mixture and e in _MEAN_FIELD:

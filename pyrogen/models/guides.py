@@ -11,6 +11,8 @@ full_normal        N(μ(x), L(x)L(x)ᵀ), L lower triangular                    
 iaf                z₀ ~ N(μ(x), diag σ²(x)), then K inverse autoregressive     reparam.
                    steps z_k = μ_k(z_{k-1}, h) + σ_k(z_{k-1}, h) ⊙ z_{k-1}
                    conditioned on h = h(x) (Kingma et al., 2016)
+planar,            z₀ ~ N(μ(x), diag σ²(x)), then K planar or Sylvester steps      reparam.
+sylvester          amortised by the encoder (:mod:`pyrogen.models.flow_guides`)
 score_function     N(μ(x), diag σ²(x)) marked non-reparameterisable: Pyro's     score
                    ELBOs use ∇_φ E_q[f] = E_q[f ∇_φ log q] with an optional     function
                    baseline (decaying average or a neural network)
@@ -69,9 +71,9 @@ class AmortisedGuide(nn.Module):
 
     **Facts** the rest of pyrogen reads instead of testing a guide's name (a new guide sets
     those that differ from these defaults; CONTRIBUTING.md): ``reparameterised``,
-    ``analytic_kl``, ``factorised``, :meth:`options` (from the constructor's signature: a
-    config passes the ``guide`` section's keys of the same names), :meth:`problem` and
-    :meth:`num_parameters`.
+    ``analytic_kl``, ``factorised``, ``scores_any_z``, :meth:`options` (from the constructor's
+    signature: a config passes the ``guide`` section's keys of the same names),
+    :meth:`problem` and :meth:`num_parameters`.
     """
 
     infer: dict[str, Any] = {}
@@ -84,6 +86,9 @@ class AmortisedGuide(nn.Module):
     #: q(z | x) = Π_j q(z_j | x): ``posterior`` is an ``Independent`` over per-dimension
     #: densities, so each dimension's KL(q(z_j|x) ‖ p(z_j)) exists (``elbo.free_bits`` needs it)
     factorised: ClassVar[bool] = False
+    #: ``posterior(x).log_prob`` scores any z, not only the guide's own samples (``False`` for
+    #: flows without a closed-form inverse: planar, sylvester); the VampPrior needs it
+    scores_any_z: ClassVar[bool] = True
     #: constructor parameters a config never sets (they are the family's or built by it)
     not_options: ClassVar[tuple[str, ...]] = ("encoder", "latent_dim", "name")
 
