@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
 import types
@@ -35,6 +36,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.optim import Adam
 
 import pyrogen
+from pyrogen.nets import MLP
 from pyrogen.training.trainer import evaluate_split
 
 PAPER = {"labels": 100, "test_error_percent": 11.97, "stderr": 1.71}
@@ -68,45 +70,143 @@ def accuracy(classify, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> f
     return hits / len(x)
 
 
-def run_pyro(cls: type, ds, args, seed: int) -> dict:
-    """Pyro's example's training at equal data: its SVI steps, its interleaving."""
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
-    y_train = ds.train_labels
-    xu, xl = ds.train[y_train < 0], ds.train[y_train >= 0]
-    yl = F.one_hot(y_train[y_train >= 0], 10).float()
-    net = cls(z_dim=args.latent_dim, hidden_layers=args.hidden, config_enum="parallel",
-              aux_loss_multiplier=args.pyro_alpha)  # fmt: skip
-    opt = Adam({"lr": args.lr, "betas": (0.9, 0.999)})
-    guide = config_enumerate(net.guide, "parallel", expand=True)
-    elbo = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
-    svis = [SVI(net.model, guide, opt, loss=elbo)]
-    svis.append(SVI(net.model_classify, net.guide_classify, opt, loss=Trace_ELBO()))
-    b = args.batch_size
-    classify = lambda x: net.encoder_y(x).argmax(-1)  # noqa: E731
-    best, test_at_best, steps, seconds = -1.0, 0.0, 0, 0.0
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(args.epochs):
-        unsup = xu[torch.randperm(len(xu), generator=g)].split(b)
-        perm = torch.randperm(len(xl), generator=g)
-        sup = list(zip(xl[perm].split(b), yl[perm].split(b), strict=True))
-        every = max(1, int((len(xu) + len(xl)) / len(xl)))
-        it_u, it_s, n_sup = iter(unsup), iter(sup), 0
-        for i in range(len(unsup) + len(sup)):
-            supervised = i % every == 1 and n_sup < len(sup)
-            batch = next(it_s) if supervised else (next(it_u),)
-            n_sup += supervised
+class PyroExample:
+    """Pyro's example's ``SSVAE`` at equal data, trained its own way: its SVI steps on
+    unlabelled batches, the labelled set's batches interleaved once per epoch, each followed
+    by the auxiliary SVI (α = ``--pyro-alpha`` per example)."""
+
+    def __init__(self, cls: type, ds, args, seed: int) -> None:
+        pyro.clear_param_store()
+        pyro.set_rng_seed(seed)
+        y_train = ds.train_labels
+        self.ds, self.b = ds, args.batch_size
+        self.xu, self.xl = ds.train[y_train < 0], ds.train[y_train >= 0]
+        self.yl = F.one_hot(y_train[y_train >= 0], 10).float()
+        self.net = cls(z_dim=args.latent_dim, hidden_layers=args.hidden, config_enum="parallel",
+                       aux_loss_multiplier=args.pyro_alpha)  # fmt: skip
+        opt = Adam({"lr": args.lr, "betas": (0.9, 0.999)})
+        guide = config_enumerate(self.net.guide, "parallel", expand=True)
+        elbo = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
+        self.svi = SVI(self.net.model, guide, opt, loss=elbo)
+        self.aux = SVI(self.net.model_classify, self.net.guide_classify, opt, loss=Trace_ELBO())
+        self.g = torch.Generator().manual_seed(seed)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.encoder_y(x).argmax(-1)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """One of its steps: unlabelled (``y`` None), or labelled followed by the auxiliary."""
+        if y is None:
+            self.svi.step(x)
+        else:
+            self.svi.step(x, y)
+            self.aux.step(x, y)
+
+    def train(self, epochs: int) -> dict:
+        best, test_at_best, steps, seconds = -1.0, 0.0, 0, 0.0
+        ds, b = self.ds, self.b
+        for _ in range(epochs):
+            unsup = self.xu[torch.randperm(len(self.xu), generator=self.g)].split(b)
+            perm = torch.randperm(len(self.xl), generator=self.g)
+            sup = list(zip(self.xl[perm].split(b), self.yl[perm].split(b), strict=True))
+            every = max(1, int((len(self.xu) + len(self.xl)) / len(self.xl)))
+            it_u, it_s, n_sup = iter(unsup), iter(sup), 0
+            for i in range(len(unsup) + len(sup)):
+                supervised = i % every == 1 and n_sup < len(sup)
+                batch = next(it_s) if supervised else (next(it_u),)
+                n_sup += supervised
+                start = time.perf_counter()
+                self.step(*batch)
+                seconds += time.perf_counter() - start
+                steps += 1
+            with torch.no_grad():
+                valid = accuracy(self.classify, ds.valid, ds.valid_labels)
+                if valid > best:
+                    best, test_at_best = valid, accuracy(self.classify, ds.test, ds.test_labels)
+        return {"best_valid_accuracy": best, "test_accuracy": test_at_best,
+                "ms_per_step": 1000 * seconds / steps, "steps": steps}  # fmt: skip
+
+
+def side_by_side_epoch_time(learner, theirs: PyroExample, rounds: int, block: int) -> dict:
+    """Seconds per epoch of each, measured in alternating blocks on the same unlabelled
+    batches, so that whatever else the machine runs weighs on both alike.
+
+    An epoch is a pass over the unlabelled pool: pyrogen's steps each add their cycled
+    labelled batch; Pyro's example adds its labelled batches (plus the auxiliary step) in
+    proportion, N_l / N_u of a batch per unlabelled batch. Each round times ``block``
+    unlabelled batches of each, in alternating order; the ratio is the median of the rounds'
+    ratios, and each side's ms per unlabelled batch (its epoch time / its N_u / B) the
+    median of its rounds.
+    """
+    b = theirs.b
+    g = torch.Generator().manual_seed(1)
+    share = len(theirs.xl) / len(theirs.xu)
+    carry, ratios, ours_ms, theirs_ms = 0.0, [], [], []
+    unlabelled = torch.full((b,), -1, dtype=torch.int64)
+    for r in range(rounds):
+        idx = torch.randperm(len(theirs.xu), generator=g)[: block * b]
+        batches = list(theirs.xu[idx].split(b))
+        carry += block * share
+        n_sup, carry = int(carry), carry - int(carry)
+        sup = [torch.randperm(len(theirs.xl), generator=g)[:b] for _ in range(n_sup)]
+        sup_batches = [(theirs.xl[i], theirs.yl[i]) for i in sup]
+
+        def ours(batches: list = batches) -> float:
             start = time.perf_counter()
-            for svi in svis if supervised else svis[:1]:
-                svi.step(*batch)
-            seconds += time.perf_counter() - start
-            steps += 1
-        with torch.no_grad():
-            valid = accuracy(classify, ds.valid, ds.valid_labels)
-            if valid > best:
-                best, test_at_best = valid, accuracy(classify, ds.test, ds.test_labels)
-    return {"best_valid_accuracy": best, "test_accuracy": test_at_best,
-            "ms_per_step": 1000 * seconds / steps, "steps": steps}  # fmt: skip
+            for x in batches:
+                learner.step(x, unlabelled[: len(x)])
+            return time.perf_counter() - start
+
+        def pyro_example(batches: list = batches, sup_batches: list = sup_batches) -> float:
+            start = time.perf_counter()
+            for x in batches:
+                theirs.step(x)
+            for x, y in sup_batches:
+                theirs.step(x, y)
+            return time.perf_counter() - start
+
+        if r % 2:
+            t_theirs, t_ours = pyro_example(), ours()
+        else:
+            t_ours, t_theirs = ours(), pyro_example()
+        ratios.append(t_ours / t_theirs)
+        ours_ms.append(1000 * t_ours / block)
+        theirs_ms.append(1000 * t_theirs / block)
+    return {"epoch_time_ratio": statistics.median(ratios),
+            "pyrogen_ms_per_unlabelled_batch": statistics.median(ours_ms),
+            "pyro_example_ms_per_unlabelled_batch": statistics.median(theirs_ms),
+            "round_ratios": ratios, "rounds": rounds, "block": block}  # fmt: skip
+
+
+def labels_only(ds, args, seed: int, epochs: int) -> dict:
+    """The control: M2's classifier (``[784, *hidden, 10]``, softplus) trained on the labelled
+    rows alone with cross-entropy, Adam at the same learning rate, as many steps as M2 took
+    (one labelled batch per step), validated each 1/epochs of them: what M2 adds to its
+    labels is the gap between its accuracy and this one's."""
+    torch.manual_seed(seed)
+    y_train = ds.train_labels
+    xl, yl = ds.train[y_train >= 0], y_train[y_train >= 0]
+    net = MLP(xl.shape[1], list(args.hidden), 10, "softplus")
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    b = min(args.batch_size, len(xl))
+    steps_per_epoch = math.ceil(len(ds.train) / args.batch_size)
+    g = torch.Generator().manual_seed(seed)
+    classify = lambda x: net(x).argmax(-1)  # noqa: E731
+    best, test_at_best, per_cycle = -1.0, 0.0, len(xl) // b
+    for step in range(epochs * steps_per_epoch):
+        cycle, j = divmod(step, per_cycle)
+        if j == 0:
+            perm = torch.randperm(len(xl), generator=g)
+        rows = perm[j * b : (j + 1) * b]
+        opt.zero_grad()
+        F.cross_entropy(net(xl[rows]), yl[rows]).backward()
+        opt.step()
+        if (step + 1) % steps_per_epoch == 0:
+            with torch.no_grad():
+                valid = accuracy(classify, ds.valid, ds.valid_labels)
+                if valid > best:
+                    best, test_at_best = valid, accuracy(classify, ds.test, ds.test_labels)
+    return {"best_valid_accuracy": best, "test_accuracy": test_at_best}
 
 
 def run_pyrogen(cfg, out: Path) -> tuple[dict, object]:
@@ -134,6 +234,13 @@ def main() -> None:
     p.add_argument("--hidden", type=int, nargs="+", default=[500])
     p.add_argument("--lr", type=float, default=4.2e-4)
     p.add_argument("--pyro-alpha", type=float, default=46.0, help="Pyro's aux_loss_multiplier")
+    p.add_argument(
+        "--paper-alpha",
+        action="store_true",
+        help="also train pyrogen with model.alpha = 0.1 N / N_l (Kingma et al.)",
+    )
+    p.add_argument("--timing-rounds", type=int, default=10)
+    p.add_argument("--timing-block", type=int, default=10, help="unlabelled batches per round")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=DATA)
     p.add_argument("--out", type=Path, default=Path("/tmp/pyrogen-ssvae-bench"))
@@ -143,23 +250,37 @@ def main() -> None:
     cls = pyro_ssvae_class(args.pyro_examples)
     rows = []
     for labels in args.labels:
-        cfg = pyrogen.load_config(ROOT / "configs" / "ssvae_mnist.yaml", [
+        ov = [
             f"data.root={args.data_root}", f"data.labelled={labels}",
             f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
             f"model.latent_dim={args.latent_dim}", f"model.hidden_sizes={args.hidden}",
             f"optim.lr={args.lr}", f"train.seed={args.seed}", "train.device=cpu",
             "train.num_threads=1", "output.figures=false", "output.tensorboard=false",
-        ])  # fmt: skip
+        ]  # fmt: skip
+        cfg = pyrogen.load_config(ROOT / "configs" / "ssvae_mnist.yaml", ov)
         ours, run = run_pyrogen(cfg, args.out / f"labels{labels}")
-        theirs = run_pyro(cls, run.dataset, args, args.seed)
-        row = {"labels": labels, "pyrogen": ours, "pyro_example": theirs,
-               "step_time_ratio": ours["ms_per_step"] / theirs["ms_per_step"]}  # fmt: skip
+        theirs = PyroExample(cls, run.dataset, args, args.seed)
+        row = {"labels": labels, "pyrogen": ours, "pyro_example": theirs.train(args.epochs),
+               "labels_only": labels_only(run.dataset, args, args.seed, args.epochs)}  # fmt: skip
+        if args.paper_alpha:
+            n = run.dataset.train.shape[0]
+            cfg = pyrogen.load_config(
+                ROOT / "configs" / "ssvae_mnist.yaml", [*ov, f"model.alpha={0.1 * n / labels}"]
+            )
+            row["pyrogen_paper_alpha"] = {
+                "alpha": 0.1 * n / labels,
+                **run_pyrogen(cfg, args.out / f"labels{labels}-paper-alpha")[0],
+            }
+        row["timing"] = side_by_side_epoch_time(
+            run.learner, theirs, args.timing_rounds, args.timing_block
+        )
         print(row, flush=True)
         rows.append(row)
     write_result(args.name, {
         "config": "configs/ssvae_mnist.yaml", "epochs": args.epochs,
         "batch_size": args.batch_size, "latent_dim": args.latent_dim, "hidden": args.hidden,
         "lr": args.lr, "pyro_aux_loss_multiplier": args.pyro_alpha, "threads": 1,
+        "command": "python bench/reproduce/ssvae_mnist.py " + " ".join(sys.argv[1:]),
         "paper_m2": PAPER, "results": rows,
     })  # fmt: skip
 
