@@ -20,11 +20,13 @@ from pyrogen.evaluation.loglik import (
     evaluate_elbo,
     importance_log_likelihood,
     importance_sampling,
+    mlp_forward,
     plain_vae,
     traced_log_importance_weights,
     vae_log_importance_weights,
 )
 from pyrogen.inference.elbo import PerExampleRWS
+from pyrogen.nets import MLP
 
 
 class PPCA(nn.Module):
@@ -234,6 +236,23 @@ def test_bernoulli_log_prob_is_pyros_for_any_logits():
     x = (torch.rand(5, 37, generator=g) > 0.5).double()
     expected = dist.Bernoulli(logits=logits).to_event(1).log_prob(x)
     torch.testing.assert_close(bernoulli_log_prob(logits, x), expected, rtol=1e-14, atol=1e-12)
+    wide = torch.tensor([[-300.0, -90.0, -87.0, -20.0, 0.0, 20.0, 87.0, 90.0, 300.0]])
+    for xw in (torch.zeros(9), torch.ones(9)):  # float32, past exp's subnormal range
+        expected = dist.Bernoulli(logits=wide).to_event(1).log_prob(xw)
+        torch.testing.assert_close(bernoulli_log_prob(wide, xw), expected, rtol=1e-6, atol=0)
     vae, xb = vae_and_batch()
     with pytest.raises(ValueError, match="support"):  # as the traced path refuses it
         vae_log_importance_weights(vae, xb * 0.5, 3)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+def test_mlp_forward_is_the_networks_forward_and_leaves_its_input_alone(activation):
+    torch.manual_seed(0)
+    net = MLP(5, [7, 6], 4, activation).double()
+    h = torch.randn(11, 5, dtype=torch.float64) * 3
+    before = h.clone()
+    torch.testing.assert_close(mlp_forward(net, h), net(h), rtol=1e-13, atol=1e-13)
+    assert torch.equal(h, before)
+    head_first = nn.Sequential(nn.Tanh(), nn.Linear(5, 3)).double()  # input never overwritten
+    torch.testing.assert_close(mlp_forward(head_first, h), head_first(h), rtol=1e-13, atol=0)
+    assert torch.equal(h, before)

@@ -33,7 +33,9 @@ from pyro.infer import ELBO, ReweightedWakeSleep, TraceTailAdaptive_ELBO
 from pyro.ops.stats import fit_generalized_pareto
 from pyro.poutine.runtime import am_i_wrapped
 from pyro.poutine.util import site_is_subsample
+from torch import nn
 from torch.distributions import constraints
+from torch.nn import functional as F
 
 from pyrogen.models.guides import AmortisedGuide
 from pyrogen.models.likelihoods import BernoulliLikelihood
@@ -97,12 +99,36 @@ def plain_vae(model: Callable, guide: Callable) -> VAE | None:
 def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """log p(x | h) = Σ_i x_i h_i − softplus(h_i) of independent Bernoulli(σ(h_i)) pixels,
     summed over the last dimension, with softplus(h) = max(h, 0) + log1p(e^{−|h|}) (exact in
-    floating point for any h): ``logits`` ``(..., D)``, ``x`` broadcastable to it. The value
-    of ``dist.Bernoulli(logits=h).to_event(1).log_prob(x)`` in three passes over the logits
+    floating point for any h; e^{−|h|} is floored at the smallest normal float, which changes
+    nothing at the float's precision but keeps ``exp`` off its slow subnormal path):
+    ``logits`` ``(..., D)``, ``x`` broadcastable to it. The value of
+    ``dist.Bernoulli(logits=h).to_event(1).log_prob(x)`` in a few passes over the logits
     instead of the dozen of ``binary_cross_entropy_with_logits`` and an expanded x."""
-    t = logits.abs().neg_().exp_().log1p_()
+    floor = math.log(torch.finfo(logits.dtype).tiny) + 1.0  # below: e^t is subnormal, and slow
+    t = logits.abs().neg_().clamp_min_(floor).exp_().log1p_()
     t.add_(torch.addcmul(logits.clamp_min(0), logits, x, value=-1))
     return t.sum(-1).neg_()
+
+
+def mlp_forward(net: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """``net(h)`` for a plain ``nn.Sequential`` (an :class:`~pyrogen.nets.MLP`), its
+    activations computed in place on the layers' outputs, tanh as tanh(a) = 2 σ(2a) − 1 (the
+    same function to float rounding: torch's sigmoid is several times faster than its tanh on
+    CPUs); any other network is called as it is."""
+    if not isinstance(net, nn.Sequential) or type(net).forward is not nn.Sequential.forward:
+        return net(h)
+    fresh = False  # whether h is an output of ours, free to overwrite
+    for layer in net:
+        kind = type(layer)
+        if kind is nn.Linear:
+            h, fresh = F.linear(h, layer.weight, layer.bias), True
+        elif kind is nn.Tanh and fresh:
+            h = h.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+        elif kind is nn.ReLU and fresh:
+            h = h.relu_()
+        else:
+            h, fresh = layer(h), False
+    return h
 
 
 def _check_binary(x: torch.Tensor) -> None:
@@ -123,10 +149,11 @@ def vae_log_importance_weights(
     z is drawn as the traced guide draws it, q(z | x) expanded to batch shape (K, N) and
     sampled once, so the same generator state gives the same z; log p(z) and log q(z | x) are
     the same calls on the same values. The decoder runs on blocks of about ``block_rows``
-    rows (whole particles of the N examples), so its activations stay in cache, and a
-    Bernoulli likelihood's log p(x | z) is :func:`bernoulli_log_prob`. The weights equal
+    rows (whole particles of the N examples), so its activations stay in cache; under a
+    Bernoulli likelihood an MLP decoder runs through :func:`mlp_forward` and log p(x | z) is
+    :func:`bernoulli_log_prob`. The weights equal
     :func:`traced_log_importance_weights`'s up to float rounding (the matrix products of a
-    block and the fused log-density sum in another order)."""
+    block, the fused log-density and tanh round differently)."""
     vae.check_observed(x)
     n = x.shape[0]
     q = vae.guide.posterior(x)
@@ -142,7 +169,7 @@ def vae_log_importance_weights(
     for k in range(0, num_particles, per_block):
         zb = z[k : k + per_block]
         if bernoulli:
-            h = vae.decoder(zb.reshape(-1, vae.latent_dim))
+            h = mlp_forward(vae.decoder, zb.reshape(-1, vae.latent_dim))
             if h[0].numel() != vae.num_dims:
                 vae.decode(zb[:1, :1])  # raises the decoder's shape error
             log_px[k : k + per_block] = bernoulli_log_prob(h.reshape(*zb.shape[:2], -1), flat)
