@@ -149,8 +149,8 @@ def vae_log_importance_weights(
     z is drawn as the traced guide draws it, q(z | x) expanded to batch shape (K, N) and
     sampled once, so the same generator state gives the same z; log p(z) and log q(z | x) are
     the same calls on the same values. The decoder runs on blocks of about ``block_rows``
-    rows (whole particles of the N examples), so its activations stay in cache; under a
-    Bernoulli likelihood an MLP decoder runs through :func:`mlp_forward` and log p(x | z) is
+    rows (whole particles of the N examples), so its activations stay in cache, an MLP
+    decoder through :func:`mlp_forward`; a Bernoulli likelihood's log p(x | z) is
     :func:`bernoulli_log_prob`. The weights equal
     :func:`traced_log_importance_weights`'s up to float rounding (the matrix products of a
     block, the fused log-density and tanh round differently)."""
@@ -166,15 +166,17 @@ def vae_log_importance_weights(
     if bernoulli:
         _check_binary(x)
     flat = x.reshape(n, -1)
+    outputs = vae.likelihood.outputs_per_dim * vae.num_dims
     for k in range(0, num_particles, per_block):
         zb = z[k : k + per_block]
+        h = mlp_forward(vae.decoder, zb.reshape(-1, vae.latent_dim))
+        if h[0].numel() != outputs:
+            vae.decode(zb[:1, :1])  # raises the decoder's shape error
+        h = h.reshape(*zb.shape[:2], outputs)  # what vae.decode hands its likelihood
         if bernoulli:
-            h = mlp_forward(vae.decoder, zb.reshape(-1, vae.latent_dim))
-            if h[0].numel() != vae.num_dims:
-                vae.decode(zb[:1, :1])  # raises the decoder's shape error
-            log_px[k : k + per_block] = bernoulli_log_prob(h.reshape(*zb.shape[:2], -1), flat)
+            log_px[k : k + per_block] = bernoulli_log_prob(h, flat)
         else:
-            log_px[k : k + per_block] = vae.decode(zb).log_prob(x)
+            log_px[k : k + per_block] = vae.likelihood(h).log_prob(x)
     return log_pz + log_px - q.log_prob(z)
 
 
