@@ -18,6 +18,11 @@ of the protocol) is set against a plain float64 ``torch.mm`` of the same shapes.
     python bench/bench_loglik.py --threads 1 2 --repeats 3          # ~1 minute per thread count
     python bench/bench_loglik.py --threads 1 --examples 100 --traced  # also Pyro's traced path
 
+On a machine shared with other processes, run with ``OMP_WAIT_POLICY=PASSIVE``: with
+the default (spinning) policy every parallel region of a multi-threaded run can wait a whole
+scheduler slice for a thread that another process holds off the core, which hits the many
+small operations of IS far harder than the three products of the plain chain.
+
 Writes ``bench/results/bench_loglik.json`` (``--out``).
 """
 
@@ -30,6 +35,7 @@ import os
 import platform
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import pyro
@@ -41,7 +47,9 @@ from pyrogen.build import build
 from pyrogen.evaluation.loglik import (
     BLOCK_ROWS,
     importance_sampling,
+    plain_vae,
     traced_log_importance_weights,
+    vae_log_importance_weights,
 )
 from pyrogen.evaluation.parzen import parzen_log_likelihoods
 from pyrogen.training.run import load
@@ -85,6 +93,11 @@ def matmul_chain(shapes: list[tuple[int, int]], rows: int, block: int, seed: int
     return run
 
 
+def direct_weights(model, guide, x: torch.Tensor, k: int, block_rows: int) -> torch.Tensor:
+    """The direct path's log weights with decoder blocks of ``block_rows`` rows."""
+    return vae_log_importance_weights(plain_vae(model, guide), x, k, block_rows=block_rows)
+
+
 def is_bench(vae, x: torch.Tensor, args: argparse.Namespace) -> dict:
     """Alternating timings of pyrogen's IS log p(x) and the plain matmul chain."""
     n, k = x.shape[0], args.k
@@ -97,6 +110,8 @@ def is_bench(vae, x: torch.Tensor, args: argparse.Namespace) -> dict:
     ref = matmul_chain(decoder_shapes(vae.decoder), n * k, args.ref_rows)
 
     def pyrogen_is(log_weights=None):
+        if log_weights is None and args.block_rows:  # the direct path, another block size
+            log_weights = partial(direct_weights, block_rows=args.block_rows)
         options = {} if log_weights is None else {"log_weights": log_weights}
         pyro.set_rng_seed(args.seed)
         return importance_sampling(vae.model, vae.guide, x, k, quiet=True, **options)
@@ -135,7 +150,7 @@ def is_bench(vae, x: torch.Tensor, args: argparse.Namespace) -> dict:
         "decoder_flop_per_sample": dec,
         "encoder_flop_per_example": enc,
         "flop": flop,
-        "block_rows": BLOCK_ROWS,
+        "block_rows": args.block_rows or BLOCK_ROWS,
         "matmul_block_rows": args.ref_rows,
         "repeats": rows,
         "median_ratio": statistics.median(r["ratio"] for r in rows),
@@ -214,6 +229,7 @@ def main() -> None:
     )
     p.add_argument("--repeats", type=int, default=3, help="alternating measurements per count")
     p.add_argument("--ref-rows", type=int, default=1024, help="rows per plain matmul block")
+    p.add_argument("--block-rows", type=int, default=0, help="decoder rows per block of IS")
     p.add_argument("--traced", action="store_true", help="also time Pyro's traced IS path")
     p.add_argument("--parzen-samples", type=int, default=10_000, help="0: skip Parzen")
     p.add_argument("--parzen-examples", type=int, default=500)
@@ -247,6 +263,7 @@ def main() -> None:
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "load_average": os.getloadavg(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "weights": args.run or "random",
         "by_threads": {},
     }
