@@ -9,7 +9,10 @@ With z_k ~ q(z | x), k = 1..K, the importance weights w_k = p(x, z_k) / q(z_k | 
 
 so ELBO ≤ IS estimate ≤ log p(x) in expectation, with equality when q(z | x) = p(z | x).
 Particles run vectorised (a ``pyro.plate("particles")`` left of the data plate) in chunks,
-so K = 5000 as in the IWAE paper fits in memory.
+so K = 5000 as in the IWAE paper fits in memory. A plain VAE's weights skip Pyro's traces
+(:func:`vae_log_importance_weights`: the same draws, the same weights to float rounding), its
+decoder run on cache-sized blocks of rows with a fused Bernoulli log-density, so evaluation
+runs near the machine's matrix-multiply rate (``bench/bench_loglik.py``).
 
 How far to trust the IS number is told by the Pareto-smoothed k̂ of each example's weights
 (:func:`psis_khat`, Vehtari et al., "Pareto smoothed importance sampling"): the shape of a
@@ -183,7 +186,8 @@ def vae_log_importance_weights(
 def traced_log_importance_weights(
     model: Callable, guide: Callable, x: torch.Tensor, num_particles: int
 ) -> torch.Tensor:
-    """log w_k(x_n) = log p(x_n, z_kn) − log q(z_kn | x_n), shape ``(num_particles, N)``.
+    """log w_k(x_n) = log p(x_n, z_kn) − log q(z_kn | x_n), shape ``(num_particles, N)``, of
+    any Pyro program, from traces of the guide and of the model replayed on its draws.
 
     The model's sites marked ``infer={"enumerate": "parallel"}`` that the guide does not
     sample (a mixture prior's component c) are summed out exactly: log p(x, z) =
