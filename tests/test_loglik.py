@@ -13,12 +13,20 @@ import torch
 from pyro.infer import RenyiELBO, ReweightedWakeSleep, Trace_ELBO, TraceTailAdaptive_ELBO
 from torch import nn
 
+from conftest import vae_and_batch
 from pyrogen.evaluation.loglik import (
+    bernoulli_log_prob,
     elbo_and_importance_log_likelihood,
     evaluate_elbo,
     importance_log_likelihood,
+    importance_sampling,
+    mlp_forward,
+    plain_vae,
+    traced_log_importance_weights,
+    vae_log_importance_weights,
 )
 from pyrogen.inference.elbo import PerExampleRWS
+from pyrogen.nets import MLP
 
 
 class PPCA(nn.Module):
@@ -149,3 +157,102 @@ def test_pyro_rws_weighs_whole_batches_and_the_adapter_each_example(ppca):
     exact = model.exact_log_prob(x).mean().item()
     assert per_example > exact - 0.05
     assert elbo < joint < per_example - 0.3
+
+
+# ---------------------------------------------------------------- a plain VAE without traces
+
+VAE_VARIANTS = {
+    "diagonal": [],
+    "iaf": ["guide.name=iaf"],
+    "full": ["guide.name=full_normal"],
+    "score function": ["guide.name=score_function"],
+    "vamp": ["model.prior=vamp", "model.num_pseudo_inputs=5"],
+    "mog": ["model.prior=mog"],
+    "gaussian": ["data.binarize=none", "model.likelihood=gaussian"],
+}
+
+
+@pytest.mark.parametrize("extra", VAE_VARIANTS.values(), ids=VAE_VARIANTS.keys())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_direct_weights_of_a_plain_vae_are_the_traced_weights_of_the_same_draws(extra, dtype):
+    """From the same generator state, the weights computed from the VAE's distributions are
+    Pyro's traced weights of the same z: to float64 rounding in float64, and within float32
+    rounding (relative 1e-6) in float32, in blocks smaller and larger than the batch."""
+    vae, x = vae_and_batch(*extra)
+    vae, x = vae.to(dtype), x.to(dtype)
+    assert plain_vae(vae.model, vae.guide) is vae
+    torch.manual_seed(0)
+    traced = traced_log_importance_weights(vae.model, vae.guide, x, 37)
+    tol = {"rtol": 1e-12, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 1e-6, "atol": 1e-4}
+    for block in (1, 100, 10_000):  # a block of one particle, of three, of them all
+        torch.manual_seed(0)
+        direct = vae_log_importance_weights(vae, x, 37, block_rows=block)
+        assert direct.shape == (37, x.shape[0]) and direct.dtype == dtype
+        torch.testing.assert_close(direct, traced, **tol)
+    torch.manual_seed(0)
+    z_traced = pyro.poutine.trace(vae.guide).get_trace(x).nodes["z"]["value"]
+    torch.manual_seed(0)
+    assert torch.equal(vae.guide.posterior(x)(), z_traced)  # the same draw, bit for bit
+
+
+def test_importance_sampling_of_a_plain_vae_takes_the_direct_path_with_the_same_numbers():
+    """``importance_sampling`` on ``vae.model`` (the direct path) gives the ELBO, IS log p(x)
+    and PSIS k̂ of the traced path on the same seed (float64: to rounding)."""
+    vae, x = vae_and_batch()
+    vae, x = vae.double(), x.double()
+    pyro.set_rng_seed(3)
+    direct = importance_sampling(vae.model, vae.guide, x, 300, max_elements=20_000)
+    pyro.set_rng_seed(3)
+    traced = importance_sampling(
+        vae.model, vae.guide, x, 300, max_elements=20_000, log_weights=traced_log_importance_weights
+    )
+    for a, b in zip(direct, traced, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_only_a_plain_vae_outside_pyro_handlers_takes_the_direct_path(ppca):
+    vae, x = vae_and_batch()
+    assert plain_vae(vae.model, vae.guide) is vae
+    assert plain_vae(vae.model, lambda x: vae.guide(x)) is None  # another guide
+    with pyro.poutine.trace():  # a handler the direct path would bypass
+        assert plain_vae(vae.model, vae.guide) is None
+    model, _ = ppca
+    assert plain_vae(model, PosteriorGuide(model)) is None  # any Pyro program
+    gmvae, _ = vae_and_batch("model.prior=mixture", "elbo.name=trace_enum")
+    assert plain_vae(gmvae.model, gmvae.guide) is None  # c is an enumerated site
+
+
+def test_bernoulli_log_prob_is_pyros_for_any_logits():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.cat(
+        [
+            torch.randn(4, 5, 30, generator=g, dtype=torch.float64) * 10,
+            torch.tensor(
+                [-200.0, -30.0, -1e-9, 0.0, 1e-9, 30.0, 200.0], dtype=torch.float64
+            ).expand(4, 5, 7),
+        ],
+        -1,
+    )
+    x = (torch.rand(5, 37, generator=g) > 0.5).double()
+    expected = dist.Bernoulli(logits=logits).to_event(1).log_prob(x)
+    torch.testing.assert_close(bernoulli_log_prob(logits, x), expected, rtol=1e-14, atol=1e-12)
+    wide = torch.tensor([[-300.0, -90.0, -87.0, -20.0, 0.0, 20.0, 87.0, 90.0, 300.0]])
+    for xw in (torch.zeros(9), torch.ones(9)):  # float32, past exp's subnormal range
+        expected = dist.Bernoulli(logits=wide).to_event(1).log_prob(xw)
+        torch.testing.assert_close(bernoulli_log_prob(wide, xw), expected, rtol=1e-6, atol=0)
+    vae, xb = vae_and_batch()
+    with pytest.raises(ValueError, match="support"):  # as the traced path refuses it
+        vae_log_importance_weights(vae, xb * 0.5, 3)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+def test_mlp_forward_is_the_networks_forward_and_leaves_its_input_alone(activation):
+    torch.manual_seed(0)
+    net = MLP(5, [7, 6], 4, activation).double()
+    h = torch.randn(11, 5, dtype=torch.float64) * 3
+    before = h.clone()
+    torch.testing.assert_close(mlp_forward(net, h), net(h), rtol=1e-13, atol=1e-13)
+    assert torch.equal(h, before)
+    head_first = nn.Sequential(nn.Tanh(), nn.Linear(5, 3)).double()  # input never overwritten
+    torch.testing.assert_close(mlp_forward(head_first, h), head_first(h), rtol=1e-13, atol=0)
+    assert torch.equal(h, before)

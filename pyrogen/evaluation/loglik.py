@@ -9,7 +9,10 @@ With z_k ~ q(z | x), k = 1..K, the importance weights w_k = p(x, z_k) / q(z_k | 
 
 so ELBO ≤ IS estimate ≤ log p(x) in expectation, with equality when q(z | x) = p(z | x).
 Particles run vectorised (a ``pyro.plate("particles")`` left of the data plate) in chunks,
-so K = 5000 as in the IWAE paper fits in memory.
+so K = 5000 as in the IWAE paper fits in memory. A plain VAE's weights skip Pyro's traces
+(:func:`vae_log_importance_weights`: the same draws, the same weights to float rounding), its
+decoder run on cache-sized blocks of rows with a fused Bernoulli log-density, so evaluation
+runs near the machine's matrix-multiply rate (``bench/bench_loglik.py``).
 
 How far to trust the IS number is told by the Pareto-smoothed k̂ of each example's weights
 (:func:`psis_khat`, Vehtari et al., "Pareto smoothed importance sampling"): the shape of a
@@ -31,8 +34,16 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, ReweightedWakeSleep, TraceTailAdaptive_ELBO
 from pyro.ops.stats import fit_generalized_pareto
+from pyro.poutine.runtime import am_i_wrapped
 from pyro.poutine.util import site_is_subsample
+from torch import nn
+from torch.distributions import constraints
+from torch.nn import functional as F
 
+from pyrogen.models.guides import AmortisedGuide
+from pyrogen.models.likelihoods import BernoulliLikelihood
+from pyrogen.models.process import GenerativeProcess
+from pyrogen.models.vae import VAE
 from pyrogen.progress import steps
 
 #: k̂ above which an importance-sampled estimate is unreliable (Vehtari et al.)
@@ -47,10 +58,136 @@ class PsisWarning(UserWarning):
 MIN_TAIL = 10
 
 
+#: decoder rows (particles × examples) per block of :func:`vae_log_importance_weights`: the
+#: block's activations (rows × hidden units, float32: 1 MB at 500 units) stay in cache
+BLOCK_ROWS = 512
+
+
 def log_importance_weights(
     model: Callable, guide: Callable, x: torch.Tensor, num_particles: int
 ) -> torch.Tensor:
     """log w_k(x_n) = log p(x_n, z_kn) − log q(z_kn | x_n), shape ``(num_particles, N)``.
+
+    For a plain VAE's ``vae.model`` and ``vae.guide`` (:func:`plain_vae`) it is
+    :func:`vae_log_importance_weights`, from the model's distributions directly; for any other
+    Pyro program :func:`traced_log_importance_weights`. Both take the same draws from torch's
+    generator and give the same weights up to float rounding."""
+    vae = plain_vae(model, guide)
+    if vae is not None:
+        return vae_log_importance_weights(vae, x, num_particles)
+    return traced_log_importance_weights(model, guide, x, num_particles)
+
+
+def plain_vae(model: Callable, guide: Callable) -> VAE | None:
+    """The :class:`~pyrogen.models.vae.VAE` whose Pyro program ``model`` is, where its log
+    weights need no Pyro trace: ``model`` is ``vae.model`` and ``guide`` is ``vae.guide`` as
+    pyrogen defines them (the process z ~ p(z), x ~ p_θ(x | z) and an amortised guide's one
+    site z ~ q(z | x), none of them overridden), the prior's component is not an enumerated
+    site, and no Pyro handler is active around the call. ``None`` otherwise."""
+    vae = getattr(model, "__self__", None)
+    if not isinstance(vae, VAE) or guide is not vae.guide or am_i_wrapped():
+        return None
+    cls = type(vae)
+    plain = (
+        getattr(model, "__func__", None) is GenerativeProcess.forward
+        and cls.process is VAE.process
+        and cls.decode is VAE.decode
+        and cls.prior is VAE.prior
+        and isinstance(guide, AmortisedGuide)
+        and type(guide).forward is AmortisedGuide.forward
+    )
+    return vae if plain and not vae.enumerates_component else None
+
+
+def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x | h) = Σ_i x_i h_i − softplus(h_i) of independent Bernoulli(σ(h_i)) pixels,
+    summed over the last dimension, with softplus(h) = max(h, 0) + log1p(e^{−|h|}) (exact in
+    floating point for any h; e^{−|h|} is floored at the smallest normal float, which changes
+    nothing at the float's precision but keeps ``exp`` off its slow subnormal path):
+    ``logits`` ``(..., D)``, ``x`` broadcastable to it. The value of
+    ``dist.Bernoulli(logits=h).to_event(1).log_prob(x)`` in a few passes over the logits
+    instead of the dozen of ``binary_cross_entropy_with_logits`` and an expanded x."""
+    floor = math.log(torch.finfo(logits.dtype).tiny) + 1.0  # below: e^t is subnormal, and slow
+    t = logits.abs().neg_().clamp_min_(floor).exp_().log1p_()
+    t.add_(torch.addcmul(logits.clamp_min(0), logits, x, value=-1))
+    return t.sum(-1).neg_()
+
+
+def mlp_forward(net: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """``net(h)`` for a plain ``nn.Sequential`` (an :class:`~pyrogen.nets.MLP`), its
+    activations computed in place on the layers' outputs, tanh as tanh(a) = 2 σ(2a) − 1 (the
+    same function to float rounding: torch's sigmoid is several times faster than its tanh on
+    CPUs); any other network is called as it is."""
+    if not isinstance(net, nn.Sequential) or type(net).forward is not nn.Sequential.forward:
+        return net(h)
+    fresh = False  # whether h is an output of ours, free to overwrite
+    for layer in net:
+        kind = type(layer)
+        if kind is nn.Linear:
+            h, fresh = F.linear(h, layer.weight, layer.bias), True
+        elif kind is nn.Tanh and fresh:
+            h = h.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+        elif kind is nn.ReLU and fresh:
+            h = h.relu_()
+        else:
+            h, fresh = layer(h), False
+    return h
+
+
+def _check_binary(x: torch.Tensor) -> None:
+    """The support check ``dist.Bernoulli.log_prob`` makes when validation is on."""
+    if torch.distributions.Distribution._validate_args and not constraints.boolean.check(x).all():
+        raise ValueError(
+            "Expected value argument to be within the support (Boolean()) of the Bernoulli "
+            "likelihood: the data must be 0/1"
+        )
+
+
+def vae_log_importance_weights(
+    vae: VAE, x: torch.Tensor, num_particles: int, block_rows: int = BLOCK_ROWS
+) -> torch.Tensor:
+    """log w_k(x_n) = log p_θ(x_n | z_kn) + log p(z_kn) − log q_φ(z_kn | x_n), shape
+    ``(num_particles, N)``, of a plain VAE (:func:`plain_vae`) without Pyro traces.
+
+    z is drawn as the traced guide draws it, q(z | x) expanded to batch shape (K, N) and
+    sampled once, so the same generator state gives the same z; log p(z) and log q(z | x) are
+    the same calls on the same values. The decoder runs on blocks of about ``block_rows``
+    rows (whole particles of the N examples), so its activations stay in cache, an MLP
+    decoder through :func:`mlp_forward`; a Bernoulli likelihood's log p(x | z) is
+    :func:`bernoulli_log_prob`. The weights equal
+    :func:`traced_log_importance_weights`'s up to float rounding (the matrix products of a
+    block, the fused log-density and tanh round differently)."""
+    vae.check_observed(x)
+    n = x.shape[0]
+    q = vae.guide.posterior(x)
+    q = q.expand(torch.Size([num_particles, n]))  # what pyro.plate makes of the guide's site
+    z = q()  # rsample (or sample, for a non-reparameterised q), as pyro.sample calls it
+    log_pz = vae.prior().expand(q.batch_shape).log_prob(z)
+    log_px = torch.empty_like(log_pz)
+    per_block = max(1, block_rows // n)
+    bernoulli = type(vae.likelihood) is BernoulliLikelihood
+    if bernoulli:
+        _check_binary(x)
+    flat = x.reshape(n, -1)
+    outputs = vae.likelihood.outputs_per_dim * vae.num_dims
+    for k in range(0, num_particles, per_block):
+        zb = z[k : k + per_block]
+        h = mlp_forward(vae.decoder, zb.reshape(-1, vae.latent_dim))
+        if h[0].numel() != outputs:
+            vae.decode(zb[:1, :1])  # raises the decoder's shape error
+        h = h.reshape(*zb.shape[:2], outputs)  # what vae.decode hands its likelihood
+        if bernoulli:
+            log_px[k : k + per_block] = bernoulli_log_prob(h, flat)
+        else:
+            log_px[k : k + per_block] = vae.likelihood(h).log_prob(x)
+    return log_pz + log_px - q.log_prob(z)
+
+
+def traced_log_importance_weights(
+    model: Callable, guide: Callable, x: torch.Tensor, num_particles: int
+) -> torch.Tensor:
+    """log w_k(x_n) = log p(x_n, z_kn) − log q(z_kn | x_n), shape ``(num_particles, N)``, of
+    any Pyro program, from traces of the guide and of the model replayed on its draws.
 
     The model's sites marked ``infer={"enumerate": "parallel"}`` that the guide does not
     sample (a mixture prior's component c) are summed out exactly: log p(x, z) =

@@ -14,8 +14,11 @@ estimator in high dimension (Theis et al. 2016): it mostly measures the window, 
 the training set score well. pyrogen reports exact and importance-sampled likelihoods
 where a family has them.
 
-Squared distances are computed once per batch of x as ‖x‖² + ‖s‖² − 2 x·s in float64 on the
-samples' device (CPU or GPU) and shared by every σ of the grid.
+Squared distances are computed once per batch of x as ‖x‖² + ‖s‖² − 2 x·s (one matrix
+product) in float64 on the samples' device (CPU or GPU) and shared by every σ of the grid; the
+log-sum-exp of each σ is taken about the nearest sample, −d²_min / (2σ²) + log Σ_i
+exp(−(d²_i − d²_min) / (2σ²)), whose sum is at least 1, so terms below the smallest normal
+float (where ``exp`` takes a slow path) are floored there without changing the sum.
 
 Example::
 
@@ -56,14 +59,20 @@ def parzen_log_likelihoods(
         raise ValueError(f"samples have {s.shape[1]} dimensions, x has {x.shape[1]}")
     sig = torch.as_tensor(sigmas, dtype=torch.float64, device=s.device).reshape(-1)
     n, d = s.shape
-    s_sq = s.pow(2).sum(1)
+    s_sq = torch.einsum("ij,ij->i", s, s)  # ‖s‖² without an N x D temporary
+    x_sq = torch.einsum("ij,ij->i", x, x)
     const = math.log(n) + 0.5 * d * torch.log(2 * math.pi * sig**2)  # (S,)
     scale = -0.5 / sig**2
+    floor = math.log(torch.finfo(torch.float64).tiny) + 1.0  # below: e^t is subnormal, slow
     out = []
-    for xb in x.split(batch_size):
-        sq = torch.addmm(xb.pow(2).sum(1)[:, None] + s_sq[None, :], xb, s.T, alpha=-2.0)
-        sq = sq.clamp_min_(0.0)
-        out.append(torch.stack([torch.logsumexp(sq * c, dim=1) for c in scale.tolist()], 1))
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start : start + batch_size]
+        sq = torch.addmm(x_sq[start : start + batch_size, None] + s_sq, xb, s.T, alpha=-2.0)
+        nearest = sq.clamp_min_(0.0).amin(1, keepdim=True)
+        sq.sub_(nearest)  # 0 at the nearest sample, whose kernel term is the largest
+        term = torch.empty_like(sq)
+        sums = [torch.mul(sq, c, out=term).clamp_min_(floor).exp_().sum(1) for c in scale.tolist()]
+        out.append(torch.stack(sums, 1).log_().add_(nearest * scale))
     return torch.cat(out) - const
 
 

@@ -402,6 +402,7 @@ def parzen(run: Any, x: torch.Tensor, ev: EvaluationConfig) -> dict[str, Any]:
     line(f"Parzen window: drawing {ev.parzen_samples:,} samples", ev.quiet)
     with own_stream(ev.seed, "parzen", x.device):
         samples = run.sample(ev.parzen_samples)
+    samples = samples.reshape(samples.shape[0], -1).to(torch.float64)  # once, not per chunk
     line(f"Parzen window: choosing sigma on {len(valid):,} examples", ev.quiet)
     sigma = select_sigma(samples, valid.reshape(valid.shape[0], -1), sigmas)
     flat = x.reshape(x.shape[0], -1)
