@@ -128,6 +128,7 @@ def budget(args: argparse.Namespace, variant: str) -> tuple[list[str], dict[str,
             f"train.max_steps={n}",
             "train.eval_every=0",
             "train.checkpoint_every=0",
+            "output.overwrite=true",  # a pilot is only timed
         ]
         start = time.perf_counter()
         pyrogen.train(pyrogen.load_config(CONFIG, pilot), quiet=True)
@@ -209,6 +210,7 @@ def sweep_point(args: argparse.Namespace, beta: float) -> dict[str, Any]:
         f"train.epochs={args.sweep_epochs}",
         "train.eval_every=0",
         "train.checkpoint_every=0",
+        "output.overwrite=true",  # short runs: a new sweep replaces them
     ]
     start = time.perf_counter()
     run = pyrogen.train(pyrogen.load_config(CONFIG, ov), quiet=True)
@@ -253,15 +255,15 @@ def sweep_figure(points: list[dict[str, Any]]) -> Figure:
     span = max(rates) - min(rates) or 1.0
     best = max(points, key=lambda p: p["elbo"])
     r0, r1 = min(rates) - 0.1 * span, max(rates) + 0.1 * span
-    ax.plot([r0, r1], [-best["elbo"] - r0, -best["elbo"] - r1], "--", color="gray", lw=0.8)
-    ax.text(
-        r1,
-        -best["elbo"] - r1,
-        f" R + D = {-best['elbo']:.1f}\n (β = {best['beta']:g}, the best ELBO)",
-        fontsize=8,
+    ax.plot(
+        [r0, r1],
+        [-best["elbo"] - r0, -best["elbo"] - r1],
+        "--",
         color="gray",
-        va="top",
+        lw=0.8,
+        label=f"R + D = {-best['elbo']:.1f}: the best ELBO (β = {best['beta']:g})",
     )
+    ax.legend(loc="upper right", fontsize=8)
     for p, r, d in zip(points, rates, dists, strict=True):
         ax.annotate(f"β = {p['beta']:g}", (r, d), xytext=(5, 4), textcoords="offset points")
     ax.set_xlabel("rate R = E_x KL(q(z|x) ‖ p(z)) (nats)")
