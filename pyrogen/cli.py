@@ -277,7 +277,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     run = _load_run(args.run_dir, args.device, args.checkpoint)
     configure_threads(args.num_threads, count_all_parameters(run.learner.module))
     torch.manual_seed(args.seed)
-    if args.temperature != 1.0 and (args.means or run.family != "flow"):
+    if args.temperature != 1.0 and (args.means or not run.samples_at_a_temperature):
         raise UsageError(
             f"--temperature {args.temperature} applies to flows (without --means); this run's "
             f"model is a {run.family}"

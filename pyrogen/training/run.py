@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,7 +96,7 @@ class TrainedRun:
         self.learner.module.eval()
         options = {}
         if temperature != 1.0:
-            if self.family != "flow":
+            if not self.samples_at_a_temperature:
                 raise ValueError(
                     f"temperature={temperature}: sampling at a temperature applies to flows; "
                     f"this run's model is a {self.family}"
@@ -105,6 +106,11 @@ class TrainedRun:
             return self.dataset.to_data_space(self.model.sample(n, **options))
         labels = self.labels_for(n, y)
         return self.dataset.to_data_space(self.model.sample(n, labels, **options))
+
+    @property
+    def samples_at_a_temperature(self) -> bool:
+        """Whether the model's ``sample`` takes a ``temperature`` (the flows')."""
+        return "temperature" in inspect.signature(self.model.sample).parameters
 
     def labels_for(self, n: int, y: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
         """``y`` as n class labels of the model (a ``ValueError`` naming what is allowed when
