@@ -218,3 +218,12 @@ def assert_measuring_leaves_no_trace(draw: Callable[[], object], module: torch.n
     assert all(p.grad is None for p in module.parameters())
     assert list(pyro.get_param_store().keys()) == ["unrelated"]
     pyro.get_param_store().clear()
+
+
+@pytest.fixture
+def float64():
+    """Tensors made in the test default to float64 (restored after it)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

@@ -142,14 +142,6 @@ def test_autoregressive_direction_one_pass_to_score_a_maf_d_passes_to_sample(
     assert len(calls) == sample_passes * 3
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 @pytest.mark.parametrize(("name", "dim"), [*((n, 5) for n in INVERTIBLE), ("glow", 32)])
 def test_inverse_of_forward_is_identity(name, dim, float64):
     # in float64: a random spline's steep bins cost float32 digits (and Pyro's autoregressive

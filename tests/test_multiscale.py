@@ -35,14 +35,6 @@ FLOWS = [("glow", (1, 4, 4), 2), ("glow", (2, 4, 4), 2), ("realnvp", (1, 4, 4), 
          ("realnvp", (2, 4, 4), 2)]  # fmt: skip
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def nudge(module: torch.nn.Module, seed: int = 7, scale: float = 0.1) -> torch.nn.Module:
     """Move every parameter off its initial value (every layer starts as the identity, every
     split prior as N(0, I))."""

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from pyro.infer import RenyiELBO, ReweightedWakeSleep
 
 from pyrogen.evaluation import plots
+from pyrogen.evaluation.conditional import is_class_conditional
 from pyrogen.evaluation.report import model_kind
 from pyrogen.evaluation.vae_figures import save_vae_figures
 from pyrogen.models.flow import Flow
@@ -38,8 +39,8 @@ def samples_figure(run: Any, n: int) -> Figure | None:
             ]
             title = f"{n} z ~ p(z) of the VAE (Bernoulli likelihood)"
             return plots.image_grids_figure(panels, ds.image_shape, title=title)
-        k = getattr(run.model, "num_classes", None)
-        if getattr(run.model, "conditional", False) and k:  # one row per class
+        if is_class_conditional(run.model):  # one row per class
+            k = run.model.num_classes
             m = max(1, n // k)
             x = run.sample(m * k, torch.arange(k).repeat_interleave(m))
             title = f"samples x ~ p(x | y) of the {kind}: one row per class y = 0..{k - 1}"

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from pyrogen.build import build
 from pyrogen.config import Config, ConfigError, read_config
 from pyrogen.data import Dataset
+from pyrogen.evaluation.conditional import is_class_conditional
 from pyrogen.evaluation.figures import curve_labels, model_figures, samples_figure
 from pyrogen.evaluation.plots import save_curves
 from pyrogen.families import family_of
@@ -115,9 +116,9 @@ class TrainedRun:
     def labels_for(self, n: int, y: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
         """``y`` as n class labels of the model (a ``ValueError`` naming what is allowed when
         the model takes no labels, or a label is out of range)."""
-        k = getattr(self.model, "num_classes", None)
-        if not getattr(self.model, "conditional", False) or k is None:
+        if not is_class_conditional(self.model):
             raise ValueError(f"the model of {self.run_dir} is not class-conditional: no labels")
+        k = self.model.num_classes
         y = torch.as_tensor(y, dtype=torch.int64).reshape(-1)
         if y.numel() == 1:
             y = y.expand(n)
