@@ -51,6 +51,7 @@ class Dataset(Splits):
     event_shape: tuple[int, ...] = ()
     image_shape: tuple[int, int, int] | None = None
     num_classes: int | None = None
+    context_dim: int | None = None  # a continuous context c (N, C) in the ``*_labels`` slots
     kind: Literal["points", "image"] = "points"
     levels: int | None = None
     binarize: Literal["none", "static", "dynamic"] = "none"
@@ -75,7 +76,8 @@ class Dataset(Splits):
         return getattr(self, _check_split(name))
 
     def labels(self, name: str) -> torch.Tensor | None:
-        """The int64 class labels of a split, or ``None`` for unlabelled data."""
+        """The context of a split: int64 class labels ``(N,)``, a float32 continuous context
+        ``(N, C)`` (with ``context_dim``), or ``None`` for data without either."""
         return getattr(self, _check_split(name) + "_labels")
 
     @property
@@ -293,7 +295,9 @@ def _finish(
         if raw.kind == "image" and cfg.flatten:
             x = x.reshape(x.shape[0], -1)
         tensors[split] = x.contiguous().to(device)
-        tensors[f"{split}_labels"] = None if y is None else y.to(torch.int64).to(device)
+        if y is not None:
+            y = y.to(torch.float32 if raw.context_dim is not None else torch.int64)
+        tensors[f"{split}_labels"] = None if y is None else y.contiguous().to(device)
     if cfg.binarize == "static":
         levels = 2
     shift = scale = None
@@ -307,6 +311,7 @@ def _finish(
         event_shape=tuple(tensors["train"].shape[1:]),
         image_shape=image_shape,  # type: ignore[arg-type]
         num_classes=raw.num_classes,
+        context_dim=raw.context_dim,
         kind=raw.kind,
         levels=levels,
         binarize=cfg.binarize,

@@ -10,7 +10,8 @@ import torch
 
 @dataclass(eq=False)
 class Splits:
-    """The three splits of a data set, each with its optional int64 class labels."""
+    """The three splits of a data set, each with its optional context: int64 class labels
+    ``(N,)``, or (with ``context_dim`` C) a float32 continuous context ``(N, C)``."""
 
     train: torch.Tensor
     valid: torch.Tensor
@@ -31,6 +32,7 @@ class RawSplits(Splits):
     _: KW_ONLY
     kind: Literal["points", "image"]
     num_classes: int | None = None
+    context_dim: int | None = None  # the ``*_labels`` hold a continuous context (N, C)
     levels: int | None = None
     source: str | None = None  # where the data came from: a path, or an array's checksum
     checksum: str | None = None  # "sha256:..." of the user's file or array

@@ -152,20 +152,35 @@ def check_conv_shape(cfg: Config, data: Dataset) -> None:
 
 
 def check_class_labels(cfg: Config, data: Dataset) -> None:
-    """A class-conditional model (``model.conditional=true``) needs labelled data with at most
-    ``model.num_classes`` classes."""
+    """A conditional model (``model.conditional=true``) needs a context c in the data: class
+    labels (at most ``model.num_classes`` classes) or a continuous context (``data.context``
+    columns, ``context=`` from Python)."""
     m = cfg.model
     if not m.conditional:
         return
+    if data.context_dim is not None:
+        return
     if data.num_classes is None:
         raise ConfigError(
-            f"model.conditional=true needs class labels; data.name={data.name} has none"
+            f"model.conditional=true needs class labels or a context (data.context); "
+            f"data.name={data.name} has neither"
         )
     if data.num_classes > m.num_classes:
         raise ConfigError(
             f"model.num_classes={m.num_classes} but data.name={data.name} has "
             f"{data.num_classes} classes"
         )
+
+
+def conditioning(cfg: Config, data: Dataset) -> dict[str, int | None]:
+    """The model's ``num_classes`` and ``context_dim`` (:mod:`pyrogen.models.context`): None
+    for an unconditional model, ``model.num_classes`` for class labels, the data's width C for
+    a continuous context."""
+    if not cfg.model.conditional:
+        return {"num_classes": None, "context_dim": None}
+    if data.context_dim is not None:
+        return {"num_classes": None, "context_dim": data.context_dim}
+    return {"num_classes": cfg.model.num_classes, "context_dim": None}
 
 
 def check_estimator(guide: str, cfg: Config, **facts: Any) -> None:
