@@ -42,6 +42,15 @@ def validate(cfg: Config, has_data: bool = False) -> Config:
                 f"data.name={d.name} needs data.path ({what}), or pass the data from Python: "
                 "pyrogen.train(cfg, data=x)"
             )
+    if d.context is not None and has_data:
+        raise ConfigError(
+            "data.context names columns of a data.name=array file; with data from Python "
+            "pass the context itself: pyrogen.train(cfg, data=x, context=c)"
+        )
+    if d.context is not None and d.name != "array":
+        raise ConfigError(
+            f"data.context names columns of a data.name=array file, not of data.name={d.name}"
+        )
     family = family_of(cfg)
     family.check_kl_weights(cfg)
     family.validate(cfg)

@@ -274,6 +274,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out}: {out.parent} is not a folder")
     from pyrogen.runtime import configure_threads, count_all_parameters
 
+    context = None
+    if args.context is not None:
+        if args.label is not None or args.means:
+            raise UsageError("--context draws x ~ p(x | c): not with --label or --means")
+        context = _read_context(args.context)
     run = _load_run(args.run_dir, args.device, args.checkpoint)
     configure_threads(args.num_threads, count_all_parameters(run.learner.module))
     torch.manual_seed(args.seed)
@@ -289,6 +294,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             x = run.sample(args.n, args.label, temperature=args.temperature)
         except ValueError as e:
             raise UsageError(f"--label {args.label}: {e}") from None
+    elif context is not None:
+        try:
+            x = run.sample(args.n, context=context, temperature=args.temperature)
+        except ValueError as e:
+            raise UsageError(f"--context {args.context}: {e}") from None
     elif args.means:
         x = run.sample_means(args.n)
     else:
@@ -301,6 +311,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             what = "decoder means E[x | z]" if args.means else "samples x ~ p(x)"
             if args.label is not None:
                 what = f"samples x ~ p(x | y={args.label})"
+            if context is not None:
+                what = f"samples x ~ p(x | c) for the context in {Path(args.context).name}"
             title = f"{args.n} {what} of {run.run_dir.name}"
             plots.save_image_grid(x, run.dataset.image_shape, out, title=title)
         else:
@@ -309,6 +321,19 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
     print(f"wrote {args.n} samples to {out}")
     return 0
+
+
+def _read_context(path: str) -> Any:
+    """The array of a ``--context`` file (.npy, or .csv of numbers), as numpy."""
+    from pyrogen.data import DataError
+    from pyrogen.data.user_arrays import read_array_file
+
+    if Path(path).suffix.lower() not in (".npy", ".csv"):
+        raise UsageError(f"--context {path}: expected a .npy or .csv file of the context values")
+    try:
+        return read_array_file(path)["data"]
+    except DataError as e:
+        raise UsageError(f"--context {e}") from None
 
 
 def _strict_json(value: Any) -> Any:
@@ -652,6 +677,13 @@ def build_parser() -> _Parser:
         type=_int_range(0, 100_000),
         default=None,
         help="a class-conditional model: draw x ~ p(x | y) for this class y",
+    )
+    p.add_argument(
+        "--context",
+        default=None,
+        metavar="FILE",
+        help="a model on a continuous context: draw x ~ p(x | c) for the c in FILE (.npy or "
+        ".csv: one row of C values for all n, or n rows)",
     )
     p.add_argument(
         "--temperature",

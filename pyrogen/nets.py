@@ -158,7 +158,8 @@ class ProjectionDiscriminator(nn.Module):
         d(x, y) = ψ(φ(x)) + embed(y)ᵀ φ(x)
 
     with φ = ``features`` (x -> F numbers), ψ = ``head`` (a linear layer F -> 1) and a learned
-    embedding of the K classes in R^F (spectrally normalised with the rest when
+    embedding of the K classes in R^F (with ``context_dim`` C instead, of a continuous context
+    c: embed(c) = W c, W ∈ R^{F×C}) (spectrally normalised with the rest when
     ``spectral_norm``). It is the discriminator of an unconditional GAN, ψ(φ(x)), plus an inner
     product of its features with the class's embedding: the log-ratio of the class-conditional
     densities, log p(y | x) − log q(y | x), is linear in φ(x).
@@ -174,12 +175,18 @@ class ProjectionDiscriminator(nn.Module):
         self,
         features: nn.Module,
         head: nn.Linear,
-        num_classes: int,
+        num_classes: int | None = None,
         spectral_norm: bool = False,
+        context_dim: int | None = None,
     ) -> None:
         super().__init__()
+        if (num_classes is None) == (context_dim is None):
+            raise ValueError("give num_classes (class labels) or context_dim (a vector c)")
         self.features, self.head = features, head
-        embed = nn.Embedding(num_classes, head.in_features)
+        if num_classes is not None:
+            embed: nn.Module = nn.Embedding(num_classes, head.in_features)
+        else:  # a continuous c: the projection Wc, linear in c as embed(y) is in e_y
+            embed = nn.Linear(context_dim, head.in_features, bias=False)
         nn.init.xavier_uniform_(embed.weight)
         self.embed = _maybe_sn(embed, spectral_norm)
 
@@ -194,17 +201,17 @@ def mlp_discriminator(
     dropout: float = 0.0,
     spectral_norm: bool = False,
     num_classes: int | None = None,
+    context_dim: int | None = None,
 ) -> nn.Module:
     """d: x (any shape with ``in_dim`` numbers per example) -> one logit, leaky ReLU (0.2)
     and optional dropout after each hidden layer, optional spectral normalisation; with
-    ``num_classes``, d(x, y): the same network as a :class:`ProjectionDiscriminator` whose
-    features are its last hidden layer."""
+    ``num_classes`` (or ``context_dim``), d(x, c): the same network as a
+    :class:`ProjectionDiscriminator` whose features are its last hidden layer."""
     mlp = MLP(in_dim, hidden_sizes, 1, "leaky_relu", dropout=dropout, spectral_norm=spectral_norm)
-    if num_classes is None:
+    if num_classes is None and context_dim is None:
         return nn.Sequential(nn.Flatten(), mlp)
-    return ProjectionDiscriminator(
-        nn.Sequential(nn.Flatten(), *list(mlp)[:-1]), mlp[-1], num_classes, spectral_norm
-    )
+    features = nn.Sequential(nn.Flatten(), *list(mlp)[:-1])
+    return ProjectionDiscriminator(features, mlp[-1], num_classes, spectral_norm, context_dim)
 
 
 def conv_generator(
@@ -224,15 +231,18 @@ def conv_discriminator(
     spectral_norm: bool = False,
     dropout: float = 0.0,
     num_classes: int | None = None,
+    context_dim: int | None = None,
 ) -> nn.Module:
     """DCGAN-style d: two stride-2 convolutions (leaky ReLU, then optional dropout) and a
-    linear head to one logit; with ``num_classes``, d(x, y): a
+    linear head to one logit; with ``num_classes`` (or ``context_dim``), d(x, c): a
     :class:`ProjectionDiscriminator` on the flattened convolution features."""
     if len(channels) != 2:
         raise ValueError(f"give the two stages' channels, e.g. [64, 128], not {list(channels)}")
     encoder = ConvEncoder(
         image_shape, 1, channels=channels, spectral_norm=spectral_norm, dropout=dropout
     )
-    if num_classes is None:
+    if num_classes is None and context_dim is None:
         return encoder
-    return ProjectionDiscriminator(encoder.features, encoder.head, num_classes, spectral_norm)
+    return ProjectionDiscriminator(
+        encoder.features, encoder.head, num_classes, spectral_norm, context_dim
+    )

@@ -115,7 +115,7 @@ def test_labels_are_refused_by_a_model_that_is_not_class_conditional(tmp_path: P
         AdversarialLearner(gan).step(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
     cfg = load_config(None, [*FAST, *tiny("gan"), "train.max_steps=2", "data.name=moons"])
     run = train(cfg, tmp_path / "run", quiet=True)
-    with pytest.raises(ValueError, match="not class-conditional"):
+    with pytest.raises(ValueError, match="not conditional: it takes no labels or context"):
         run.sample(4, 1)
 
 
@@ -145,4 +145,4 @@ def test_sample_label_from_the_command_line(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     assert main(["sample", str(plain), "--label", "1", "--out", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "not class-conditional" in err and not bad.exists()
+    assert len(err.splitlines()) == 1 and "not conditional" in err and not bad.exists()

@@ -157,7 +157,7 @@ def test_every_flow_architecture_declares_its_facts_and_they_are_true(name):
     if arch.conditional:
         assert make_flow(name, 16, num_classes=3, **kw).num_classes == 3
     else:
-        with pytest.raises(ValueError, match="no class-conditional form"):
+        with pytest.raises(ValueError, match="no conditional form"):
             make_flow(name, 16, num_classes=3, **kw)
     # the networks train.compile compiles hold every parameter but the layers' own few
     nets = FAMILIES["flow"].networks(flow)
@@ -214,7 +214,7 @@ def test_a_new_flow_architecture_is_one_function_and_its_registration(registries
     assert arch.invertible and not arch.conditional and not arch.made
     assert arch.options == {"num_layers": 2, "hidden_sizes": (16,)}
     base = ["model.family=flow", "model.flow=toy_coupling", "model.hidden_sizes=[8]", *POINTS]
-    with pytest.raises(ConfigError, match="toy_coupling has no class-conditional form"):
+    with pytest.raises(ConfigError, match="toy_coupling has no conditional form"):
         load_config(None, [*base, "model.conditional=true"])
     cfg = load_config(None, [*base, *RUN, "model.num_layers=3"])
     dataset, learner = build(cfg, "cpu")

@@ -70,6 +70,13 @@ class DataConfig:
     path: str | None = field(
         default=None, metadata={"doc": "data.name=array: the file; image_folder: the folder"}
     )
+    context: list[str] | None = field(
+        default=None,
+        metadata={
+            "max_len": 1000,
+            "doc": "array: CSV columns / .npz arrays of a continuous context c",
+        },
+    )
     checksum: str | None = field(
         default=None,
         metadata={"doc": "sha256 of the user's data, recorded by the run that used it"},

@@ -58,6 +58,8 @@ class Dataset(Splits):
     dequantize: bool = False
     logit_lambda: float | None = None
     shift: torch.Tensor | None = None  # standardisation: z = (x - shift) / scale
+    context_shift: torch.Tensor | None = None  # a continuous c is stored (c - shift) / scale
+    context_scale: torch.Tensor | None = None
     scale: torch.Tensor | None = None
     source: str | None = None
     checksum: str | None = None
@@ -137,6 +139,14 @@ class Dataset(Splits):
         if self.logit_lambda is not None:
             out = out + preprocess.logit_log_det(z, self.logit_lambda)
         return out
+
+    def context_to_model(self, c: torch.Tensor) -> torch.Tensor:
+        """A continuous context in the data's units as the model takes it (and as the
+        ``*_labels`` hold it): standardised per column with the training split's mean and
+        std, (c − mean) / std; class labels and data without a context pass unchanged."""
+        if self.context_shift is None:
+            return c
+        return (c.to(self.context_shift) - self.context_shift) / self.context_scale
 
     def to_data_space(self, z: torch.Tensor) -> torch.Tensor:
         """Model-space samples back to the stored space: undo standardisation, inverse
@@ -300,6 +310,13 @@ def _finish(
         tensors[f"{split}_labels"] = None if y is None else y.contiguous().to(device)
     if cfg.binarize == "static":
         levels = 2
+    c_shift = c_scale = None
+    if raw.context_dim is not None:  # every column of c on one scale for the networks
+        c = tensors["train_labels"]
+        c_shift = c.mean(0)
+        c_scale = c.std(0).clamp_min(1e-8) if c.shape[0] > 1 else torch.ones_like(c_shift)
+        for split in SPLITS:
+            tensors[f"{split}_labels"] = (tensors[f"{split}_labels"] - c_shift) / c_scale
     shift = scale = None
     if standardize:
         train = tensors["train"]
@@ -319,6 +336,8 @@ def _finish(
         logit_lambda=cfg.logit_lambda,
         shift=shift,
         scale=scale,
+        context_shift=c_shift,
+        context_scale=c_scale,
         source=raw.source,
         checksum=raw.checksum,
         **tensors,  # type: ignore[arg-type]

@@ -46,13 +46,14 @@ ARRAY_EXTENSIONS = (".npy", ".npz", ".csv", ".pt")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "valid", "test")
 LABEL_KEYS = tuple(f"{s}_labels" for s in SPLITS)
+CONTEXT_KEYS = tuple(f"{s}_context" for s in SPLITS)
 MAX_QUOTE = 200  # characters of a library's error message quoted in a DataError
 CHECKSUM_READ_BYTES = 1 << 20  # bytes read at a time by file_checksum
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _NUMBER = re.compile(r"[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|nan|inf|infinity)", re.IGNORECASE)
 _ACCEPTED_KEYS = (
-    "'train' with optional 'valid', 'test' and '<split>_labels'; or 'data' with optional "
-    "'labels'; or a single array under any name"
+    "'train' with optional 'valid', 'test', '<split>_labels' and '<split>_context'; or 'data' "
+    "with optional 'labels' or 'context'; or a single array under any name"
 )
 
 
@@ -63,13 +64,16 @@ def _quote(e: BaseException | str) -> str:
 
 
 # -------------------------------------------------------------------- array files
-def read_array_file(path: str | Path) -> dict[str, np.ndarray]:
+def read_array_file(path: str | Path, context: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Read a ``.npy``, ``.npz``, ``.csv`` or ``.pt`` file (see the module docstring).
 
     Returns ``{"data": array}`` for a single array (with ``"labels"`` when the file has them),
     else the split dict ``{"train": ..., "valid": ..., "test": ..., "train_labels": ...}``
-    holding only the keys present. Raises :class:`DataError` naming the file when it is
-    missing, a folder, empty, of an unknown type, corrupt or of an unaccepted layout.
+    holding only the keys present. ``context`` (``data.context``): the CSV columns (by their
+    header names) or ``.npz``/``.pt`` arrays that hold a continuous context c, returned under
+    ``"context"`` (or ``"<split>_context"``) and no longer part of x. Raises
+    :class:`DataError` naming the file when it is missing, a folder, empty, of an unknown
+    type, corrupt or of an unaccepted layout, or names a context it does not have.
     """
     path, suffix = Path(path), Path(path).suffix.lower()
     if not path.is_file():
@@ -86,7 +90,18 @@ def read_array_file(path: str | Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: cannot read file ({e.strerror or e})") from None
     if empty:
         raise DataError(f"{path}: empty file; expected a {suffix} file of numbers")
-    return {".npy": _read_npy, ".npz": _read_npz, ".csv": _read_csv, ".pt": _read_pt}[suffix](path)
+    read = {".npy": _read_npy, ".npz": _read_npz, ".csv": _read_csv, ".pt": _read_pt}[suffix]
+    arrays = read(path)
+    header = arrays.pop("columns", None)
+    if context and (suffix == ".npy" or (suffix == ".csv" and header is None)):
+        raise DataError(
+            f"{path}: data.context names columns, but the file has no column names (a .npy "
+            "file or a CSV without a header row); use a CSV with a header, or a .npz"
+        )
+    if context:
+        cols = None if header is None else [str(c) for c in header]
+        arrays = _context_columns(arrays, list(context), cols, str(path))
+    return _keys_form(arrays, str(path))
 
 
 def _read_npy(path: Path) -> dict[str, np.ndarray]:
@@ -106,7 +121,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             arrays = {k: npz[k] for k in npz.files}
     except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as e:
         raise DataError(f"{path}: not a readable .npz file ({_quote(e)})") from None
-    return _keys_form(arrays, str(path))
+    return arrays
 
 
 def _read_pt(path: Path) -> dict[str, np.ndarray]:
@@ -127,7 +142,7 @@ def _read_pt(path: Path) -> dict[str, np.ndarray]:
     bad = [f"{k!r} ({type(v).__name__})" for k, v in obj.items() if not torch.is_tensor(v)]
     if bad:
         raise DataError(f"{path}: not tensors: {', '.join(bad)}; expected a dict of tensors")
-    return _keys_form({k: _to_numpy(v, str(path)) for k, v in obj.items()}, str(path))
+    return {k: _to_numpy(v, str(path)) for k, v in obj.items()}
 
 
 def _torch_detail(e: BaseException) -> str:
@@ -158,12 +173,13 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
     width = len(first.split(delim))
     header = not all(_is_number(c) for c in first.split(delim))
     data = rows[1:] if header else rows
+    columns = {"columns": np.array([c.strip() for c in first.split(delim)])} if header else {}
     if not data:
         raise DataError(f"{path}: a header row and no data; expected rows of numbers")
     try:  # fast path; the loop below names the first bad cell when it fails
         out = np.loadtxt([line for _, line in data], delimiter=delim, comments=None, ndmin=2)
         if out.shape[1] == width:
-            return {"data": out}
+            return {"data": out, **columns}
     except ValueError:
         pass
     values = []
@@ -179,24 +195,70 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
                 shown = repr(cell.strip()[:40]) if cell.strip() else "an empty cell"
                 raise DataError(f"{path}: line {lineno}, column {col}: {shown} is not a number")
         values.append([float(c) for c in cells])
-    return {"data": np.array(values, dtype=np.float64)}
+    return {"data": np.array(values, dtype=np.float64), **columns}
 
 
 def _keys_form(arrays: Mapping, where: str) -> dict:
     """``arrays`` in one of the accepted key layouts (a single array becomes ``"data"``)."""
     keys = list(arrays)
     found = ", ".join(repr(k) for k in keys) or "none"
-    if any(k in SPLITS or k in LABEL_KEYS for k in keys):
-        if "train" in arrays and all(k in SPLITS or k in LABEL_KEYS for k in keys):
+    per_split = (*SPLITS, *LABEL_KEYS, *CONTEXT_KEYS)
+    if any(k in per_split for k in keys):
+        if "train" in arrays and all(k in per_split for k in keys):
             for s in SPLITS:
-                if f"{s}_labels" in arrays and s not in arrays:
-                    raise DataError(f"{where}: has '{s}_labels' but no '{s}'")
+                for extra in (f"{s}_labels", f"{s}_context"):
+                    if extra in arrays and s not in arrays:
+                        raise DataError(f"{where}: has '{extra}' but no '{s}'")
             return dict(arrays)
-    elif "data" in arrays and set(keys) <= {"data", "labels", "classes"}:
+    elif "data" in arrays and set(keys) <= {"data", "labels", "classes", "context"}:
         return dict(arrays)
     elif len(keys) == 1:
         return {"data": arrays[keys[0]]}
     raise DataError(f"{where}: unexpected keys (found {found}); expected {_ACCEPTED_KEYS}")
+
+
+def _context_columns(
+    arrays: dict[str, np.ndarray], names: Sequence[str], header: list[str] | None, where: str
+) -> dict[str, np.ndarray]:
+    """Move the columns (CSV header names) or arrays (``.npz``/``.pt`` keys ``name`` or
+    ``<split>_name``) that ``data.context`` names out of the data into ``context`` keys: the
+    continuous context c, one column per name (an array of shape ``(N, k)`` gives k)."""
+    if header is not None:
+        unknown = [n for n in names if n not in header]
+        if unknown:
+            raise DataError(
+                f"{where}: data.context names column {unknown[0]!r}, which the header does not "
+                f"have (columns: {', '.join(header)})"
+            )
+        idx = [header.index(n) for n in names]
+        rest = [i for i in range(len(header)) if i not in idx]
+        if not rest:
+            raise DataError(f"{where}: data.context takes every column; none is left for x")
+        data = arrays["data"]
+        return {"data": data[:, rest], "context": data[:, idx]}
+    parts: dict[str, list[np.ndarray]] = {}
+    out = dict(arrays)
+    for name in names:
+        hits = [k for k in (name, *(f"{s}_{name}" for s in SPLITS)) if k in out]
+        if not hits:
+            raise DataError(
+                f"{where}: data.context names {name!r}, but the file has no array {name!r} or "
+                f"'<split>_{name}' (arrays: {', '.join(map(repr, arrays))})"
+            )
+        for k in hits:
+            split = "data" if k == name else k.split("_", 1)[0]
+            a = np.asarray(out.pop(k))
+            parts.setdefault(split, []).append(a.reshape(a.shape[0], -1) if a.ndim else a)
+    for split, cols in parts.items():
+        key = "context" if split == "data" else f"{split}_context"
+        try:
+            out[key] = np.concatenate(cols, axis=1) if len(cols) > 1 else cols[0]
+        except ValueError:
+            raise DataError(f"{where}: the data.context arrays have different lengths") from None
+    rest = [k for k in out if k not in ("context", *CONTEXT_KEYS)]
+    if len(rest) == 1 and rest[0] not in ("data", "train"):
+        out["data"] = out.pop(rest[0])  # the one array left is x, under any name
+    return out
 
 
 # -------------------------------------------------------------------- image folders
@@ -324,17 +386,36 @@ def user_splits(
     if "data" in d:
         d["train"] = d.pop("data")
         names["train"] = "the data"
-        if "labels" in d:
-            d["train_labels"] = d.pop("labels")
+        for extra in ("labels", "context"):
+            if extra in d:
+                d[f"train_{extra}"] = d.pop(extra)
     xs = {s: _examples(d[s], f"{source}: {names[s]}") for s in SPLITS if s in d}
     ys = {
         s: _labels(d[f"{s}_labels"], f"{source}: {names[s]}", len(xs[s]))
         for s in SPLITS
         if f"{s}_labels" in d
     }
+    cs = {
+        s: _context(d[f"{s}_context"], f"{source}: {names[s]}", len(xs[s]))
+        for s in SPLITS
+        if f"{s}_context" in d
+    }
+    if ys and cs:
+        raise DataError(
+            f"{source}: has both class labels and a context; give one (the labels, or the "
+            "continuous context c)"
+        )
+    what = "labels" if ys else "the context"
+    ys = ys or cs
     if ys and set(ys) != set(xs):
         missing = ", ".join(s for s in xs if s not in ys)
-        raise DataError(f"{source}: labels are missing for {missing}; give them for all or none")
+        raise DataError(f"{source}: {what} is missing for {missing}; give it for all or none")
+    widths = {tuple(c.shape[1:]) for c in cs.values()}
+    if len(widths) > 1:
+        raise DataError(
+            f"{source}: the splits' contexts have different widths {sorted(widths)}; "
+            "every split needs the same context columns"
+        )
     shape = xs["train"].shape[1:]
     for s, x in xs.items():
         if x.shape[1:] != shape:
@@ -368,7 +449,8 @@ def user_splits(
             if y is not None:
                 ys[s] = y[idx]
     num_classes = None
-    if ys:
+    context_dim = int(next(iter(cs.values())).shape[1]) if cs else None
+    if ys and not cs:
         top = max(int(y.max()) for y in ys.values())
         num_classes = top + 1 if classes is None else len(classes)
         if top >= num_classes:
@@ -378,6 +460,7 @@ def user_splits(
         **{s: tensors[s].contiguous() for s in SPLITS},
         **{f"{s}_labels": ys[s].contiguous() for s in ys},
         num_classes=num_classes,
+        context_dim=context_dim,
         levels=levels,
     )
 
@@ -419,6 +502,28 @@ def _labels(y: ArrayLike, where: str, n: int) -> torch.Tensor:
     if a.size and a.min() < 0:
         raise DataError(f"{where} has a negative label {a.min()}; expected 0, 1, 2, ...")
     return torch.from_numpy(a.astype(np.int64))
+
+
+def _context(c: ArrayLike, where: str, n: int) -> torch.Tensor:
+    """A continuous context, one row per example, as a float32 ``(N, C)`` tensor."""
+    a = _to_numpy(c, where + " context")
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2 or a.shape[0] != n or a.shape[1] == 0:
+        raise DataError(
+            f"{where} has a context of shape {a.shape}; expected ({n}, C), one row an example"
+        )
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"{where} has a context of dtype {a.dtype}; expected numbers")
+    f = a.astype(np.float32)
+    bad = ~np.isfinite(f)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(
+            f"{where} has {int(bad.sum()):,} NaN or infinite context values (first: row {row}, "
+            f"context column {col}); remove or replace them"
+        )
+    return torch.from_numpy(f)
 
 
 def _values(

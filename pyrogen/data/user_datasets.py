@@ -55,7 +55,7 @@ def _splits(cfg: DataConfig, arrays, seed: int, source: str, checksum: str) -> R
 def array(cfg: DataConfig, seed: int = 0) -> RawSplits:
     """The user's array file (data.path: .npy, .npz, .csv or .pt)."""
     path = Path(cfg.path or "")
-    arrays = read_array_file(path)
+    arrays = read_array_file(path, context=cfg.context or ())
     checksum = array_checksum(arrays)  # of the values: the same array saved anew still fits
     _verify(cfg, checksum)
     return _splits(cfg, arrays, seed, str(path), checksum)

@@ -36,7 +36,7 @@ def flow_log_likelihood(
 
     def chunk(start: int, stop: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         z = dataset.process(x[start:stop], gen)
-        yb = None if y is None or flow.num_classes is None else y[start:stop]
+        yb = None if y is None or not flow.conditional else y[start:stop]
         lp = flow.log_prob(z, yb)
         return {"model": lp, "data": lp + dataset.log_det_jacobian(z)}
 

@@ -10,8 +10,9 @@ from torch import nn
 
 from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
-from pyrogen.families.base import Family, check_class_labels, learner_options
+from pyrogen.families.base import Family, check_class_labels, conditioning, learner_options
 from pyrogen.inference.variational import VariationalLearner
+from pyrogen.models.context import context_size
 from pyrogen.models.flow import Flow, conditioner_networks, make_flow
 from pyrogen.registry import FLOWS, check_name
 
@@ -64,12 +65,12 @@ class FlowFamily(Family):
             )
         if m.levels > 1 and m.conditional:
             raise ConfigError(
-                f"model.levels={m.levels}: multi-scale flows have no class-conditional form "
+                f"model.levels={m.levels}: multi-scale flows have no conditional form "
                 "yet; set model.conditional=false or model.levels=1"
             )
         if m.conditional and not arch.conditional:
             raise ConfigError(
-                f"model.conditional=true: model.flow={m.flow} has no class-conditional form "
+                f"model.conditional=true: model.flow={m.flow} has no conditional form "
                 f"here; use one of {', '.join(architectures('conditional'))}"
             )
 
@@ -97,7 +98,7 @@ class FlowFamily(Family):
 
     def estimate_parameters(self, cfg: Config, data: Dataset) -> int:
         m = cfg.model
-        context = m.num_classes if m.conditional else 0
+        context = context_size(**conditioning(cfg, data))
         options = {k: getattr(m, k) for k in MODEL_OPTIONS}
         options["image_shape"] = data.image_shape
         return FLOWS.get(m.flow).num_parameters(data.num_dims, context=context, **options)
@@ -107,8 +108,8 @@ class FlowFamily(Family):
 
     def build_model(self, cfg: Config, data: Dataset) -> Flow:
         m = cfg.model
-        num_classes = m.num_classes if m.conditional else None
-        return make_flow(m.flow, data.num_dims, num_classes=num_classes, **self.options(cfg, data))
+        options = self.options(cfg, data)
+        return make_flow(m.flow, data.num_dims, **conditioning(cfg, data), **options)
 
     def networks(self, model: nn.Module) -> list[nn.Module]:
         """The conditioner networks of the layers (coupling and MADE networks)."""

@@ -11,10 +11,12 @@ from pyrogen.families.base import (
     Family,
     check_class_labels,
     check_conv_shape,
+    conditioning,
     learner_options,
     mlp_size,
 )
 from pyrogen.inference.adversarial import AdversarialLearner, GANLoss, make_gan_loss
+from pyrogen.models.context import context_size
 from pyrogen.models.gan import GAN
 from pyrogen.nets import conv_discriminator, conv_generator, mlp_discriminator, mlp_generator
 from pyrogen.registry import GAN_LOSSES, check_name
@@ -65,7 +67,7 @@ class GANFamily(Family):
     def estimate_parameters(self, cfg: Config, data: Dataset) -> int:
         m = cfg.model
         d = data.num_dims
-        k = m.num_classes if m.conditional else 0  # G takes [z, e_y]; D embeds y
+        k = context_size(**conditioning(cfg, data))  # G takes [z, c]; D projects c
         widths = [d, *m.discriminator_hidden_sizes]
         generator = mlp_size([m.latent_dim + k, *m.hidden_sizes, d])
         discriminator = mlp_size([*widths, 1]) + k * widths[-1]
@@ -78,8 +80,8 @@ class GANFamily(Family):
 
     def build_model(self, cfg: Config, data: Dataset) -> GAN:
         m = cfg.model
-        k = m.num_classes if m.conditional else None
-        g_in = m.latent_dim + (k or 0)  # a conditional G takes [z, e_y]
+        c = conditioning(cfg, data)  # num_classes (one-hot e_y) or context_dim (c itself)
+        g_in = m.latent_dim + context_size(**c)  # a conditional G takes [z, c]
         if m.architecture == "conv":
             shape = data.image_shape
             generator = conv_generator(g_in, shape, m.hidden_sizes, m.output)
@@ -88,7 +90,7 @@ class GANFamily(Family):
                 m.discriminator_hidden_sizes,
                 spectral_norm=m.spectral_norm,
                 dropout=m.discriminator_dropout,
-                num_classes=k,
+                **c,
             )
         else:
             generator = mlp_generator(g_in, m.hidden_sizes, data.num_dims, m.output)
@@ -97,11 +99,9 @@ class GANFamily(Family):
                 m.discriminator_hidden_sizes,
                 dropout=m.discriminator_dropout,
                 spectral_norm=m.spectral_norm,
-                num_classes=k,
+                **c,
             )
-        return GAN(
-            generator, discriminator, m.latent_dim, data.event_shape, prior=m.prior, num_classes=k
-        )
+        return GAN(generator, discriminator, m.latent_dim, data.event_shape, prior=m.prior, **c)
 
     def uses_labels(self, cfg: Config) -> bool:
         return bool(cfg.model.conditional)

@@ -76,6 +76,8 @@ def check_context(
         raise ValueError("the model is not conditional: it takes no labels or context")
     t = torch.as_tensor(y, dtype=torch.float32)
     if t.dim() == 1 and t.numel() == context_dim:
+        t = t[None]
+    if t.dim() == 2 and t.shape == (1, context_dim):  # one context for all n draws
         t = t.expand(n, context_dim)
     if t.dim() != 2 or t.shape[1] != context_dim:
         raise ValueError(

@@ -46,11 +46,11 @@ import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
-import torch.nn.functional as F
 from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN, DenseNN
 from torch import nn
 
+from pyrogen.models.context import context_size, context_vector
 from pyrogen.models.flow_layers import (
     ActNorm,
     ConditionalQuadraticSplineAutoregressive,
@@ -565,8 +565,11 @@ class Flow(GenerativeProcess):
         dim: the dimension D of x (flows act on vectors: images are flattened).
         base: an ``nn.Module`` whose ``forward()`` returns p_z (event shape ``(D,)``), or a
             Pyro distribution; default N(0, I) from buffers.
-        num_classes: makes the flow p(x | y): layers with a ``condition`` method get the
-            one-hot label y.
+        num_classes: makes the flow p(x | c) on class labels y: layers with a ``condition``
+            method get c = the one-hot label y.
+        context_dim: makes the flow p(x | c) on a continuous context c ∈ ℝ^C (the batch's
+            ``y`` of shape ``(N, C)``), given as it is to those layers
+            (:mod:`pyrogen.models.context`).
 
     ``forward`` (alias ``model``) is the Pyro model with the observed site ``x``.
 
@@ -583,8 +586,10 @@ class Flow(GenerativeProcess):
         dim: int,
         base: nn.Module | dist.Distribution | None = None,
         num_classes: int | None = None,
+        context_dim: int | None = None,
     ) -> None:
         super().__init__()
+        context_size(num_classes, context_dim)  # refuses both
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if not transforms:
@@ -599,6 +604,7 @@ class Flow(GenerativeProcess):
         self.base_module = base if isinstance(base, nn.Module) else None
         self._base_distribution = None if isinstance(base, nn.Module) else base
         self.num_classes = num_classes
+        self.context_dim = context_dim
         self.has_inverse = all(layer_invertible(layer) for layer in self.layers)
 
     def _like(self) -> torch.Tensor:
@@ -614,10 +620,10 @@ class Flow(GenerativeProcess):
         return self._base_distribution
 
     def _transforms(self, y: torch.Tensor | None) -> list:
-        if self.num_classes is not None:
+        if self.conditional:
             if y is None:
-                raise ValueError("a conditional flow needs the class labels y")
-            context = F.one_hot(y.long(), self.num_classes).to(self._like().dtype)
+                raise ValueError("a conditional flow needs its context: class labels or c")
+            context = context_vector(y, self.num_classes, self.context_dim, self._like().dtype)
         out = []
         for layer in self.layers:
             t = layer.transform() if isinstance(layer, StaticLayer | Inverse) else layer
@@ -627,17 +633,17 @@ class Flow(GenerativeProcess):
                 # would carry old parameters and a freed graph, so each distribution starts
                 # afresh (within one distribution, a sample and its log_prob still share it)
                 inner._cached_x_y = (None, None)
-            if self.num_classes is not None and hasattr(inner, "condition"):
+            if self.conditional and hasattr(inner, "condition"):
                 inner_t = inner.condition(context)
                 t = inner_t.inv if isinstance(layer, Inverse) else inner_t
             out.append(t)
         return out
 
     def dist(self, y: torch.Tensor | None = None) -> dist.TransformedDistribution:
-        """The flow as a distribution (conditioned on labels ``y`` when conditional)."""
+        """The flow as a distribution (conditioned on the context ``y`` when conditional)."""
         base = self.base()
-        if y is not None and self.num_classes is not None:
-            base = base.expand(y.shape)
+        if y is not None and self.conditional:
+            base = base.expand(y.shape if self.num_classes is not None else y.shape[:-1])
         return dist.TransformedDistribution(base, self._transforms(y))
 
     def _not_invertible(self) -> NotInvertibleError:
@@ -659,7 +665,7 @@ class Flow(GenerativeProcess):
 
     @property
     def conditional(self) -> bool:
-        return self.num_classes is not None
+        return self.num_classes is not None or self.context_dim is not None
 
     def check_observed(self, x: torch.Tensor) -> None:
         if not self.has_inverse:
@@ -674,13 +680,16 @@ class Flow(GenerativeProcess):
     def sample(
         self, n: int, y: torch.Tensor | None = None, temperature: float = 1.0
     ) -> torch.Tensor:
-        """``n`` draws x = G(z) (a class-conditional flow draws classes uniformly if no
-        ``y``). At a ``temperature`` T ≠ 1, z = E[z] + T (z' − E[z]) with z' ~ p_z: for the
-        Gaussian base, z ~ N(0, T² I), and in a multi-scale flow every split prior's std is
-        scaled by T too (:mod:`pyrogen.models.multiscale`); T = 0 gives G(E[z])."""
+        """``n`` draws x = G(z) (a class-conditional flow draws classes round-robin if no
+        ``y``; one on a continuous context needs ``y``, ``(n, C)``). At a ``temperature``
+        T ≠ 1, z = E[z] + T (z' − E[z]) with z' ~ p_z: for the Gaussian base, z ~ N(0, T² I),
+        and in a multi-scale flow every split prior's std is scaled by T too
+        (:mod:`pyrogen.models.multiscale`); T = 0 gives G(E[z])."""
         if not (temperature >= 0.0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
-        if self.num_classes is not None:
+        if self.conditional:
+            if y is None and self.context_dim is not None:
+                raise ValueError(f"a flow on a continuous context needs c, shape ({n}, C)")
             if y is None:
                 y = torch.arange(n, device=self._like().device) % self.num_classes
             d, shape = self.dist(y), ()
@@ -696,13 +705,24 @@ class Flow(GenerativeProcess):
         return z
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, layers={len(self.layers)}, classes={self.num_classes}"
+        c = (
+            f"classes={self.num_classes}"
+            if self.context_dim is None
+            else f"context={self.context_dim}"
+        )
+        return f"dim={self.dim}, layers={len(self.layers)}, {c}"
 
 
-def make_flow(name: str, dim: int, num_classes: int | None = None, **options: object) -> Flow:
+def make_flow(
+    name: str,
+    dim: int,
+    num_classes: int | None = None,
+    context_dim: int | None = None,
+    **options: object,
+) -> Flow:
     """``Flow(<architecture name>(dim, **options), dim)``: a flow of a registered architecture
     (``realnvp``, ``maf``, ...) with that function's options; ``num_classes`` makes it
-    class-conditional.
+    class-conditional, ``context_dim`` conditional on a continuous context c ∈ ℝ^C.
 
     Example::
 
@@ -714,11 +734,12 @@ def make_flow(name: str, dim: int, num_classes: int | None = None, **options: ob
     if unknown:
         allowed = ", ".join(arch.options)
         raise TypeError(f"{name} takes no option {', '.join(unknown)} (options: {allowed})")
-    if num_classes is not None:
+    width = context_size(num_classes, context_dim)
+    if width:
         if not arch.conditional:
-            raise ValueError(f"{name} has no class-conditional form")
-        options["context_dim"] = num_classes
-    return Flow(arch(dim, **options), dim, num_classes=num_classes)
+            raise ValueError(f"{name} has no conditional form")
+        options["context_dim"] = width
+    return Flow(arch(dim, **options), dim, num_classes=num_classes, context_dim=context_dim)
 
 
 def log_prob_brute_force(flow: Flow, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,9 @@ with a discriminator D(x) = σ(d(x)) = P(label 1 = data | x), returned as the lo
 With ``num_classes`` K the GAN is class-conditional (Mirza & Osindero 2014): x = G([z, e_y])
 with e_y the one-hot label, and the discriminator is given the label too, d(x, y) — the
 configs use the projection discriminator of Miyato & Koyama (2018),
-d(x, y) = ψ(φ(x)) + embed(y)ᵀ φ(x) (:class:`pyrogen.nets.ProjectionDiscriminator`).
+d(x, y) = ψ(φ(x)) + embed(y)ᵀ φ(x) (:class:`pyrogen.nets.ProjectionDiscriminator`). With
+``context_dim`` C it is conditional on a continuous context c ∈ ℝ^C instead: x = G([z, c]),
+d(x, c) = ψ(φ(x)) + (W c)ᵀ φ(x) (:mod:`pyrogen.models.context`).
 
 A GAN is built from plain arguments: a generator and a discriminator (any ``nn.Module``s),
 the latent dimension, the shape of one example and the prior. The generator maps z of shape
@@ -36,10 +38,10 @@ from typing import Literal
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from pyrogen.models.context import context_size, context_vector
 from pyrogen.models.likelihoods import as_shape
 from pyrogen.models.process import GenerativeProcess
 
@@ -73,11 +75,16 @@ class GAN(GenerativeProcess):
         event_shape: int | Sequence[int],
         prior: Literal["normal", "uniform"] = "normal",
         num_classes: int | None = None,
+        context_dim: int | None = None,
     ) -> None:
         super().__init__()
         if num_classes is not None and num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (or None), got {num_classes}")
+        if context_dim is not None and context_dim < 1:
+            raise ValueError(f"context_dim must be >= 1 (or None), got {context_dim}")
+        context_size(num_classes, context_dim)  # refuses both
         self.num_classes = num_classes
+        self.context_dim = context_dim
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
         if prior not in ("normal", "uniform"):
@@ -95,16 +102,26 @@ class GAN(GenerativeProcess):
 
     @property
     def conditional(self) -> bool:
-        """Whether the GAN is p(x | y): G and D are given the class label."""
-        return self.num_classes is not None
+        """Whether the GAN is p(x | c): G and D are given the class label or the context c."""
+        return self.num_classes is not None or self.context_dim is not None
 
     def labels(self, y: torch.Tensor | None, n: int) -> torch.Tensor | None:
-        """The labels of n examples of a conditional GAN (``y``, or 0..K−1 cycled when not
-        given; ``None`` for an unconditional GAN, which refuses labels)."""
+        """The context of n examples of a conditional GAN: class labels (``y``, or 0..K−1
+        cycled when not given) or a continuous context ``(n, C)`` (required); ``None`` for an
+        unconditional GAN, which refuses labels."""
         if not self.conditional:
             if y is not None:
                 raise ValueError("this GAN is not class-conditional: it takes no labels y")
             return None
+        if self.context_dim is not None:
+            if y is None:
+                raise ValueError(f"a GAN on a continuous context needs c, shape ({n}, C)")
+            y = torch.as_tensor(y, device=self.prior_a.device, dtype=self.prior_a.dtype)
+            if y.shape != (n, self.context_dim):
+                raise ValueError(
+                    f"the context has shape {tuple(y.shape)}; expected ({n}, {self.context_dim})"
+                )
+            return y
         if y is None:
             return torch.arange(n, device=self.prior_a.device) % self.num_classes
         y = torch.as_tensor(y, device=self.prior_a.device).long().reshape(-1)
@@ -165,7 +182,8 @@ class GAN(GenerativeProcess):
         z = z.reshape(-1, self.latent_dim)
         if self.conditional:
             y = self.labels(y, z.shape[0])
-            z = torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], dim=-1)
+            c = context_vector(y, self.num_classes, self.context_dim, z.dtype)
+            z = torch.cat([z, c], dim=-1)
         out = g(z)
         if out[0].numel() != self.num_dims:
             raise ValueError(
@@ -180,8 +198,8 @@ class GAN(GenerativeProcess):
         x = x.reshape(x.shape[0], *self.event_shape)
         if self.conditional:
             if y is None:
-                raise ValueError("a class-conditional GAN's discriminator needs the labels y")
-            logits = self.discriminator(x, y.long())
+                raise ValueError("a conditional GAN's discriminator needs the context y")
+            logits = self.discriminator(x, y.long() if self.context_dim is None else y)
         else:
             logits = self.discriminator(x)
         return logits.reshape(x.shape[0])

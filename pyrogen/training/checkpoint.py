@@ -455,6 +455,7 @@ FIXED_SECTIONS = ("model", "guide")
 FIXED_DATA_KEYS = (
     "name",
     "path",
+    "context",
     "checksum",
     "binarize",
     "dequantize",

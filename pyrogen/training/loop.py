@@ -112,6 +112,24 @@ def record_resume(run_dir: Path, old: dict[str, Any], cfg: Config, step: int) ->
     append_whole(run_dir / "resumes.jsonl", (json.dumps(record) + "\n").encode())
 
 
+def with_context(data: Any, context: Any) -> dict[str, Any]:
+    """The user's ``data`` and continuous ``context`` as one dict of arrays
+    (``{"data": x, "context": c}``, or the splits with ``<split>_context``)."""
+    if data is None:
+        raise TypeError("pyrogen.train: context= is the context of data=: pass data= too")
+    if not isinstance(data, dict):
+        return {"data": data, "context": context}
+    if "data" in data:
+        return {**data, "context": context}
+    if not isinstance(context, dict) or set(context) != set(data) & {"train", "valid", "test"}:
+        splits = sorted(set(data) & {"train", "valid", "test"})
+        raise TypeError(
+            f"pyrogen.train: data= is a dict of splits {splits}: give context= as a dict of "
+            "the same splits"
+        )
+    return {**data, **{f"{s}_context": c for s, c in context.items()}}
+
+
 def _save_user_data(data: Any, path: Path) -> None:
     """The user's arrays as given (``{"data": x}`` or their dict of splits), as ``.npz``."""
     arrays = data if isinstance(data, dict) else {"data": data}
@@ -136,6 +154,7 @@ def train(
     callbacks: Sequence[Callback] = (),
     model: torch.nn.Module | None = None,
     guide: torch.nn.Module | None = None,
+    context: Any = None,
 ) -> TrainedRun:
     """Train the model that ``cfg`` describes and return it as a :class:`TrainedRun`.
 
@@ -143,6 +162,9 @@ def train(
     on the user's own data instead of ``data.name``; splits missing from it are made with
     ``data.valid_fraction``/``data.test_fraction`` and ``train.seed``. The run folder keeps a
     copy (``data.npz``) and its checksum, so :func:`pyrogen.load` works on the run.
+    ``context`` (with ``data``): a continuous context c for a conditional model
+    (``model.conditional=true``), one row per example of ``data`` (``(N, C)`` or ``(N,)``),
+    or a dict of the same splits as ``data``; the model learns p(x | c).
 
     A folder that already holds a run is refused (:class:`RunExistsError`) unless
     ``overwrite`` (default ``output.overwrite``) clears it first, or ``resume`` continues it
@@ -171,6 +193,8 @@ def train(
         raise ConfigError(
             "resume continues the run in its folder and overwrite replaces it: choose one"
         )
+    if context is not None:
+        data = with_context(data, context)
     if data is not None:
         cfg = replace(cfg, data=replace(cfg.data, name="array", path=None, checksum=None))
     program = None

@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -14,12 +15,12 @@ from matplotlib.figure import Figure
 from pyrogen.build import build
 from pyrogen.config import Config, ConfigError, read_config
 from pyrogen.data import Dataset
-from pyrogen.evaluation.conditional import is_class_conditional
 from pyrogen.evaluation.figures import curve_labels, model_figures, samples_figure
 from pyrogen.evaluation.plots import save_curves
 from pyrogen.families import family_of
 from pyrogen.families.program import program_needed
 from pyrogen.inference.base import Learner
+from pyrogen.models.context import check_context
 from pyrogen.runtime import resolve_device
 from pyrogen.training.checkpoint import (
     check_checkpoint_contents,
@@ -87,12 +88,15 @@ class TrainedRun:
         n: int,
         y: int | Sequence[int] | torch.Tensor | None = None,
         temperature: float = 1.0,
+        context: Any = None,
     ) -> torch.Tensor:
         """``n`` draws x ~ p(x) of the model, in the data set's stored space (e.g. images in
-        [0, 1]; binary images for a VAE with a Bernoulli likelihood). A class-conditional
-        model draws x ~ p(x | y) for the labels ``y``: one label for all n, or n labels
-        (default: the classes in turn); a model that is not class-conditional refuses them.
-        A flow samples at a ``temperature`` T (the std of its base, and of a multi-scale
+        [0, 1]; binary images for a VAE with a Bernoulli likelihood). A conditional model
+        draws x ~ p(x | c) for its context: class labels ``y`` (one label for all n, or n
+        labels; default: the classes in turn), or a continuous ``context`` (one vector of C
+        values for all n, or an ``(n, C)`` array; default: the test split's contexts in turn,
+        so that x ~ ∫ p(x | c) p̂(c) dc); a model that is not conditional refuses them. A
+        flow samples at a ``temperature`` T (the std of its base, and of a multi-scale
         flow's split priors, times T); the other families at T = 1 only."""
         self.learner.module.eval()
         options = {}
@@ -103,9 +107,16 @@ class TrainedRun:
                     f"this run's model is a {self.family}"
                 )
             options["temperature"] = temperature
-        if y is None:
+        if y is not None and context is not None:
+            raise ValueError("give class labels y or a context, not both")
+        given = y if y is not None else context
+        if given is None and getattr(self.model, "context_dim", None) is not None:
+            test = self.dataset.labels("test")  # stored as the model takes it
+            labels = test[torch.arange(n, device=test.device) % test.shape[0]]
+        elif given is None:
             return self.dataset.to_data_space(self.model.sample(n, **options))
-        labels = self.labels_for(n, y)
+        else:
+            labels = self.labels_for(n, given)
         return self.dataset.to_data_space(self.model.sample(n, labels, **options))
 
     @property
@@ -113,21 +124,22 @@ class TrainedRun:
         """Whether the model's ``sample`` takes a ``temperature`` (the flows')."""
         return "temperature" in inspect.signature(self.model.sample).parameters
 
-    def labels_for(self, n: int, y: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """``y`` as n class labels of the model (a ``ValueError`` naming what is allowed when
-        the model takes no labels, or a label is out of range)."""
-        if not is_class_conditional(self.model):
-            raise ValueError(f"the model of {self.run_dir} is not class-conditional: no labels")
-        k = self.model.num_classes
-        y = torch.as_tensor(y, dtype=torch.int64).reshape(-1)
-        if y.numel() == 1:
-            y = y.expand(n)
-        if y.numel() != n:
-            raise ValueError(f"give one label or {n} labels, not {y.numel()}")
-        if bool((y < 0).any()) or bool((y >= k).any()):
-            raise ValueError(f"labels must lie in 0..{k - 1}, got {sorted(set(y.tolist()))}")
+    def labels_for(self, n: int, y: Any) -> torch.Tensor:
+        """``y`` as the context of n draws of the model: class labels, or continuous context
+        vectors in the data's units (standardised here as the training data were:
+        :meth:`~pyrogen.data.Dataset.context_to_model`). A ``ValueError`` names what is
+        allowed when the model is not conditional, a label is out of range, or a context has
+        the wrong shape or is not finite."""
+        if not getattr(self.model, "conditional", False):
+            raise ValueError(
+                f"the model of {self.run_dir} is not conditional: it takes no labels or context"
+            )
         device = next(self.learner.module.parameters()).device
-        return y.to(device)
+        if isinstance(y, torch.Tensor):
+            y = y.cpu()
+        num_classes = getattr(self.model, "num_classes", None)
+        y = check_context(y, n, num_classes, getattr(self.model, "context_dim", None), device)
+        return y if num_classes is not None else self.dataset.context_to_model(y)
 
     @torch.no_grad()
     def sample_means(self, n: int) -> torch.Tensor:
