@@ -78,6 +78,9 @@ TINY_VAE = tiny("vae")
 MOONS = "data.name=moons"
 EIGHT_GAUSSIANS = "data.name=eight_gaussians"
 POINTS = [MOONS, "data.num_train=64", "data.num_valid=32", "data.num_test=32"]
+# a table with a continuous context: 7 columns x given c = (age, sex, bmi, bp), 442 rows
+TABLE = ["data.name=array", f"data.path={CONFIGS / 'data' / 'diabetes.csv'}"]
+TABLE += ["data.context=[age,sex,bmi,bp]", "model.conditional=true"]
 # a VAE on real-valued points needs a Gaussian likelihood
 GAUSSIAN = "model.likelihood=gaussian"
 # a small run on the digits (VAE) and the toy points (flow, GAN): 10 steps an epoch on the digits

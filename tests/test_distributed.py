@@ -29,6 +29,7 @@ import pyrogen.inference.adversarial as adversarial
 from conftest import (
     EIGHT_GAUSSIANS,
     MOONS,
+    TABLE,
     assert_same,
     build_with_step_hook,
     fill_first_parameter,
@@ -205,6 +206,9 @@ STEP_CASES = {
     + ["adversarial.loss=wasserstein", "model.spectral_norm=true"],
     # G(z, y) and d(x, y) on the labelled digits: each rank's samples take its rows' labels
     "gan conditional r1": SGD + tiny("gan", "model.conditional=true", "adversarial.r1_penalty=1.0"),
+    # p(x | c) on the table's continuous context: each rank's rows carry their own c
+    "flow maf context": SGD + tiny("flow", "model.flow=maf", "model.num_layers=2", *TABLE),
+    "gan context r1": SGD + tiny("gan", *TABLE, "adversarial.r1_penalty=1.0"),
     "gan conv batchnorm k2": SGD
     + ["model.family=gan", "data.flatten=false", "model.architecture=conv"]
     + ["model.latent_dim=4", "model.hidden_sizes=[8,4]", "model.discriminator_hidden_sizes=[4,8]"]
@@ -234,7 +238,7 @@ def _steps(
     dataset, learner = build(cfg, device)
     initial = _state(learner)
     x = _batch(name, dataset)
-    labels = getattr(learner.module, "conditional", False)
+    labels = getattr(learner.model, "conditional", False)
     y = dataset.labels("train")[: x.shape[0]] if labels else None
     offset = 0
     if distributed:

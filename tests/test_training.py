@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import pyrogen.training.loop as training
-from conftest import SMALL_RUN, SMALL_RUNS, assert_same, flat, state_of, tiny
+from conftest import SMALL_RUN, SMALL_RUNS, TABLE, assert_same, flat, state_of, tiny
 from pyrogen import load_config
 from pyrogen.training import TrainingDiverged, load, read_metrics, train
 from pyrogen.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -29,6 +29,9 @@ GMVAE_RUN = SMALL_RUNS["vae"] + [
 ]  # fmt: skip
 # a class-conditional GAN on the labelled digits (G(z, y), projection discriminator)
 CGAN_RUN = SMALL_RUN + tiny("gan", "model.conditional=true", "adversarial.ema_decay=0.9")
+# p(x | c) on a continuous context c (columns of a CSV): a MAF and a GAN with a projection on c
+CONTEXT_FLOW_RUN = SMALL_RUN + tiny("flow", "model.flow=maf", "model.num_layers=2", *TABLE)
+CONTEXT_GAN_RUN = SMALL_RUN + tiny("gan", *TABLE) + ["adversarial.ema_decay=0.9"]
 #: a multi-scale Glow on the digits: act-norm's data-dependent init, 1x1 convs, a split prior
 GLOW_RUN = SMALL_RUN + tiny("flow", "model.flow=glow", "model.levels=2", width=8) + [
     "model.steps_per_level=1", "data.dequantize=true", "data.logit_lambda=1e-6"
@@ -44,6 +47,8 @@ VARIANTS = {
     "vae_gmvae": GMVAE_RUN,
     "vae_hierarchical": HVAE_RUN,
     "gan_conditional": CGAN_RUN,
+    "flow_context": CONTEXT_FLOW_RUN,
+    "gan_context": CONTEXT_GAN_RUN,
     "flow_glow_multiscale": GLOW_RUN,
     "vae_planar": PLANAR_RUN,
     "vae_sylvester": SYLVESTER_RUN,
