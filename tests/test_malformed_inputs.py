@@ -173,6 +173,8 @@ BUILD_CASES = [
     ("flow", ["model.conditional=true"], "model.conditional"),
     ("flow", ["model.conditional=true", "model.flow=nsf_coupling"], "model.conditional"),
     ("flow", ["data.flatten=false", "data.name=digits"], "data.flatten"),
+    ("flow", ["data.context=[age]"], "data.context"),
+    ("gan", ["data.context=[age]", "model.conditional=true"], "data.context"),
     ("gan", ["model.architecture=conv"], "model.architecture"),
     ("gan", ["model.output=sigmoid"], "model.output"),
     ("gan", ["model.architecture=conv", "data.name=digits", "model.hidden_sizes=[8]"], "hidden"),
