@@ -135,14 +135,26 @@ def test_data_context_is_refused_where_it_names_no_file_columns(tmp_path: Path) 
 
 
 # ------------------------------------------------------------------ the models
-@pytest.mark.parametrize("name", ["maf", "realnvp", "iaf", "nsf_autoregressive"])
-def test_a_conditional_flow_is_a_density_in_x_for_every_context(name: str, float64) -> None:
+@pytest.mark.parametrize(
+    "name, conditional_base",
+    [("maf", False), ("realnvp", False), ("iaf", False), ("nsf_autoregressive", False),
+     ("maf", True)],
+)  # fmt: skip
+def test_a_conditional_flow_is_a_density_in_x_for_every_context(
+    name: str, conditional_base: bool, float64
+) -> None:
     """∫ p(x | c) dx ≈ 1 on a 2-D grid, for several c (a random, untrained flow: the density is
-    exact whatever the weights)."""
+    exact whatever the weights), with the base N(0, I) or p(z | c)."""
     torch.manual_seed(0)
-    flow = make_flow(name, 2, context_dim=3, num_layers=2, hidden_sizes=[16]).double()
+    flow = make_flow(
+        name, 2, context_dim=3, conditional_base=conditional_base, num_layers=2, hidden_sizes=[16]
+    ).double()
     for p in flow.parameters():  # away from the identity start, so that c matters
         p.data.add_(0.1 * torch.randn_like(p))
+    if conditional_base:  # a base that moves with c: the layers alone would be a weaker test
+        for layer in flow.layers:
+            for p in layer.parameters():
+                p.data.zero_()
     h = 0.05
     g = torch.arange(-8, 8, h, dtype=torch.float64) + h / 2
     grid = torch.cartesian_prod(g, g)
@@ -242,3 +254,17 @@ def test_the_shipped_table_config_learns_p_x_given_c(tmp_path: Path, monkeypatch
     draws = torch.load(out, weights_only=True)
     assert draws.shape == (50, 7) and bool(torch.isfinite(draws).all())
     assert 50 < float(draws[:, 0].mean()) < 400  # total cholesterol (mg/dl): the table's units
+
+
+def test_a_conditional_base_learns_where_z_lies_for_each_context(tmp_path: Path) -> None:
+    """model.conditional_base: p(z | c) = N(Wc + b, ...) carries the context alone when the
+    layers are few; refused without model.conditional."""
+    x, c = mirrored()
+    over = [*FAST, *CONDITIONAL["flow"], "model.conditional=true", "model.conditional_base=true"]
+    run = train(load_config(None, over), tmp_path / "run", data=x, context=c, quiet=True)
+    assert float(run.model.base_module.net.weight.detach().abs().sum()) > 0  # it learned from c
+    torch.manual_seed(0)
+    s = run.sample(300, context=[11.5], temperature=0.5)
+    assert abs(float(s[:, 0].mean()) - 11.5) < 0.5
+    with pytest.raises(ConfigError, match="model.conditional_base=true .* model.conditional"):
+        load_config(None, [*FAST, *tiny("flow"), "model.conditional_base=true"])

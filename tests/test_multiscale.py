@@ -259,7 +259,7 @@ def test_the_family_finds_the_networks_and_estimates_the_parameters():
         (["model.flow=realnvp", "model.levels=5"], "model.levels <= 4"),
         (["model.flow=maf", "model.levels=2"], "model.levels=2: model.flow=maf is single-scale"),
         (["model.flow=maf", "model.steps_per_level=2"], "model.steps_per_level=2 applies to"),
-        (["model.flow=glow", "model.levels=2", "model.conditional=true"], "class-conditional"),
+        (["model.flow=glow", "model.levels=2", "model.conditional=true"], "no conditional form"),
         (["model.flow=realnvp", "model.levels=2", "model.normalization=batchnorm"], "none or act"),
         (["model.flow=realnvp", "model.levels=2", "data.name=moons"], "needs image data"),
     ],

@@ -33,5 +33,11 @@ class FlowModelConfig:
     steps_per_level: int | None = num(
         None, ge=1, le=1024, doc="glow, realnvp with levels: steps a scale; null: model.num_layers"
     )
-    conditional: bool = field(default=False, metadata={"doc": "class-conditional p(x | y)"})
+    conditional: bool = field(
+        default=False, metadata={"doc": "p(x | c): on class labels y or data.context columns"}
+    )
     num_classes: int = num(10, ge=2, le=MAX_COUNT, doc="conditional: number of classes y")
+    conditional_base: bool = field(
+        default=False,
+        metadata={"doc": "conditional: base p(z | c) = N(mu(c), sigma(c)^2), linear in c"},
+    )

@@ -68,6 +68,11 @@ class FlowFamily(Family):
                 f"model.levels={m.levels}: multi-scale flows have no conditional form "
                 "yet; set model.conditional=false or model.levels=1"
             )
+        if m.conditional_base and not m.conditional:
+            raise ConfigError(
+                "model.conditional_base=true makes the base p(z | c) of a conditional flow; set "
+                "model.conditional=true too"
+            )
         if m.conditional and not arch.conditional:
             raise ConfigError(
                 f"model.conditional=true: model.flow={m.flow} has no conditional form "
@@ -101,7 +106,8 @@ class FlowFamily(Family):
         context = context_size(**conditioning(cfg, data))
         options = {k: getattr(m, k) for k in MODEL_OPTIONS}
         options["image_shape"] = data.image_shape
-        return FLOWS.get(m.flow).num_parameters(data.num_dims, context=context, **options)
+        base = 2 * data.num_dims * (context + 1) if m.conditional_base else 0  # [μ, log σ] = Wc + b
+        return base + FLOWS.get(m.flow).num_parameters(data.num_dims, context=context, **options)
 
     def uses_labels(self, cfg: Config) -> bool:
         return bool(cfg.model.conditional)
@@ -109,7 +115,8 @@ class FlowFamily(Family):
     def build_model(self, cfg: Config, data: Dataset) -> Flow:
         m = cfg.model
         options = self.options(cfg, data)
-        return make_flow(m.flow, data.num_dims, **conditioning(cfg, data), **options)
+        c = conditioning(cfg, data)
+        return make_flow(m.flow, data.num_dims, **c, conditional_base=m.conditional_base, **options)
 
     def networks(self, model: nn.Module) -> list[nn.Module]:
         """The conditioner networks of the layers (coupling and MADE networks)."""

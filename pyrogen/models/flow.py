@@ -554,6 +554,22 @@ class StandardNormal(nn.Module):
         return dist.Normal(self.loc, self.scale).to_event(1)
 
 
+class ConditionalNormal(nn.Module):
+    """p_z(z | c) = N(μ(c), diag σ(c)²) with [μ, log σ] = W c + b, a linear map of the context
+    vector c (zero at the start: N(0, I) for every c)."""
+
+    def __init__(self, dim: int, context_size: int) -> None:
+        super().__init__()
+        self.dim = int(dim)
+        self.net = nn.Linear(context_size, 2 * self.dim)
+        nn.init.zeros_(self.net.weight)
+        nn.init.zeros_(self.net.bias)
+
+    def forward(self, context: torch.Tensor) -> dist.Distribution:
+        loc, log_scale = self.net(context).split(self.dim, dim=-1)
+        return dist.Normal(loc, log_scale.exp()).to_event(1)
+
+
 class Flow(GenerativeProcess):
     """p(x) (or p(x | y)) = the push-forward of the base p_z through G.
 
@@ -570,6 +586,8 @@ class Flow(GenerativeProcess):
         context_dim: makes the flow p(x | c) on a continuous context c ∈ ℝ^C (the batch's
             ``y`` of shape ``(N, C)``), given as it is to those layers
             (:mod:`pyrogen.models.context`).
+        conditional_base: a conditional flow's base is p_z(z | c) too
+            (:class:`ConditionalNormal`), not N(0, I).
 
     ``forward`` (alias ``model``) is the Pyro model with the observed site ``x``.
 
@@ -587,9 +605,16 @@ class Flow(GenerativeProcess):
         base: nn.Module | dist.Distribution | None = None,
         num_classes: int | None = None,
         context_dim: int | None = None,
+        conditional_base: bool = False,
     ) -> None:
         super().__init__()
-        context_size(num_classes, context_dim)  # refuses both
+        width = context_size(num_classes, context_dim)  # refuses both
+        if conditional_base and not width:
+            raise ValueError(
+                "conditional_base needs a conditional flow (num_classes or context_dim)"
+            )
+        if conditional_base and base is not None:
+            raise ValueError("give a base or conditional_base=True, not both")
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if not transforms:
@@ -599,12 +624,15 @@ class Flow(GenerativeProcess):
         self.layers = nn.ModuleList(
             t if isinstance(t, nn.Module) else FixedTransform(t) for t in transforms
         )
-        if base is None:
+        if conditional_base:
+            base = ConditionalNormal(self.dim, width)
+        elif base is None:
             base = StandardNormal(self.dim)
         self.base_module = base if isinstance(base, nn.Module) else None
         self._base_distribution = None if isinstance(base, nn.Module) else base
         self.num_classes = num_classes
         self.context_dim = context_dim
+        self.conditional_base = conditional_base
         self.has_inverse = all(layer_invertible(layer) for layer in self.layers)
 
     def _like(self) -> torch.Tensor:
@@ -613,17 +641,24 @@ class Flow(GenerativeProcess):
             return t
         return torch.zeros(())
 
-    def base(self) -> dist.Distribution:
-        """p_z."""
+    def base(self, y: torch.Tensor | None = None) -> dist.Distribution:
+        """p_z (with ``conditional_base``: p_z(z | c) for the context ``y``)."""
+        if self.conditional_base:
+            if y is None:
+                raise ValueError("a flow with a conditional base needs its context")
+            return self.base_module(self._context(y))
         if self.base_module is not None:
             return self.base_module()
         return self._base_distribution
+
+    def _context(self, y: torch.Tensor) -> torch.Tensor:
+        return context_vector(y, self.num_classes, self.context_dim, self._like().dtype)
 
     def _transforms(self, y: torch.Tensor | None) -> list:
         if self.conditional:
             if y is None:
                 raise ValueError("a conditional flow needs its context: class labels or c")
-            context = context_vector(y, self.num_classes, self.context_dim, self._like().dtype)
+            context = self._context(y)
         out = []
         for layer in self.layers:
             t = layer.transform() if isinstance(layer, StaticLayer | Inverse) else layer
@@ -641,8 +676,8 @@ class Flow(GenerativeProcess):
 
     def dist(self, y: torch.Tensor | None = None) -> dist.TransformedDistribution:
         """The flow as a distribution (conditioned on the context ``y`` when conditional)."""
-        base = self.base()
-        if y is not None and self.conditional:
+        base = self.base(y)
+        if y is not None and self.conditional and not self.conditional_base:
             base = base.expand(y.shape if self.num_classes is not None else y.shape[:-1])
         return dist.TransformedDistribution(base, self._transforms(y))
 
@@ -718,6 +753,7 @@ def make_flow(
     dim: int,
     num_classes: int | None = None,
     context_dim: int | None = None,
+    conditional_base: bool = False,
     **options: object,
 ) -> Flow:
     """``Flow(<architecture name>(dim, **options), dim)``: a flow of a registered architecture
@@ -739,7 +775,8 @@ def make_flow(
         if not arch.conditional:
             raise ValueError(f"{name} has no conditional form")
         options["context_dim"] = width
-    return Flow(arch(dim, **options), dim, num_classes=num_classes, context_dim=context_dim)
+    layers = arch(dim, **options)
+    return Flow(layers, dim, None, num_classes, context_dim, conditional_base=conditional_base)
 
 
 def log_prob_brute_force(flow: Flow, x: torch.Tensor) -> torch.Tensor:
