@@ -222,3 +222,22 @@ def test_gradients_command_writes_the_variance_table_and_plot(tmp_path, capsys):
             assert v > 10 * var[("reparam", k, group)]
     assert main(["gradients", str(CONFIGS / "gan_toy.yaml")]) == 2
     assert "about guides" in capsys.readouterr().err
+
+
+def test_compare_on_conditional_configs_reports_the_conditional_accuracy(tmp_path):
+    """model.conditional=true in every family of a compare config: each row has the share of
+    its samples for class y that the judge labels y, beside the judge's ceiling."""
+    families = ("flow", "gan")
+    cc = load_compare_config(
+        CONFIGS / "compare_digits.yaml",
+        [*FAST, *(f"{f}.model.conditional=true" for f in families)]
+        + ["flow.model.num_layers=2", "flow.model.hidden_sizes=[64]"]
+        + ["evaluation.parzen_samples=100", "evaluation.quality_samples=50"]
+        + ["evaluation.is_samples=5", "evaluation.max_test=50"],
+    )
+    rows = {r["family"]: r for r in compare(cc, tmp_path)}
+    for family in families:
+        acc = rows[family]["conditional_accuracy"]
+        assert acc["n"] == 10 * 500 and 0 <= acc["mean"] <= 1
+        assert rows[family]["classifier_accuracy"]["mean"] > 0.8  # the ceiling on real digits
+    assert "conditional accuracy" in (tmp_path / "compare.md").read_text()
