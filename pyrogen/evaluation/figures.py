@@ -34,7 +34,8 @@ def samples_figure(run: Any, n: int) -> Figure | None:
             run.learner.module.eval()
             y, nrow, given = figure_context(run, n)
             n = n if y is None else y.shape[0]
-            draws, means = run.model.sample_with_mean(n, y)
+            given_y = () if y is None else (y,)  # a two-level VAE's take no context
+            draws, means = run.model.sample_with_mean(n, *given_y)
             panels = [
                 (ds.to_data_space(draws), f"draws x ~ p(x | z{given})"),
                 (ds.to_data_space(means), f"decoder means E[x | z{given}] (the same z)"),
@@ -112,7 +113,7 @@ def model_figures(run: Any, out_dir: Path) -> list[Path]:
         n = run.cfg.output.num_samples
         y, nrow, given = figure_context(run, n)
         n = n if y is None else y.shape[0]
-        means = ds.to_data_space(run.model.sample_mean(n, y))
+        means = ds.to_data_space(run.model.sample_mean(n, *(() if y is None else (y,))))
         path = out_dir / "sample_means.png"
         title = f"decoder means E[x | z{given}] of {n} z (not samples: samples.png has those)"
         plots.save_image_grid(means, ds.image_shape, path, nrow=nrow, title=title)
