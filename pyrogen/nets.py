@@ -68,7 +68,11 @@ def _maybe_sn(layer: nn.Module, spectral_norm: bool) -> nn.Module:
 class ConvEncoder(nn.Module):
     """A small conv net for 1 x 28 x 28 (or C x H x W) images: two stride-2 convolutions
     (28 -> 14 -> 7) then a linear layer to ``out_dim``. Used by VAE encoders and GAN
-    discriminators (DCGAN-style: leaky ReLU, no pooling; ``dropout`` after each activation)."""
+    discriminators (DCGAN-style: leaky ReLU, no pooling; ``dropout`` after each activation).
+
+    With ``context_dim`` C > 0 it is the encoder of a conditional VAE, q(z | x, c): the head
+    reads the conv features of x concatenated with the context vector c, h = W [φ(x), c] + b,
+    and ``forward(x, c)`` takes both (:attr:`takes_context`)."""
 
     def __init__(
         self,
@@ -78,6 +82,7 @@ class ConvEncoder(nn.Module):
         activation_name: str = "leaky_relu",
         spectral_norm: bool = False,
         dropout: float = 0.0,
+        context_dim: int = 0,
     ) -> None:
         super().__init__()
         c, h, w = image_shape
@@ -91,12 +96,23 @@ class ConvEncoder(nn.Module):
                 layers.append(nn.Dropout(dropout))
             c, h, w = c_out, h // 2, w // 2
         self.features = nn.Sequential(*layers, nn.Flatten())
-        self.head = _maybe_sn(nn.Linear(c * h * w, out_dim), spectral_norm)
+        self.head = _maybe_sn(nn.Linear(c * h * w + context_dim, out_dim), spectral_norm)
         self.image_shape = tuple(image_shape)
+        self.context_dim = int(context_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def takes_context(self) -> bool:
+        """Whether ``forward`` takes the context c beside x (``context_dim`` > 0)."""
+        return self.context_dim > 0
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         x = x.reshape(-1, *self.image_shape) if x.dim() == 2 else x
-        return self.head(self.features(x))
+        if (c is None) == self.takes_context:
+            raise ValueError(
+                f"this encoder takes {'x and a context c' if self.takes_context else 'x only'}"
+            )
+        h = self.features(x)
+        return self.head(h if c is None else torch.cat([h, c.to(h.dtype)], dim=-1))
 
 
 class ConvDecoder(nn.Module):

@@ -187,6 +187,8 @@ STEP_CASES = {
     "vae free_bits mean_field": VAE + ["elbo.free_bits=0.094", "elbo.name=mean_field"],
     "vae levels2 mean_field": VAE
     + ["model.levels=2", "model.top_hidden_sizes=[8]", "elbo.name=mean_field"],
+    # the CVAE: each rank's rows take their labels to the decoder, the encoder and p(z | c)
+    "vae conditional": VAE + ["model.conditional=true", "model.prior=conditional"],
     "gan r1 bf16": GAN + ["adversarial.r1_penalty=1.0", "train.precision=bf16"],
     "vae conv gaussian": SGD
     + ["data.flatten=false", "model.architecture=conv", "model.likelihood=gaussian"]

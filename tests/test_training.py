@@ -41,6 +41,8 @@ HVAE_RUN = SMALL_RUNS["vae"] + ["model.levels=2", "model.top_hidden_sizes=[8]"]
 #: flow guides whose steps' parameters come from the encoder (planar, Householder Sylvester)
 PLANAR_RUN = SMALL_RUNS["vae"] + ["guide.name=planar", "guide.num_flows=3"]
 SYLVESTER_RUN = SMALL_RUNS["vae"] + ["guide.name=sylvester", "guide.num_flows=2"]
+#: a CVAE on the labelled digits: the labels reach model and guide, p(z | c) resumes too
+CVAE_RUN = SMALL_RUNS["vae"] + ["model.conditional=true", "model.prior=conditional"]
 VARIANTS = {
     "vae_beta": BETA_RUN,
     "vae_vamp": VAMP_RUN,
@@ -52,6 +54,7 @@ VARIANTS = {
     "flow_glow_multiscale": GLOW_RUN,
     "vae_planar": PLANAR_RUN,
     "vae_sylvester": SYLVESTER_RUN,
+    "vae_conditional": CVAE_RUN,
 }
 
 

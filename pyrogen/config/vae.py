@@ -12,7 +12,7 @@ from pyrogen.config.schema import MAX_COUNT, MAX_STEPS, MAX_WIDTH, num, sizes
 @dataclass
 class VAEModelConfig:
     """z ~ p(z) (N(0, I) or a learned prior; the GMVAE's: c ~ Cat(π), z | c ~ N(μ_c, σ_c²));
-    x ~ likelihood(decoder(z))."""
+    x ~ likelihood(decoder(z)). Conditional (the CVAE): z ~ p(z) or p(z | c), x ~ p(x | z, c)."""
 
     family: Literal["vae"] = field(
         default="vae", metadata={"doc": "the model family: vae, flow or gan"}
@@ -36,11 +36,16 @@ class VAEModelConfig:
     activation: Literal["relu", "tanh", "softplus", "elu", "leaky_relu"] = field(
         default="relu", metadata={"doc": "nonlinearity of the networks"}
     )
-    prior: Literal["standard", "vamp", "mog", "mixture"] = field(
+    conditional: bool = field(
+        default=False,
+        metadata={"doc": "conditional p(x | c) (CVAE): c the class y or data.context"},
+    )
+    num_classes: int = num(10, ge=2, le=MAX_COUNT, doc="conditional: number of classes y")
+    prior: Literal["standard", "vamp", "mog", "mixture", "conditional"] = field(
         default="standard",
         metadata={
-            "doc": "p(z): standard N(0,I), vamp, mog (learned mixture), mixture (GMVAE: mog, "
-            "c enumerated)"
+            "doc": "p(z): standard N(0,I), vamp, mog, mixture (GMVAE), conditional "
+            "N(μ(c), σ(c)²) (CVAE)"
         },
     )
     num_pseudo_inputs: int = num(

@@ -393,6 +393,11 @@ def refusal(model: torch.nn.Module) -> str | None:
             "diagnostics read one latent z with closed-form q(z | x) and p(z); a two-level VAE "
             "(model.levels=2) has neither for z1 (use pyrogen evaluate for its log p(x))"
         )
+    if isinstance(model, VAE) and model.conditional:
+        return (
+            "diagnostics read q(z | x) and p(z) without a context; a conditional VAE "
+            "(model.conditional=true) is not diagnosed yet (use pyrogen evaluate for log p(x | c))"
+        )
     if isinstance(model, VAE):
         return None
     return (

@@ -32,13 +32,20 @@ def samples_figure(run: Any, n: int) -> Figure | None:
     if ds.kind == "image":
         if isinstance(run.model, VAE) and isinstance(run.model.likelihood, BernoulliLikelihood):
             run.learner.module.eval()
-            draws, means = run.model.sample_with_mean(n)
+            y, nrow, given = figure_context(run, n)
+            n = n if y is None else y.shape[0]
+            given_y = () if y is None else (y,)  # a two-level VAE's take no context
+            draws, means = run.model.sample_with_mean(n, *given_y)
             panels = [
-                (ds.to_data_space(draws), "draws x ~ p(x | z)"),
-                (ds.to_data_space(means), "decoder means E[x | z] (the same z)"),
+                (ds.to_data_space(draws), f"draws x ~ p(x | z{given})"),
+                (ds.to_data_space(means), f"decoder means E[x | z{given}] (the same z)"),
             ]
             title = f"{n} z ~ p(z) of the VAE (Bernoulli likelihood)"
-            return plots.image_grids_figure(panels, ds.image_shape, title=title)
+            if y is not None:
+                rows = "one row per class y" if is_class_conditional(run.model) else "test c"
+                pz = "p(z | c)" if run.model.prior_kind == "conditional" else "p(z)"
+                title = f"{n} z ~ {pz} of the CVAE (Bernoulli likelihood; {rows})"
+            return plots.image_grids_figure(panels, ds.image_shape, nrow=nrow, title=title)
         if is_class_conditional(run.model):  # one row per class
             k = run.model.num_classes
             m = max(1, n // k)
@@ -52,6 +59,24 @@ def samples_figure(run: Any, n: int) -> Figure | None:
         title = f"{max(n, 2000)} samples of the {kind}"
         return plots.points_figure(run.sample(max(n, 2000)), ds.test, title, lim)
     return None
+
+
+def figure_context(run: Any, n: int) -> tuple[torch.Tensor | None, int | None, str]:
+    """The context of about ``n`` figure samples of a conditional VAE: for K classes,
+    m = max(1, n // K) draws of each class in turn (one row per class: ``nrow`` m), for a
+    continuous context the first n contexts of the test split (cycled); ``(None, None, "")``
+    for an unconditional model. The third value is ", c" for the figure's titles."""
+    model = run.model
+    if not getattr(model, "conditional", False):
+        return None, None, ""
+    device = model.prior_loc.device
+    if is_class_conditional(model):
+        k = model.num_classes
+        m = max(1, n // k)
+        return torch.arange(k, device=device).repeat_interleave(m), m, ", c"
+    contexts = run.dataset.labels("test")
+    index = torch.arange(n) % contexts.shape[0]
+    return contexts[index.to(contexts.device)].to(device), None, ", c"
 
 
 def class_grid_figure(model: SSVAE, ds: Any, num_styles: int) -> Figure:
@@ -86,11 +111,16 @@ def model_figures(run: Any, out_dir: Path) -> list[Path]:
     if isinstance(model, VAE) and ds.kind == "image":
         x = ds.process(ds.test[:16], torch.Generator().manual_seed(0))
         n = run.cfg.output.num_samples
-        means = ds.to_data_space(run.model.sample_mean(n))
+        y, nrow, given = figure_context(run, n)
+        n = n if y is None else y.shape[0]
+        means = ds.to_data_space(run.model.sample_mean(n, *(() if y is None else (y,))))
         path = out_dir / "sample_means.png"
-        title = f"decoder means E[x | z] of {n} z ~ p(z) (not samples: samples.png has those)"
-        plots.save_image_grid(means, ds.image_shape, path, title=title)
-        return [path, *save_vae_figures(run.model, x, ds.image_shape, out_dir)]
+        title = f"decoder means E[x | z{given}] of {n} z (not samples: samples.png has those)"
+        plots.save_image_grid(means, ds.image_shape, path, nrow=nrow, title=title)
+        labels = None  # a CVAE reconstructs x given its own context
+        if getattr(model, "conditional", False):
+            labels = ds.labels("test")[:16].to(model.prior_loc.device)
+        return [path, *save_vae_figures(run.model, x, ds.image_shape, out_dir, y=labels)]
     if isinstance(model, Flow) and ds.kind == "points" and ds.num_dims == 2:
         path = out_dir / "density.png"
         lim = float(ds.test.abs().max()) * 1.1

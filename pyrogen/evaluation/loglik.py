@@ -14,6 +14,10 @@ so K = 5000 as in the IWAE paper fits in memory. A plain VAE's weights skip Pyro
 decoder run on cache-sized blocks of rows with a fused Bernoulli log-density, so evaluation
 runs near the machine's matrix-multiply rate (``bench/bench_loglik.py``).
 
+A conditional model p(x | c) (the CVAE) is scored given each example's context: ``y`` (the
+batch's label slot) goes to the model and the guide, and the same formulas give log p(x | c)
+with z_k ~ q(z | x, c) and w_k = p(x, z_k | c) / q(z_k | x, c), through the traced path.
+
 How far to trust the IS number is told by the Pareto-smoothed k̂ of each example's weights
 (:func:`psis_khat`, Vehtari et al., "Pareto smoothed importance sampling"): the shape of a
 generalized Pareto fitted to the largest weights; k̂ > 0.7 means the weights' tail is so heavy
@@ -64,18 +68,23 @@ BLOCK_ROWS = 512
 
 
 def log_importance_weights(
-    model: Callable, guide: Callable, x: torch.Tensor, num_particles: int
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_particles: int,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """log w_k(x_n) = log p(x_n, z_kn) − log q(z_kn | x_n), shape ``(num_particles, N)``.
+    """log w_k(x_n) = log p(x_n, z_kn) − log q(z_kn | x_n), shape ``(num_particles, N)``
+    (given the context ``y``: log p(x_n, z_kn | c_n) − log q(z_kn | x_n, c_n)).
 
     For a plain VAE's ``vae.model`` and ``vae.guide`` (:func:`plain_vae`) it is
     :func:`vae_log_importance_weights`, from the model's distributions directly; for any other
-    Pyro program :func:`traced_log_importance_weights`. Both take the same draws from torch's
-    generator and give the same weights up to float rounding."""
-    vae = plain_vae(model, guide)
+    Pyro program, and for a conditional VAE, :func:`traced_log_importance_weights`. Both take
+    the same draws from torch's generator and give the same weights up to float rounding."""
+    vae = plain_vae(model, guide) if y is None else None
     if vae is not None:
         return vae_log_importance_weights(vae, x, num_particles)
-    return traced_log_importance_weights(model, guide, x, num_particles)
+    return traced_log_importance_weights(model, guide, x, num_particles, y=y)
 
 
 def plain_vae(model: Callable, guide: Callable) -> VAE | None:
@@ -96,7 +105,7 @@ def plain_vae(model: Callable, guide: Callable) -> VAE | None:
         and isinstance(guide, AmortisedGuide)
         and type(guide).forward is AmortisedGuide.forward
     )
-    return vae if plain and not vae.enumerates_component else None
+    return vae if plain and not vae.enumerates_component and not vae.conditional else None
 
 
 def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -184,18 +193,24 @@ def vae_log_importance_weights(
 
 
 def traced_log_importance_weights(
-    model: Callable, guide: Callable, x: torch.Tensor, num_particles: int
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_particles: int,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """log w_k(x_n) = log p(x_n, z_kn) − log q(z_kn | x_n), shape ``(num_particles, N)``, of
-    any Pyro program, from traces of the guide and of the model replayed on its draws.
+    any Pyro program, from traces of the guide and of the model replayed on its draws (both
+    called with ``(x, y)`` when the context ``y`` is given: log p(x, z | c) − log q(z | x, c)).
 
     The model's sites marked ``infer={"enumerate": "parallel"}`` that the guide does not
     sample (a mixture prior's component c) are summed out exactly: log p(x, z) =
     log Σ_c p(x, z, c), their values enumerated in the dimensions left of the particles."""
+    args = (x,) if y is None else (x, y)
     with pyro.plate("particles", num_particles, dim=-2):
-        guide_trace = poutine.trace(guide).get_trace(x)
+        guide_trace = poutine.trace(guide).get_trace(*args)
         enumerated = poutine.enum(poutine.replay(model, trace=guide_trace), first_available_dim=-3)
-        model_trace = poutine.trace(enumerated).get_trace(x)
+        model_trace = poutine.trace(enumerated).get_trace(*args)
     log_w = torch.zeros(num_particles, x.shape[0], dtype=x.dtype, device=x.device)
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
         trace.compute_log_prob()
@@ -321,7 +336,7 @@ def elbo_and_importance_log_likelihood(
     """Per-example (ELBO estimate, importance-sampled log p(x)) in nats, each of shape (N,):
     :func:`importance_sampling` without k̂ (``options``: its ``batch_size`` examples at a
     time, particles in chunks of at most ``max_elements`` values of x's size so memory stays
-    bounded whatever K, ``quiet``)."""
+    bounded whatever K, ``quiet``, a conditional model's context ``y``)."""
     elbo, logp, _ = importance_sampling(model, guide, x, num_samples, khat=False, **options)
     return elbo, logp
 
@@ -337,13 +352,15 @@ def importance_sampling(
     quiet: bool = False,
     khat: bool = True,
     log_weights: Callable[..., torch.Tensor] = log_importance_weights,
+    y: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-example (ELBO, IS log p(x), PSIS k̂) as :func:`elbo_and_importance_log_likelihood`
     computes them (the same draws, the same numbers), with each example's k̂ of its K weights
     (:func:`psis_khat`, from the largest M + 1 kept across particle chunks); k̂ is ``None``
     unless ``khat`` and K >= :func:`psis_min_samples`. ``log_weights(model, guide, x, K)``:
     :func:`log_importance_weights`, or :func:`summed_out_log_weights` for a program that sums
-    out discrete sites."""
+    out discrete sites. ``y``: the examples' context c of a conditional model, scored as
+    log p(x | c) (passed on as ``log_weights(..., y=y_batch)``)."""
     elbos, logps, khats = [], [], []
     dims = max(1, math.prod(x.shape[1:]))
     keep = psis_tail_size(num_samples) + 1
@@ -352,12 +369,13 @@ def importance_sampling(
     starts = range(0, x.shape[0], batch_size)
     for start in steps(starts, f"importance sampling (K={num_samples})", quiet=quiet):
         xb = x[start : start + batch_size]
+        given = {} if y is None else {"y": y[start : start + batch_size]}
         chunk = max(1, min(num_samples, max_elements // (xb.shape[0] * dims)))
         lse_parts, sums, done = [], torch.zeros(xb.shape[0], dtype=x.dtype, device=x.device), 0
         top = None
         while done < num_samples:
             k = min(chunk, num_samples - done)
-            log_w = log_weights(model, guide, xb, k)
+            log_w = log_weights(model, guide, xb, k, **given)
             lse_parts.append(torch.logsumexp(log_w, dim=0))
             sums += log_w.sum(0)
             done += k
@@ -387,10 +405,16 @@ def importance_log_likelihood(
 
 @torch.no_grad()
 def evaluate_elbo(
-    model: Callable, guide: Callable, x: torch.Tensor, elbo: ELBO, batch_size: int = 1000
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    elbo: ELBO,
+    batch_size: int = 1000,
+    y: torch.Tensor | None = None,
 ) -> float:
     """The mean per-example bound −``elbo.loss`` / N of any Pyro estimator on ``x`` (nats),
-    in batches of ``batch_size``.
+    in batches of ``batch_size`` (given the context ``y`` of a conditional model: a bound
+    on log p(x | c)).
 
     For ``ReweightedWakeSleep`` it is the wake-θ bound (the IWAE bound with its K particles);
     ``TraceTailAdaptive_ELBO`` has no value to report (Pyro leaves its ``loss`` unimplemented:
@@ -406,8 +430,9 @@ def evaluate_elbo(
             "TraceTailAdaptive_ELBO estimates a gradient, not a bound: evaluate with Trace_ELBO"
         )
     total = 0.0
-    for xb in x.split(batch_size):
-        loss = elbo.loss(model, guide, xb)
+    ys = [None] * math.ceil(x.shape[0] / batch_size) if y is None else y.split(batch_size)
+    for xb, yb in zip(x.split(batch_size), ys, strict=True):
+        loss = elbo.loss(model, guide, xb) if yb is None else elbo.loss(model, guide, xb, yb)
         if isinstance(elbo, ReweightedWakeSleep):
             loss = loss[0]  # (wake-θ loss, wake-φ loss)
         total += float(loss)

@@ -118,6 +118,14 @@ def likelihood_estimates(
         accuracy = {"accuracy": classification_accuracy(run.model, x, y)}
 
     vae = run.model
+    labels = None  # a conditional VAE's log p(x | c): each example's own context
+    if getattr(vae, "conditional", False) and isinstance(vae, VAE):
+        if y is None:
+            raise ConfigError(
+                "a conditional VAE scores log p(x | c): the evaluated split has no labels "
+                "or context"
+            )
+        labels = y
     weights: dict[str, Any] = {}
     if isinstance(vae, PyroProgram):  # sites the model sums out are summed out here too
         nesting = vae.facts.max_plate_nesting
@@ -133,6 +141,7 @@ def likelihood_estimates(
 
     def chunk(start: int, stop: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         xp = run.dataset.process(x[start:stop], gen)
+        given = {} if labels is None else {"y": labels[start:stop].to(xp.device)}
         elbo, logp, khat = importance_sampling(
             model,
             vae.guide,
@@ -141,6 +150,7 @@ def likelihood_estimates(
             batch_size=EXAMPLES_PER_CHUNK,
             quiet=True,
             **weights,
+            **given,
         )
         log_det = run.dataset.log_det_jacobian(xp).to(elbo.dtype)
         khats = {} if khat is None else {"khat": khat}
@@ -156,7 +166,7 @@ def likelihood_estimates(
         },
     }
     for spec in ev.bounds:
-        out.update(estimator_bound(run, x, spec, ev.seed))
+        out.update(estimator_bound(run, x, spec, ev.seed, y=labels))
     if isinstance(vae, VAE) and vae.enumerates_component and y is not None:  # GMVAE clusters
         assigned = clusters(run, x, seed=ev.seed)
         acc = cluster_accuracy(assigned, y, vae.num_components)
@@ -364,7 +374,9 @@ def evaluate_model(
 
     device = device_of(module)
     x = _as_tensor(data, "data", device)
-    y = None if labels is None else labels.to(device=device, dtype=torch.int64)
+    continuous = getattr(model, "context_dim", None) is not None  # c ∈ ℝ^C, not classes
+    kind = torch.float32 if continuous else torch.int64
+    y = None if labels is None else labels.to(device=device, dtype=kind)
 
     if isinstance(model, GAN) and valid is None:
         raise TypeError(
@@ -444,11 +456,12 @@ def _summed_out(vae: VAE, name: str) -> str | None:
 
 
 def estimator_bound(
-    run: Any, x: torch.Tensor, spec: str, seed: int = 0
+    run: Any, x: torch.Tensor, spec: str, seed: int = 0, y: torch.Tensor | None = None
 ) -> dict[str, dict[str, Any]]:
     """The mean bound of one of Pyro's estimators (``elbo.name`` values) on the stored
     examples ``x`` (preprocessed chunk by chunk), with K vectorised particles: ``renyi:K`` is
-    the IWAE bound, ``rws:K`` its wake-θ value."""
+    the IWAE bound, ``rws:K`` its wake-θ value (a conditional VAE's on log p(x | c), given
+    the examples' context ``y``)."""
     name, k = parse_bound(spec)
     e = replace(run.cfg.elbo, name=name, num_particles=k, vectorize_particles=k > 1)
     reason = check_compatible(
@@ -470,7 +483,8 @@ def estimator_bound(
 
     def chunk(start: int, stop: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         xp = run.dataset.process(x[start:stop], gen)
-        mean = evaluate_elbo(vae.model, vae.guide, xp, elbo, batch_size=batch)
+        yb = None if y is None else y[start:stop].to(xp.device)
+        mean = evaluate_elbo(vae.model, vae.guide, xp, elbo, batch_size=batch, y=yb)
         return {"sum": torch.tensor([mean * (stop - start)], dtype=torch.float64)}
 
     total = per_example(x.shape[0], chunk, seed, f"bound {spec}", x.device)["sum"].sum()

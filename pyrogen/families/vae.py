@@ -1,5 +1,7 @@
 """The VAE family: config -> encoder, decoder, likelihood, guide -> :class:`VAE`; variational
-inference with one of Pyro's estimators; ELBO and importance-sampled log p(x)."""
+inference with one of Pyro's estimators; ELBO and importance-sampled log p(x).
+``model.conditional=true`` builds the CVAE (Sohn et al. 2015): the decoder takes [z, c], the
+guide's encoder x and c, and ``model.prior=conditional`` makes p(z | c) a learned Gaussian."""
 
 from __future__ import annotations
 
@@ -12,17 +14,25 @@ from pyrogen.config import Config, ConfigError
 from pyrogen.data import Dataset
 from pyrogen.families.base import (
     Family,
+    check_class_labels,
     check_conv_shape,
     check_estimator,
+    conditioning,
     estimator,
     learner_options,
     mlp_size,
 )
 from pyrogen.inference.elbo import ENUMERATING_ELBOS
 from pyrogen.inference.variational import VariationalLearner
+from pyrogen.models.context import context_size
 from pyrogen.models.hierarchical import HierarchicalVAE
 from pyrogen.models.likelihoods import make_likelihood
-from pyrogen.models.priors import MixtureOfGaussiansPrior, VampPrior, num_prior_parameters
+from pyrogen.models.priors import (
+    ConditionalNormalPrior,
+    MixtureOfGaussiansPrior,
+    VampPrior,
+    num_prior_parameters,
+)
 from pyrogen.models.vae import VAE
 from pyrogen.nets import MLP, ConvDecoder, ConvEncoder, activation
 from pyrogen.registry import ELBOS, GUIDES, check_name
@@ -61,6 +71,29 @@ def build_prior(cfg: Config, data: Dataset) -> nn.Module | None:
     )
     init = data.process(data.train[index.to(data.device)], gen)
     return VampPrior(k, data.event_shape, init=init.reshape(k, *data.event_shape).cpu())
+
+
+def check_conditional(cfg: Config) -> None:
+    """Refuse what the conditional VAE (``model.conditional=true``) does not take, and
+    ``model.prior=conditional`` without it."""
+    m = cfg.model
+    if not m.conditional:
+        if m.prior == "conditional":
+            raise ConfigError(
+                "model.prior=conditional is p(z | c) of a conditional VAE: set "
+                "model.conditional=true, or model.prior=standard"
+            )
+        return
+    if m.prior not in ("standard", "conditional"):
+        raise ConfigError(
+            f"model.conditional=true takes model.prior=standard or conditional (p(z | c)); "
+            f"model.prior={m.prior} is a learned p(z) not conditioned on c (not supported)"
+        )
+    if m.levels != 1:
+        raise ConfigError(
+            f"model.conditional=true builds a one-level CVAE; model.levels={m.levels} has no "
+            "conditional form (set model.levels=1 or model.conditional=false)"
+        )
 
 
 def top_latent_dim(cfg: Config) -> int:
@@ -173,6 +206,7 @@ class VAEFamily(Family):
         problem = guide_cls.problem(m.latent_dim, **guide_options(cfg))
         if problem:
             raise ConfigError(problem)
+        check_conditional(cfg)
         check_levels(cfg)
         if m.prior == "mixture":
             if e.name not in ENUMERATING_ELBOS:
@@ -192,6 +226,7 @@ class VAEFamily(Family):
     def check_data(self, cfg: Config, data: Dataset) -> None:
         m = cfg.model
         check_conv_shape(cfg, data)
+        check_class_labels(cfg, data)
         if m.likelihood == "bernoulli" and data.model_levels != 2:
             if not data.is_binary():
                 raise ConfigError(
@@ -208,10 +243,13 @@ class VAEFamily(Family):
     def estimate_parameters(self, cfg: Config, data: Dataset) -> int:
         m, g = cfg.model, cfg.guide
         d, z = data.num_dims, m.latent_dim
+        c = context_size(**conditioning(cfg, data))  # the CVAE's extra inputs: c beside z, x
         enc_hidden = g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]
         outputs = z * (2 + g.rank) + z * z  # at least any guide's encoder output
         outputs = max(outputs, GUIDES.get(g.name).encoder_outputs(z, **guide_options(cfg)))
-        total = mlp_size([z, *m.hidden_sizes, 2 * d]) + mlp_size([d, *enc_hidden, outputs])
+        total = mlp_size([z + c, *m.hidden_sizes, 2 * d]) + mlp_size([d + c, *enc_hidden, outputs])
+        if m.prior == "conditional":
+            total += ConditionalNormalPrior.num_parameters(c, z)
         if m.levels == 2:  # z2 is the prior's; the top-down net, q(z2 | x) and q(z1 | x, z2)
             z2, h, th = top_latent_dim(cfg), (enc_hidden or [d])[-1], m.top_hidden_sizes
             total += mlp_size([z2, *th, 2 * z]) + mlp_size([h + z2, *th, 2 * z])
@@ -229,21 +267,40 @@ class VAEFamily(Family):
         options = guide_options(cfg)
         outputs = guide_cls.encoder_outputs(m.latent_dim, **options)
         per_dim = likelihood.outputs_per_dim
-        if m.architecture == "conv":
-            c = data.image_shape[0]
-            encoder: nn.Module = ConvEncoder(data.image_shape, outputs)
-            decoder: nn.Module = ConvDecoder(m.latent_dim, data.image_shape, c * per_dim)
-        else:
+        cond = conditioning(cfg, data)
+        width = context_size(**cond)  # a CVAE's c: beside z in the decoder, x in the encoder
+        if m.architecture == "conv":  # c joins the conv features before the encoder's head
+            channels = data.image_shape[0]
+            encoder: nn.Module = ConvEncoder(data.image_shape, outputs, context_dim=width)
+            decoder: nn.Module = ConvDecoder(
+                m.latent_dim + width, data.image_shape, channels * per_dim
+            )
+        else:  # c is concatenated to the flattened x by the guide
             hidden = g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]
-            encoder = nn.Sequential(nn.Flatten(), MLP(data.num_dims, hidden, outputs, m.activation))
-            decoder = MLP(m.latent_dim, m.hidden_sizes, data.num_dims * per_dim, m.activation)
+            encoder = nn.Sequential(
+                nn.Flatten(), MLP(data.num_dims + width, hidden, outputs, m.activation)
+            )
+            decoder = MLP(
+                m.latent_dim + width, m.hidden_sizes, data.num_dims * per_dim, m.activation
+            )
         if options.get("baseline") == "neural":
             options["baseline_net"] = MLP(data.num_dims, [64], 1, "relu")
         guide = guide_cls(encoder, m.latent_dim, **options)
         prior = build_prior(cfg, data)
         return VAE(
-            None, decoder, m.latent_dim, data.event_shape, likelihood, guide=guide, prior=prior
+            None,
+            decoder,
+            m.latent_dim,
+            data.event_shape,
+            likelihood,
+            guide=guide,
+            prior=prior,
+            conditional_prior=m.prior == "conditional",
+            **cond,
         )
+
+    def uses_labels(self, cfg: Config) -> bool:
+        return bool(cfg.model.conditional)
 
     def networks(self, model: nn.Module) -> list[nn.Module]:
         if isinstance(model, HierarchicalVAE):

@@ -70,8 +70,8 @@ class PlanarGuide(AmortisedGuide):
             for p in params.unbind(-2)
         ]
 
-    def posterior(self, x: torch.Tensor) -> dist.Distribution:
-        h = self.features(x)
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
+        h = self.features(x, y)
         d = self.latent_dim
         base = dist.Normal(h[..., :d], F.softplus(h[..., d : 2 * d]) + MIN_SCALE).to_event(1)
         return dist.TransformedDistribution(base, self.steps(h))
@@ -203,8 +203,8 @@ class SylvesterGuide(AmortisedGuide):
             out.append(HouseholderSylvester(r, r_tilde, b, v.reshape(*v.shape[:-1], m, d)))
         return out
 
-    def posterior(self, x: torch.Tensor) -> dist.Distribution:
-        h = self.features(x)
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
+        h = self.features(x, y)
         d = self.latent_dim
         base = dist.Normal(h[..., :d], F.softplus(h[..., d : 2 * d]) + MIN_SCALE).to_event(1)
         return dist.TransformedDistribution(base, self.steps(h))

@@ -17,6 +17,12 @@ score_function     N(μ(x), diag σ²(x)) marked non-reparameterisable: Pyro's  
                    ELBOs use ∇_φ E_q[f] = E_q[f ∇_φ log q] with an optional     function
                    baseline (decaying average or a neural network)
 =================  ==========================================================  ===========
+
+A conditional VAE's guide is q_φ(z | x, c) (Sohn et al. 2015): :meth:`AmortisedGuide.
+condition_on` makes every guide above feed its encoder the context c beside x (the flattened
+x concatenated with c for an MLP; the encoder's own ``forward(x, c)`` where it
+``takes_context``, e.g. the conv encoder), and ``posterior(x, y)`` / ``forward(x, y)`` take
+the batch's label slot ``y`` (:mod:`pyrogen.models.context`).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from torch.distributions import (
     register_kl,
 )
 
+from pyrogen.models.context import context_size, context_vector
 from pyrogen.params import declare_params
 from pyrogen.registry import GUIDES
 
@@ -91,6 +98,10 @@ class AmortisedGuide(nn.Module):
     scores_any_z: ClassVar[bool] = True
     #: constructor parameters a config never sets (they are the family's or built by it)
     not_options: ClassVar[tuple[str, ...]] = ("encoder", "latent_dim", "name")
+    #: the context c of a conditional VAE's q(z | x, c): K classes or C numbers (one set), or
+    #: neither (q(z | x)); :meth:`condition_on` sets them
+    context_classes: int | None = None
+    context_numbers: int | None = None
 
     def __init__(self, encoder: nn.Module, latent_dim: int, name: str = "guide") -> None:
         super().__init__()
@@ -128,10 +139,36 @@ class AmortisedGuide(nn.Module):
         check before anything is allocated)."""
         return 0
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+    def condition_on(self, num_classes: int | None = None, context_dim: int | None = None) -> None:
+        """Make this q(z | x) the q(z | x, c) of a conditional VAE: the encoder is given c
+        (one-hot of K = ``num_classes`` classes, or ``context_dim`` numbers) beside x, so it
+        must take ``D + K`` (or ``D + C``) inputs, or take ``forward(x, c)`` itself."""
+        context_size(num_classes, context_dim)  # refuses both
+        self.context_classes, self.context_numbers = num_classes, context_dim
 
-    def posterior(self, x: torch.Tensor) -> dist.Distribution:  # pragma: no cover - abstract
+    @property
+    def conditional(self) -> bool:
+        """Whether the guide is q(z | x, c), taking the context ``y`` beside x."""
+        return self.context_classes is not None or self.context_numbers is not None
+
+    def features(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's output for x: encoder(x), or for a conditional guide
+        encoder([flatten(x), c]) with c = :func:`~pyrogen.models.context.context_vector` (y)
+        (``encoder(x, c)`` for an encoder that ``takes_context``)."""
+        if not self.conditional:
+            if y is not None:
+                raise ValueError("this guide is q(z | x), not conditional: it takes no labels y")
+            return self.encoder(x)
+        if y is None:
+            raise ValueError("a conditional VAE's guide q(z | x, c) needs the context y of x")
+        c = context_vector(y, self.context_classes, self.context_numbers, x.dtype)
+        if getattr(self.encoder, "takes_context", False):
+            return self.encoder(x, c)
+        return self.encoder(torch.cat([x.reshape(x.shape[0], -1), c], dim=-1))
+
+    def posterior(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> dist.Distribution:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def site_infer(self, x: torch.Tensor) -> dict[str, Any]:
@@ -140,10 +177,12 @@ class AmortisedGuide(nn.Module):
     def forward(
         self, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int | None = None
     ) -> torch.Tensor:
-        """The Pyro guide: z ~ q_φ(z | x) for every x in the batch."""
+        """The Pyro guide: z ~ q_φ(z | x) (conditional: q_φ(z | x, c), c from the labels
+        ``y``) for every x in the batch."""
         declare_params(self, self.name)
         with pyro.plate("data", x.shape[0]):
-            return pyro.sample("z", self.posterior(x), infer=self.site_infer(x))
+            q = self.posterior(x) if y is None else self.posterior(x, y)
+            return pyro.sample("z", q, infer=self.site_infer(x))
 
 
 @GUIDES.register("diagonal_normal", "amortised mean-field Gaussian")
@@ -153,12 +192,14 @@ class DiagonalNormalGuide(AmortisedGuide):
 
     factorised = True
 
-    def loc_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, raw = self.features(x).chunk(2, dim=-1)
+    def loc_scale(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw = self.features(x, y).chunk(2, dim=-1)
         return loc, F.softplus(raw) + MIN_SCALE
 
-    def posterior(self, x: torch.Tensor) -> dist.Distribution:
-        loc, scale = self.loc_scale(x)
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
+        loc, scale = self.loc_scale(x, y)
         return dist.Normal(loc, scale).to_event(1)
 
 
@@ -177,8 +218,8 @@ class LowRankNormalGuide(AmortisedGuide):
     def encoder_outputs(cls, latent_dim: int, rank: int = 2, **options: Any) -> int:
         return latent_dim * (2 + rank)
 
-    def posterior(self, x: torch.Tensor) -> dist.Distribution:
-        h = self.features(x)
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
+        h = self.features(x, y)
         d = self.latent_dim
         loc, raw_diag = h[..., :d], h[..., d : 2 * d]
         factor = h[..., 2 * d :].reshape(*h.shape[:-1], d, self.rank) / math.sqrt(self.rank)
@@ -200,8 +241,8 @@ class FullNormalGuide(AmortisedGuide):
     def encoder_outputs(cls, latent_dim: int, **options: Any) -> int:
         return 2 * latent_dim + latent_dim * (latent_dim - 1) // 2
 
-    def posterior(self, x: torch.Tensor) -> dist.Distribution:
-        h = self.features(x)
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
+        h = self.features(x, y)
         d = self.latent_dim
         loc, raw_diag, off = h[..., :d], h[..., d : 2 * d], h[..., 2 * d :]
         tril = torch.diag_embed(F.softplus(raw_diag) + MIN_SCALE)
@@ -273,8 +314,8 @@ class IAFGuide(AmortisedGuide):
         c = cls.default_context_dim(latent_dim) if context_dim is None else context_dim
         return 2 * latent_dim + c
 
-    def posterior(self, x: torch.Tensor) -> dist.Distribution:
-        h = self.features(x)
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
+        h = self.features(x, y)
         d = self.latent_dim
         loc, raw, context = h[..., :d], h[..., d : 2 * d], h[..., 2 * d :]
         base = dist.Normal(loc, F.softplus(raw) + MIN_SCALE).to_event(1)
@@ -318,8 +359,8 @@ class ScoreFunctionGuide(DiagonalNormalGuide):
         self.baseline_beta = float(baseline_beta)
         self.baseline_net = baseline_net
 
-    def posterior(self, x: torch.Tensor) -> dist.Distribution:
-        loc, scale = self.loc_scale(x)
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
+        loc, scale = self.loc_scale(x, y)
         return NonReparameterizedNormal(loc, scale).to_event(1)
 
     def site_infer(self, x: torch.Tensor) -> dict[str, Any]:

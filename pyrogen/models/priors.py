@@ -3,6 +3,7 @@
     standard   p(z) = N(z; 0, I)                                     (the VAE's own buffers)
     vamp       p(z) = (1/K) Σ_k q_φ(z | u_k)                         (Tomczak & Welling, 2018)
     mog        p(z) = Σ_k π_k N(z; μ_k, diag σ_k²),  π = softmax(a)  (a learned Gaussian mixture)
+    conditional p(z | c) = N(z; μ(c), diag σ²(c))                     (the CVAE's, Sohn et al. 2015)
 
 The VampPrior's K pseudo-inputs u_k live in the data's space and go through the VAE's own
 encoder (the guide's ``posterior``), so prior and posterior share φ. Both learned priors are a
@@ -27,8 +28,10 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyrogen.nets import MLP
+
 #: ``model.prior`` values: the standard normal and the learned priors below
-PRIORS = ("standard", "vamp", "mog", "mixture")
+PRIORS = ("standard", "vamp", "mog", "mixture", "conditional")
 #: the smallest component scale of the MoG prior
 MIN_SCALE = 1e-4
 
@@ -136,6 +139,54 @@ class MixtureOfGaussiansPrior(nn.Module):
         return Mixture(self.component_prior(), self.component())
 
 
+class ConditionalNormalPrior(nn.Module):
+    """The conditional prior of a CVAE (Sohn et al. 2015, the "prior network")::
+
+        p_λ(z | c) = N(z; μ(c), diag σ²(c)),   (μ, raw σ) = MLP(c),  σ = softplus(raw σ) + 1e-4
+
+    ``forward(c)`` takes the context vector c of shape ``(N, context_size)``
+    (:func:`~pyrogen.models.context.context_vector`) and returns p(z | c) with batch shape
+    ``(N,)`` and event shape ``(latent_dim,)``: a diagonal Gaussian, so the closed-form KL
+    (``mean_field``) and free bits apply. The output layer starts at zero, so the prior starts
+    as N(0, softplus(0)² I) ≈ N(0, 0.48 I) for every c and learns how c moves it.
+
+    Example::
+
+        >>> prior = ConditionalNormalPrior(3, latent_dim=2)
+        >>> prior(torch.eye(3)).batch_shape, prior(torch.eye(3)).event_shape
+        (torch.Size([3]), torch.Size([2]))
+    """
+
+    def __init__(
+        self,
+        context_size: int,
+        latent_dim: int,
+        hidden_sizes: Sequence[int] = (64,),
+        activation_name: str = "relu",
+    ) -> None:
+        super().__init__()
+        if context_size < 1 or latent_dim < 1:
+            raise ValueError(
+                f"context_size and latent_dim must be >= 1, got {context_size}, {latent_dim}"
+            )
+        self.context_size, self.latent_dim = int(context_size), int(latent_dim)
+        self.net = MLP(context_size, list(hidden_sizes), 2 * latent_dim, activation_name)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    @staticmethod
+    def num_parameters(
+        context_size: int, latent_dim: int, hidden_sizes: Sequence[int] = (64,)
+    ) -> int:
+        """The weights and biases of the MLP c -> (μ, raw σ)."""
+        widths = [context_size, *hidden_sizes, 2 * latent_dim]
+        return sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+
+    def forward(self, c: torch.Tensor) -> dist.Distribution:
+        loc, raw = self.net(c).chunk(2, dim=-1)
+        return dist.Normal(loc, torch.nn.functional.softplus(raw) + MIN_SCALE).to_event(1)
+
+
 def num_prior_parameters(
     prior: str, latent_dim: int, num_dims: int, num_pseudo_inputs: int, num_components: int
 ) -> int:
@@ -149,6 +200,7 @@ def num_prior_parameters(
 
 __all__ = [
     "PRIORS",
+    "ConditionalNormalPrior",
     "Mixture",
     "MixtureOfGaussiansPrior",
     "VampPrior",
