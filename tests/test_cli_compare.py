@@ -227,7 +227,7 @@ def test_gradients_command_writes_the_variance_table_and_plot(tmp_path, capsys):
 def test_compare_on_conditional_configs_reports_the_conditional_accuracy(tmp_path):
     """model.conditional=true in every family of a compare config: each row has the share of
     its samples for class y that the judge labels y, beside the judge's ceiling."""
-    families = ("flow", "gan")
+    families = ("vae", "flow", "gan")
     cc = load_compare_config(
         CONFIGS / "compare_digits.yaml",
         [*FAST, *(f"{f}.model.conditional=true" for f in families)]

@@ -211,6 +211,8 @@ STEP_CASES = {
     # p(x | c) on the table's continuous context: each rank's rows carry their own c
     "flow maf context": SGD + tiny("flow", "model.flow=maf", "model.num_layers=2", *TABLE),
     "gan context r1": SGD + tiny("gan", *TABLE, "adversarial.r1_penalty=1.0"),
+    "vae context conditional prior": SGD
+    + tiny("vae", "model.likelihood=gaussian", *TABLE, "model.prior=conditional"),
     "gan conv batchnorm k2": SGD
     + ["model.family=gan", "data.flatten=false", "model.architecture=conv"]
     + ["model.latent_dim=4", "model.hidden_sizes=[8,4]", "model.discriminator_hidden_sizes=[4,8]"]

@@ -32,6 +32,8 @@ CGAN_RUN = SMALL_RUN + tiny("gan", "model.conditional=true", "adversarial.ema_de
 # p(x | c) on a continuous context c (columns of a CSV): a MAF and a GAN with a projection on c
 CONTEXT_FLOW_RUN = SMALL_RUN + tiny("flow", "model.flow=maf", "model.num_layers=2", *TABLE)
 CONTEXT_GAN_RUN = SMALL_RUN + tiny("gan", *TABLE) + ["adversarial.ema_decay=0.9"]
+CONTEXT_VAE_RUN = SMALL_RUN + tiny("vae", "model.likelihood=gaussian", *TABLE)
+CONTEXT_VAE_RUN += ["model.prior=conditional"]  # p(z | c) learned too
 #: a multi-scale Glow on the digits: act-norm's data-dependent init, 1x1 convs, a split prior
 GLOW_RUN = SMALL_RUN + tiny("flow", "model.flow=glow", "model.levels=2", width=8) + [
     "model.steps_per_level=1", "data.dequantize=true", "data.logit_lambda=1e-6"
@@ -51,6 +53,7 @@ VARIANTS = {
     "gan_conditional": CGAN_RUN,
     "flow_context": CONTEXT_FLOW_RUN,
     "gan_context": CONTEXT_GAN_RUN,
+    "vae_context": CONTEXT_VAE_RUN,
     "flow_glow_multiscale": GLOW_RUN,
     "vae_planar": PLANAR_RUN,
     "vae_sylvester": SYLVESTER_RUN,
