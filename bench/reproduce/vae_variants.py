@@ -5,7 +5,10 @@ Protocol
 * Data: Larochelle's statically binarized MNIST, the 50,000 / 10,000 / 10,000 ``.amat``
   split (``../shared/data/binarized_mnist``), shuffled each epoch.
 * Base model (``configs/vae_binarized_mnist.yaml``): Bernoulli decoder 50 -> 500 -> 500 ->
-  784, tanh; encoder 784 -> 500 -> 500 -> 2 x 50 (diagonal Gaussian q(z|x)); batch 100,
+  784; encoder 784 -> 500 -> 500 -> 2 x 50 (diagonal Gaussian q(z|x)); ``--activation``
+  (default ReLU for every variant: with the config's tanh the VampPrior collapses: its
+  posteriors at the data and at the pseudo-inputs merge within 50 steps, 0 of 50 units
+  active after 3 epochs, test ELBO −206.9 with or without a KL warm-up); batch 100,
   Adam lr ``--lr`` with a cosine decay to lr / 20, the KL term warmed up linearly from 0 to 1
   over ``--warmup-epochs`` (ELBO variants; none under ``--iwae``).
 * Variants, each a list of config overrides on the base (``VARIANTS``):
@@ -91,6 +94,7 @@ def common(args: argparse.Namespace, name: str) -> list[str]:
         f"train.num_threads={args.threads}",
         "train.log_every=500",
         f"optim.lr={args.lr}",
+        f"model.activation={args.activation}",
         "optim.schedule=cosine",
         "optim.min_lr_ratio=0.05",
         f"output.dir={args.runs}",
@@ -321,6 +325,7 @@ def main() -> None:
     p.add_argument("--pilot-steps", type=int, default=100, help="--minutes: the timing pilot")
     p.add_argument("--warmup-epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--activation", default="relu", choices=["relu", "tanh"])
     p.add_argument("--iwae", type=int, default=None, metavar="K", help="train on the IWAE bound")
     p.add_argument("--k", type=int, default=5000, help="importance samples per test image")
     p.add_argument("--max-test", type=int, default=None, help="a random subset of the test set")
