@@ -144,8 +144,9 @@ def train_for(args: argparse.Namespace, name: str, cfg) -> tuple:
     steps = max(1, int(args.minutes * 60 / per_step))
     run_dir = args.out / name
     start = time.perf_counter()
-    run = pyrogen.train(cfg(f"train.max_steps={steps}"), run_dir=run_dir, quiet=True,
-                        overwrite=True)  # fmt: skip
+    # the time budget ends the run, not the config's epochs
+    run = pyrogen.train(cfg(f"train.max_steps={steps}", f"train.epochs={steps}"),
+                        run_dir=run_dir, quiet=True, overwrite=True)  # fmt: skip
     return run, run_dir, steps, per_step, time.perf_counter() - start
 
 
