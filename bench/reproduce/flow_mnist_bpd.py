@@ -31,7 +31,7 @@ Conditional generation (``--conditional``): the three class-conditional MNIST co
 trained for ``--minutes`` in the same way, then the **conditional accuracy** of the last model
 of each: the share
 of 500 samples per digit y that pyrogen's ``FeatureClassifier`` (the Fréchet classifier
-distance's, trained on the 4,500 training images) labels y, beside that classifier's accuracy
+distance's, trained on the 4,167 training images) labels y, beside that classifier's accuracy
 on all 10,000 real test images (the ceiling). Written to ``conditional_mnist.json``.
 
     python bench/reproduce/flow_mnist_bpd.py --minutes 60
@@ -164,7 +164,7 @@ def conditional(args: argparse.Namespace) -> None:
 
         run, run_dir, steps, per_step, wall = train_for(args, name, cfg)
         # the model at the end of its time (a flow's best validation log-likelihood picks an
-        # early one here: 4,500 training images leave border pixels that are never on, and the
+        # early one here: 4,167 training images leave border pixels that are never on, and the
         # per-pixel normalisation gives test images with them on -1e19 nats)
         run = pyrogen.load(run_dir, checkpoint="last")
         ds = run.dataset
@@ -193,7 +193,7 @@ def conditional(args: argparse.Namespace) -> None:
         "protocol": "500 samples per digit from each class-conditional MNIST config, labelled "
                     "by pyrogen's FeatureClassifier trained (seed 0) on the run's training "
                     f"split; {args.minutes} min of training per config",
-        "caveat": "the shared MNIST training file has 5,000 images (4,500 train, 500 valid)",
+        "caveat": "the shared MNIST training file has 5,000 images (4,167 train, 833 valid)",
         "minutes_per_config": args.minutes,
         "threads": args.threads,
         "results": rows,
