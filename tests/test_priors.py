@@ -11,6 +11,7 @@ import itertools
 import math
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
@@ -32,7 +33,7 @@ from pyrogen.build import build
 from pyrogen.cli import main
 from pyrogen.inference.elbo import check_compatible, make_elbo
 from pyrogen.inference.variational import FreeBits, VariationalLearner
-from pyrogen.models.priors import MixtureOfGaussiansPrior, VampPrior
+from pyrogen.models.priors import Mixture, MixtureOfGaussiansPrior, VampPrior
 from pyrogen.training import load, train
 
 TINY = TINY_BINARY_VAE
@@ -332,3 +333,19 @@ def test_the_shipped_vamp_config_is_the_binarized_mnist_one_with_the_prior():
     plain = load_config(CONFIGS / "vae_binarized_mnist.yaml")
     assert vamp.model.prior == "vamp" and vamp.model.num_pseudo_inputs == 500
     assert vamp.data == plain.data and vamp.guide == plain.guide and vamp.train == plain.train
+
+
+def test_a_diagonal_mixture_scores_z_by_matrix_products_with_the_brute_force_value() -> None:
+    """Mixture.log_prob's two-matmul form for K diagonal Gaussians equals
+    logsumexp_k (log π_k + Σ_d log N(z_d; μ_kd, σ_kd)) at z of any batch shape (float64)."""
+    torch.manual_seed(0)
+    k, d = 7, 4
+    loc, scale = torch.randn(k, d, dtype=torch.float64), torch.rand(k, d).double() + 0.1
+    logits = torch.randn(k, dtype=torch.float64)
+    mix = Mixture(dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1))
+    z = 2 * torch.randn(3, 5, d, dtype=torch.float64)
+    per_comp = dist.Normal(loc, scale).log_prob(z[..., None, :]).sum(-1)
+    brute = torch.logsumexp(per_comp + torch.log_softmax(logits, -1), -1)
+    torch.testing.assert_close(mix.log_prob(z), brute, rtol=1e-12, atol=1e-10)
+    expanded = mix.expand((3, 5))  # the general path, as under pyro.plate
+    torch.testing.assert_close(expanded.log_prob(z), brute, rtol=1e-12, atol=1e-10)

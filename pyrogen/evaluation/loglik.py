@@ -171,7 +171,7 @@ def vae_log_importance_weights(
     q = vae.guide.posterior(x)
     q = q.expand(torch.Size([num_particles, n]))  # what pyro.plate makes of the guide's site
     z = q()  # rsample (or sample, for a non-reparameterised q), as pyro.sample calls it
-    log_pz = vae.prior().expand(q.batch_shape).log_prob(z)
+    log_pz = vae.prior().log_prob(z)  # broadcast: a mixture prior scores z by matmuls
     log_px = torch.empty_like(log_pz)
     per_block = max(1, block_rows // n)
     bernoulli = type(vae.likelihood) is BernoulliLikelihood

@@ -22,6 +22,7 @@ A prior module's ``forward(guide)`` returns p(z) (batch shape ``()``, event shap
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pyro.distributions as dist
@@ -51,6 +52,35 @@ class Mixture(dist.MixtureSameFamily):
     def expand(self, batch_shape: Sequence[int], _instance: Mixture | None = None) -> Mixture:
         new = self._get_checked_instance(Mixture, _instance)
         return super().expand(batch_shape, _instance=new)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log p(z); for an unexpanded mixture of K diagonal Gaussians (the VampPrior's and
+        the mixture-of-Gaussians prior's) scored at z of any batch shape, by two matrix
+        products instead of a (…, K, D) tensor: with a = 1/σ², log N_k(z) =
+        −½ (z² · a_k − 2 z · (μ a)_k + μ_k² · a_k) − Σ_d log σ_kd − (D/2) log 2π."""
+        comp = self.component_distribution
+        base = getattr(comp, "base_dist", None)
+        diagonal = (
+            isinstance(comp, dist.Independent)
+            and isinstance(base, dist.Normal)
+            and comp.reinterpreted_batch_ndims == 1
+            and base.loc.dim() == 2
+            and base.scale.shape == base.loc.shape
+            and self.mixture_distribution.logits.dim() == 1
+        )
+        if not diagonal or value.dim() < 1 or value.shape[-1] != base.loc.shape[-1]:
+            return super().log_prob(value)
+        if self._validate_args:
+            self._validate_sample(value)
+        loc, scale = base.loc, base.scale
+        a = scale.pow(-2)  # (K, D)
+        d = loc.shape[-1]
+        const = (loc.pow(2) * a).sum(-1) + 2 * scale.log().sum(-1) + d * math.log(2 * math.pi)
+        flat = value.reshape(-1, d)
+        quad = flat.pow(2) @ a.T - 2 * (flat @ (loc * a).T)  # (M, K)
+        log_comp = -0.5 * (quad + const)
+        log_mix = torch.log_softmax(self.mixture_distribution.logits, -1)
+        return torch.logsumexp(log_comp + log_mix, -1).reshape(value.shape[:-1])
 
 
 class VampPrior(nn.Module):
