@@ -271,3 +271,12 @@ def test_a_conditional_base_learns_where_z_lies_for_each_context(tmp_path: Path)
     assert abs(float(s[:, 0].mean()) - 11.5) < 0.5
     with pytest.raises(ConfigError, match="model.conditional_base=true .* model.conditional"):
         load_config(None, [*FAST, *tiny("flow"), "model.conditional_base=true"])
+
+
+def test_a_context_given_for_some_splits_only_is_refused(tmp_path: Path) -> None:
+    x, c = mirrored(100)
+    path = tmp_path / "t.npz"
+    np.savez(path, train=x[:80], test=x[80:], train_temp=c[:80])
+    cfg = load_config(None, ["data.name=array", f"data.path={path}", "data.context=[temp]"])
+    with pytest.raises(DataError, match="the context is missing for test; give it for all"):
+        load_dataset(cfg.data, seed=0)

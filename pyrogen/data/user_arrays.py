@@ -405,11 +405,11 @@ def user_splits(
             f"{source}: has both class labels and a context; give one (the labels, or the "
             "continuous context c)"
         )
-    what = "labels" if ys else "the context"
+    what = "labels are" if ys else "the context is"
     ys = ys or cs
     if ys and set(ys) != set(xs):
         missing = ", ".join(s for s in xs if s not in ys)
-        raise DataError(f"{source}: {what} is missing for {missing}; give it for all or none")
+        raise DataError(f"{source}: {what} missing for {missing}; give it for all or none")
     widths = {tuple(c.shape[1:]) for c in cs.values()}
     if len(widths) > 1:
         raise DataError(
