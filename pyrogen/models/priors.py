@@ -49,18 +49,24 @@ class Mixture(dist.MixtureSameFamily):
         shape[-1 - self._event_ndims] = self._num_component
         return x.expand(shape)
 
-    def expand(self, batch_shape: Sequence[int], _instance: Mixture | None = None) -> Mixture:
+    def expand(
+        self, batch_shape: Sequence[int], _instance: Mixture | None = None
+    ) -> dist.Distribution:
+        """The mixture over ``batch_shape``: for a mixture of K diagonal Gaussians, lazily
+        (Pyro's ``ExpandedDistribution``, the K components kept unexpanded), so that under
+        ``pyro.plate`` (training, the traced IS path) ``log_prob`` still scores z by matrix
+        products; any other mixture expands its components as ``MixtureSameFamily`` does."""
+        if _instance is None and self._diagonal():
+            return dist.ExpandedDistribution(self, batch_shape)
         new = self._get_checked_instance(Mixture, _instance)
         return super().expand(batch_shape, _instance=new)
 
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """log p(z); for an unexpanded mixture of K diagonal Gaussians (the VampPrior's and
-        the mixture-of-Gaussians prior's) scored at z of any batch shape, by two matrix
-        products instead of a (…, K, D) tensor: with a = 1/σ², log N_k(z) =
-        −½ (z² · a_k − 2 z · (μ a)_k + μ_k² · a_k) − Σ_d log σ_kd − (D/2) log 2π."""
+    def _diagonal(self) -> bool:
+        """Whether this is an unexpanded mixture of K diagonal Gaussians (batch shape ``()``):
+        the VampPrior's and the mixture-of-Gaussians prior's."""
         comp = self.component_distribution
         base = getattr(comp, "base_dist", None)
-        diagonal = (
+        return (
             isinstance(comp, dist.Independent)
             and isinstance(base, dist.Normal)
             and comp.reinterpreted_batch_ndims == 1
@@ -68,7 +74,14 @@ class Mixture(dist.MixtureSameFamily):
             and base.scale.shape == base.loc.shape
             and self.mixture_distribution.logits.dim() == 1
         )
-        if not diagonal or value.dim() < 1 or value.shape[-1] != base.loc.shape[-1]:
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log p(z); for an unexpanded mixture of K diagonal Gaussians (the VampPrior's and
+        the mixture-of-Gaussians prior's) scored at z of any batch shape, by two matrix
+        products instead of a (…, K, D) tensor: with a = 1/σ², log N_k(z) =
+        −½ (z² · a_k − 2 z · (μ a)_k + μ_k² · a_k) − Σ_d log σ_kd − (D/2) log 2π."""
+        base = getattr(self.component_distribution, "base_dist", None)
+        if not self._diagonal() or value.dim() < 1 or value.shape[-1] != base.loc.shape[-1]:
             return super().log_prob(value)
         if self._validate_args:
             self._validate_sample(value)
