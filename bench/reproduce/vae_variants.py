@@ -24,8 +24,9 @@ Protocol
   them). ``--minutes M`` gives every variant the same time instead: a pilot run of
   ``--pilot-steps`` steps measures each variant's seconds per step (setup included, so the
   estimate errs on the short side), and the variant then trains ``M * 60 / (s per step)``
-  steps (``train.max_steps``). Timings on a shared machine are noisy; the JSON records both the
-  planned steps and the seconds each run took.
+  steps (``train.max_steps``); ``--steps N`` trains N steps with no pilot. Timings on a
+  shared machine are noisy; the JSON records both the planned steps and the seconds each run
+  took.
 * Evaluation: the test ELBO and log p(x) by importance sampling with K = ``--k`` proposals
   from q(z|x) (``pyrogen.evaluate``), mean +- standard error over all 10,000 test images
   (``--max-test N``: a seeded random subset of N, said so in the JSON).
@@ -124,6 +125,16 @@ def objective(args: argparse.Namespace) -> list[str]:
 def budget(args: argparse.Namespace, variant: str) -> tuple[list[str], dict[str, Any]]:
     """``train.epochs`` (equal epochs), or with ``--minutes`` the ``train.max_steps`` that a
     pilot run says fit in that time; the overrides and what was measured."""
+    if args.steps is not None:  # a fixed number of steps: no pilot
+        epochs = math.ceil(args.steps / STEPS_PER_EPOCH)
+        every = max(1, epochs // 10)
+        ov = [
+            f"train.epochs={epochs}",
+            f"train.max_steps={args.steps}",
+            f"train.eval_every={every}",
+            f"train.checkpoint_every={every}",
+        ]
+        return ov, {"planned_steps": args.steps}
     if args.minutes is None:
         every = max(1, args.epochs // 10)
         ov = [f"train.epochs={args.epochs}", f"train.eval_every={every}"]
@@ -328,6 +339,7 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--epochs", type=int, default=100, help="equal epochs (default budget)")
     p.add_argument("--minutes", type=float, default=None, help="equal training time instead")
+    p.add_argument("--steps", type=int, default=None, help="a fixed number of steps instead")
     p.add_argument("--pilot-steps", type=int, default=100, help="--minutes: the timing pilot")
     p.add_argument("--warmup-epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -347,7 +359,13 @@ def main() -> None:
     if args.beta_sweep is not None:
         beta_sweep(args)
         return
-    budget_tag = f"{args.epochs}ep" if args.minutes is None else f"{args.minutes:g}min"
+    budget_tag = (
+        f"{args.steps}steps"
+        if args.steps is not None
+        else f"{args.epochs}ep"
+        if args.minutes is None
+        else f"{args.minutes:g}min"
+    )
     tag = "vae_variants" + (f"-iwae{args.iwae}" if args.iwae else "") + f"-{budget_tag}"
     subset = f"-test{args.max_test}" if args.max_test is not None else ""
     rows = {v: run_variant(args, v, tag) for v in args.variants}
@@ -355,7 +373,9 @@ def main() -> None:
         f"{tag}{subset}-{'-'.join(args.variants)}",
         {
             "command": command(args),
-            "budget": "equal epochs" if args.minutes is None else f"{args.minutes:g} min each",
+            "budget": {"ep": "equal epochs", "min": f"{args.minutes} min each"}.get(
+                budget_tag.lstrip("0123456789."), f"{args.steps} steps each"
+            ),
             "objective": "ELBO" if args.iwae is None else f"IWAE k = {args.iwae}",
             "threads": args.threads,
             "K": args.k,
