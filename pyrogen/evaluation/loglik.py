@@ -45,6 +45,7 @@ from torch.distributions import constraints
 from torch.nn import functional as F
 
 from pyrogen.models.guides import AmortisedGuide
+from pyrogen.models.hierarchical import HierarchicalGuide, HierarchicalVAE
 from pyrogen.models.likelihoods import BernoulliLikelihood
 from pyrogen.models.process import GenerativeProcess
 from pyrogen.models.vae import VAE
@@ -97,15 +98,50 @@ def plain_vae(model: Callable, guide: Callable) -> VAE | None:
     if not isinstance(vae, VAE) or guide is not vae.guide or am_i_wrapped():
         return None
     cls = type(vae)
+    # the class whose process, prior and guide the direct path computes: the one-level VAE's
+    # z ~ p(z) with an amortised guide, or the two-level VAE's z2 -> z1 with its top-down guide
+    owner, guide_cls = (
+        (HierarchicalVAE, HierarchicalGuide)
+        if isinstance(vae, HierarchicalVAE)
+        else (VAE, AmortisedGuide)
+    )
     plain = (
         getattr(model, "__func__", None) is GenerativeProcess.forward
-        and cls.process is VAE.process
+        and cls.process is owner.process
         and cls.decode is VAE.decode
-        and cls.prior is VAE.prior
-        and isinstance(guide, AmortisedGuide)
-        and type(guide).forward is AmortisedGuide.forward
+        and cls.prior is owner.prior
+        and getattr(cls, "conditional_prior", None) is getattr(owner, "conditional_prior", None)
+        and isinstance(guide, guide_cls)
+        and type(guide).forward is guide_cls.forward
     )
     return vae if plain and not vae.enumerates_component and not vae.conditional else None
+
+
+def latent_log_weights(
+    vae: VAE, x: torch.Tensor, num_particles: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, log p(z) − log q(z | x)) of K draws from the guide of a plain VAE
+    (:func:`plain_vae`), z of shape ``(K, N, latent_dim)``: the latent the decoder reads, and
+    the latent part of the log weights, shape ``(K, N)``.
+
+    One level: z ~ q(z | x) expanded to batch shape (K, N) and sampled once, as the traced
+    guide draws it. Two levels (:class:`~pyrogen.models.hierarchical.HierarchicalVAE`), in the
+    guide's order: z₂ ~ q(z₂ | x), then z₁ ~ q(z₁ | x, z₂), and the latent part is
+    log p(z₂) + log p(z₁ | z₂) − log q(z₂ | x) − log q(z₁ | x, z₂); z is z₁. The priors score
+    z unexpanded, so a mixture prior (VampPrior, MoG) does so by matrix products."""
+    shape = torch.Size([num_particles, x.shape[0]])  # what pyro.plate makes of the guide's sites
+    if not isinstance(vae, HierarchicalVAE):
+        q = vae.guide.posterior(x).expand(shape)
+        z = q()  # rsample (or sample, for a non-reparameterised q), as pyro.sample calls it
+        return z, vae.prior().log_prob(z) - q.log_prob(z)
+    guide = vae.guide
+    h = guide.encoder(x)
+    q2 = guide.top_posterior(x, h).expand(shape)
+    z2 = q2()
+    q1 = guide.bottom_posterior(h, z2)
+    z1 = q1()
+    log_p = vae.prior().log_prob(z2) + vae.conditional_prior(z2).log_prob(z1)
+    return z1, log_p - q2.log_prob(z2) - q1.log_prob(z1)
 
 
 def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -156,11 +192,12 @@ def vae_log_importance_weights(
     vae: VAE, x: torch.Tensor, num_particles: int, block_rows: int = BLOCK_ROWS
 ) -> torch.Tensor:
     """log w_k(x_n) = log p_θ(x_n | z_kn) + log p(z_kn) − log q_φ(z_kn | x_n), shape
-    ``(num_particles, N)``, of a plain VAE (:func:`plain_vae`) without Pyro traces.
+    ``(num_particles, N)``, of a plain VAE (:func:`plain_vae`, one or two levels) without
+    Pyro traces.
 
-    z is drawn as the traced guide draws it, q(z | x) expanded to batch shape (K, N) and
-    sampled once, so the same generator state gives the same z; log p(z) and log q(z | x) are
-    the same calls on the same values. The decoder runs on blocks of about ``block_rows``
+    z is drawn as the traced guide draws it (:func:`latent_log_weights`), so the same
+    generator state gives the same z; log p(z) and log q(z | x) are the same calls on the
+    same values. The decoder runs on blocks of about ``block_rows``
     rows (whole particles of the N examples), so its activations stay in cache, an MLP
     decoder through :func:`mlp_forward`; a Bernoulli likelihood's log p(x | z) is
     :func:`bernoulli_log_prob`. The weights equal
@@ -168,11 +205,8 @@ def vae_log_importance_weights(
     block, the fused log-density and tanh round differently)."""
     vae.check_observed(x)
     n = x.shape[0]
-    q = vae.guide.posterior(x)
-    q = q.expand(torch.Size([num_particles, n]))  # what pyro.plate makes of the guide's site
-    z = q()  # rsample (or sample, for a non-reparameterised q), as pyro.sample calls it
-    log_pz = vae.prior().log_prob(z)  # broadcast: a mixture prior scores z by matmuls
-    log_px = torch.empty_like(log_pz)
+    z, log_latent = latent_log_weights(vae, x, num_particles)
+    log_px = torch.empty_like(log_latent)
     per_block = max(1, block_rows // n)
     bernoulli = type(vae.likelihood) is BernoulliLikelihood
     if bernoulli:
@@ -189,7 +223,7 @@ def vae_log_importance_weights(
             log_px[k : k + per_block] = bernoulli_log_prob(h, flat)
         else:
             log_px[k : k + per_block] = vae.likelihood(h).log_prob(x)
-    return log_pz + log_px - q.log_prob(z)
+    return log_latent + log_px
 
 
 def traced_log_importance_weights(

@@ -77,9 +77,10 @@ class Mixture(dist.MixtureSameFamily):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """log p(z); for an unexpanded mixture of K diagonal Gaussians (the VampPrior's and
-        the mixture-of-Gaussians prior's) scored at z of any batch shape, by two matrix
-        products instead of a (…, K, D) tensor: with a = 1/σ², log N_k(z) =
-        −½ (z² · a_k − 2 z · (μ a)_k + μ_k² · a_k) − Σ_d log σ_kd − (D/2) log 2π."""
+        the mixture-of-Gaussians prior's) scored at z of any batch shape, by a matrix
+        product instead of a (…, K, D) tensor: with a = 1/σ², log N_k(z) =
+        −½ (z² · a_k − 2 z · (μ a)_k + μ_k² · a_k) − Σ_d log σ_kd − (D/2) log 2π, all K of
+        them (with log π_k) the product of [z², z, 1] with a (2D + 1, K) matrix."""
         base = getattr(self.component_distribution, "base_dist", None)
         if not self._diagonal() or value.dim() < 1 or value.shape[-1] != base.loc.shape[-1]:
             return super().log_prob(value)
@@ -89,11 +90,16 @@ class Mixture(dist.MixtureSameFamily):
         a = scale.pow(-2)  # (K, D)
         d = loc.shape[-1]
         const = (loc.pow(2) * a).sum(-1) + 2 * scale.log().sum(-1) + d * math.log(2 * math.pi)
-        flat = value.reshape(-1, d)
-        quad = flat.pow(2) @ a.T - 2 * (flat @ (loc * a).T)  # (M, K)
-        log_comp = -0.5 * (quad + const)
         log_mix = torch.log_softmax(self.mixture_distribution.logits, -1)
-        return torch.logsumexp(log_comp + log_mix, -1).reshape(value.shape[:-1])
+        # log π_k + log N_k(z) = [z², z, 1] · [−a_k / 2, (μ a)_k, log π_k − const_k / 2]: one
+        # matrix product, then a logsumexp in three passes over the (M, K) values
+        weights = torch.cat([-0.5 * a, loc * a, (log_mix - 0.5 * const).unsqueeze(-1)], -1)
+        flat = value.reshape(-1, d)
+        features = torch.cat([flat.pow(2), flat, flat.new_ones(flat.shape[0], 1)], -1)
+        log_joint = features @ weights.T  # (M, K)
+        top = log_joint.detach().amax(-1, keepdim=True)  # log Σ e^t is the same for any shift
+        total = log_joint.sub_(top).exp_().sum(-1).log() + top.squeeze(-1)
+        return total.reshape(value.shape[:-1])
 
 
 class VampPrior(nn.Module):
