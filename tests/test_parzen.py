@@ -102,3 +102,22 @@ def test_the_window_is_the_log_sum_exp_of_its_kernel_terms_even_where_they_under
         expected = expected - 392 * math.log(2 * math.pi * sigma**2)
         got = parzen_log_likelihoods(samples, x, sigmas, batch_size=7)[:, j]
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-9)
+
+
+def test_narrow_windows_sum_only_the_terms_that_matter_and_equal_the_dense_sum():
+    """On a grid from σ = 3 (more than half of every row's terms matter: summed densely) to
+    σ = 0.05 (a few nearest samples matter: only they are summed), every window equals the
+    brute-force logsumexp of all N kernel terms to float64 rounding."""
+    g = torch.Generator().manual_seed(6)
+    samples, x = torch.randn(3000, 5, generator=g), torch.randn(50, 5, generator=g)
+    sigmas = [3.0, 1.0, 0.3, 0.1, 0.05]
+    d2 = torch.cdist(x.double(), samples.double()).pow(2)
+    gaps = d2 - d2.amin(1, keepdim=True)
+    cut = math.log(torch.finfo(torch.float64).eps / (2 * 3000))  # where a term stops mattering
+    mattering = [(-gaps / (2 * s**2) >= cut).double().mean().item() for s in sigmas]
+    assert mattering[0] > 0.5 and mattering[-1] < 0.05  # both ways of summing are taken
+    got = parzen_log_likelihoods(samples, x, sigmas, batch_size=32)
+    for j, sigma in enumerate(sigmas):
+        expected = (-d2 / (2 * sigma**2)).logsumexp(1) - math.log(3000)
+        expected = expected - 2.5 * math.log(2 * math.pi * sigma**2)
+        torch.testing.assert_close(got[:, j], expected, rtol=1e-12, atol=1e-10)

@@ -17,8 +17,13 @@ where a family has them.
 Squared distances are computed once per batch of x as ‖x‖² + ‖s‖² − 2 x·s (one matrix
 product) in float64 on the samples' device (CPU or GPU) and shared by every σ of the grid; the
 log-sum-exp of each σ is taken about the nearest sample, −d²_min / (2σ²) + log Σ_i
-exp(−(d²_i − d²_min) / (2σ²)), whose sum is at least 1, so terms below the smallest normal
-float (where ``exp`` takes a slow path) are floored there without changing the sum.
+exp(−(d²_i − d²_min) / (2σ²)), whose sum is at least 1. So a term below ε / (2N) (ε the
+float64 epsilon; all N of them together below half an ulp of the sum) cannot change it: the
+narrow windows of the grid, where nearly every term is that small, sum only the terms above
+it, gathered once from the distance matrix, and a wide window that needs most terms floors
+the rest at the smallest normal float (where ``exp`` takes a slow path). The sums equal the
+dense ones to float64 rounding, and the σ grid costs little beside the matrix product
+(``bench/bench_loglik.py``).
 
 Example::
 
@@ -59,21 +64,49 @@ def parzen_log_likelihoods(
         raise ValueError(f"samples have {s.shape[1]} dimensions, x has {x.shape[1]}")
     sig = torch.as_tensor(sigmas, dtype=torch.float64, device=s.device).reshape(-1)
     n, d = s.shape
-    s_sq = torch.einsum("ij,ij->i", s, s)  # ‖s‖² without an N x D temporary
-    x_sq = torch.einsum("ij,ij->i", x, x)
+    s_sq = torch.linalg.vector_norm(s, dim=1).square_()  # ‖s‖² in one pass, no N x D temporary
+    x_sq = torch.linalg.vector_norm(x, dim=1).square_()
     const = math.log(n) + 0.5 * d * torch.log(2 * math.pi * sig**2)  # (S,)
     scale = -0.5 / sig**2
     floor = math.log(torch.finfo(torch.float64).tiny) + 1.0  # below: e^t is subnormal, slow
+    # terms e^t with t below this sum to less than half an ulp of a sum that is at least 1
+    negligible = math.log(torch.finfo(torch.float64).eps / (2 * n))
+    widest_first = torch.argsort(scale, descending=True).tolist()
     out = []
     for start in range(0, x.shape[0], batch_size):
         xb = x[start : start + batch_size]
         sq = torch.addmm(x_sq[start : start + batch_size, None] + s_sq, xb, s.T, alpha=-2.0)
-        nearest = sq.clamp_min_(0.0).amin(1, keepdim=True)
-        sq.sub_(nearest)  # 0 at the nearest sample, whose kernel term is the largest
-        term = torch.empty_like(sq)
-        sums = [torch.mul(sq, c, out=term).clamp_min_(floor).exp_().sum(1) for c in scale.tolist()]
-        out.append(torch.stack(sums, 1).log_().add_(nearest * scale))
+        nearest = sq.amin(1, keepdim=True)
+        gaps = sq.sub_(nearest)  # ≥ 0, and 0 at the nearest sample, the largest kernel term
+        sums = _window_sums(gaps, scale.tolist(), widest_first, floor, negligible)
+        out.append(sums.log_().add_(nearest * scale))
     return torch.cat(out) - const
+
+
+def _window_sums(
+    gaps: torch.Tensor, scales: list[float], widest_first: list[int], floor: float, cut: float
+) -> torch.Tensor:
+    """Σ_i e^{c Δ_i} per row of ``gaps`` Δ (B, N) for each c of ``scales`` (all < 0), shape
+    (B, S). A window is summed over the whole row while more than half the row's terms
+    matter, e^{max(cΔ, floor)}; once no more than half do (c Δ ≥ ``cut``), those are kept,
+    and each narrower window sums only the kept terms that still matter for it."""
+    sums = gaps.new_empty(gaps.shape[0], len(scales))
+    kept = rows = term = None
+    for j in widest_first:
+        c = scales[j]
+        if rows is None:
+            keep = gaps < cut / c
+            if 2 * int(torch.count_nonzero(keep)) > keep.numel():
+                term = torch.empty_like(gaps) if term is None else term
+                sums[:, j] = torch.mul(gaps, c, out=term).clamp_min_(floor).exp_().sum(1)
+                continue
+            flat = keep.view(-1).nonzero().squeeze(1)
+            kept, rows = gaps.view(-1)[flat], flat // gaps.shape[1]
+        else:
+            keep = kept < cut / c
+            kept, rows = kept[keep], rows[keep]
+        sums[:, j] = gaps.new_zeros(gaps.shape[0]).index_add_(0, rows, (kept * c).exp_())
+    return sums
 
 
 def parzen_log_likelihood(
