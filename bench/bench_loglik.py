@@ -8,7 +8,9 @@ product), plus the encoder once per example and particle chunk. The rate of pyro
 against a plain chain of ``torch.mm`` of the decoder's shapes on the same N·K rows, measured
 in the same run, the two alternating so that load from elsewhere hits both alike; the ratio
 says how close evaluation runs to the machine's limit (weights are random unless ``--run``:
-the FLOP count does not depend on training).
+the FLOP count does not depend on training). ``--run`` also takes a VampPrior or two-level
+VAE: their FLOP add the prior's mixture product and the second level's networks per draw
+(:func:`model_flop`), against the same decoder-only matmul chain.
 
 The Parzen window's cost is the squared distances ‖x‖² − 2 x·s + ‖s‖² of N_x examples to S
 samples (a float64 matrix product, 2·N_x·S·D FLOP) and a log-sum-exp per σ of the grid:
@@ -52,6 +54,8 @@ from pyrogen.evaluation.loglik import (
     vae_log_importance_weights,
 )
 from pyrogen.evaluation.parzen import parzen_log_likelihoods
+from pyrogen.models.hierarchical import HierarchicalVAE
+from pyrogen.models.priors import MixtureOfGaussiansPrior, VampPrior
 from pyrogen.training.run import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +66,27 @@ def linear_flop(net: nn.Module) -> int:
     return sum(
         2 * m.in_features * m.out_features for m in net.modules() if isinstance(m, nn.Linear)
     )
+
+
+def model_flop(vae) -> tuple[int, int]:
+    """(FLOP per latent draw, FLOP per example and particle chunk) of IS through ``vae``: the
+    decoder on every draw, and for a two-level VAE also p(z1 | z2)'s and q(z1 | x, z2)'s
+    networks, and for a mixture prior of K diagonal Gaussians on d dimensions the product of
+    [z², z, 1] with its (2d + 1, K) matrix; the encoder once per example and chunk (the
+    VampPrior's once per pseudo-input and chunk, counted per example of a 100-image batch)."""
+    per_draw = linear_flop(vae.decoder)
+    per_chunk = linear_flop(vae.guide.encoder)
+    if isinstance(vae, HierarchicalVAE):
+        per_draw += linear_flop(vae.top_down) + linear_flop(vae.guide.bottom)
+        per_chunk += linear_flop(vae.guide.top)
+    prior = vae.prior_module
+    if isinstance(prior, VampPrior | MixtureOfGaussiansPrior):
+        k = prior.num_pseudo_inputs if isinstance(prior, VampPrior) else prior.num_components
+        d = vae.top_latent_dim if isinstance(vae, HierarchicalVAE) else vae.latent_dim
+        per_draw += 2 * (2 * d + 1) * k
+        if isinstance(prior, VampPrior):
+            per_chunk += k * linear_flop(vae.guide.encoder) // 100
+    return per_draw, per_chunk
 
 
 def decoder_shapes(net: nn.Module) -> list[tuple[int, int]]:
@@ -104,9 +129,9 @@ def is_bench(vae, x: torch.Tensor, args: argparse.Namespace) -> dict:
     dims = math.prod(x.shape[1:])
     chunk = max(1, min(k, 20_000_000 // (min(n, 100) * dims)))  # importance_sampling's default
     chunks = math.ceil(k / chunk)
-    dec, enc = linear_flop(vae.decoder), linear_flop(vae.guide.encoder)
+    dec, enc = model_flop(vae)
     flop = n * k * dec + n * chunks * enc
-    ref_flop = n * k * dec
+    ref_flop = n * k * linear_flop(vae.decoder)
     ref = matmul_chain(decoder_shapes(vae.decoder), n * k, args.ref_rows)
 
     def pyrogen_is(log_weights=None):

@@ -9,10 +9,11 @@ With z_k ~ q(z | x), k = 1..K, the importance weights w_k = p(x, z_k) / q(z_k | 
 
 so ELBO ≤ IS estimate ≤ log p(x) in expectation, with equality when q(z | x) = p(z | x).
 Particles run vectorised (a ``pyro.plate("particles")`` left of the data plate) in chunks,
-so K = 5000 as in the IWAE paper fits in memory. A plain VAE's weights skip Pyro's traces
-(:func:`vae_log_importance_weights`: the same draws, the same weights to float rounding), its
-decoder run on cache-sized blocks of rows with a fused Bernoulli log-density, so evaluation
-runs near the machine's matrix-multiply rate (``bench/bench_loglik.py``).
+so K = 5000 as in the IWAE paper fits in memory. A plain VAE's weights (one level, or the
+two-level VAE's) skip Pyro's traces (:func:`vae_log_importance_weights`: the same draws, the
+same weights to float rounding), its decoder run on cache-sized blocks of rows with a fused
+Bernoulli log-density, so evaluation runs near the machine's matrix-multiply rate
+(``bench/bench_loglik.py``).
 
 A conditional model p(x | c) (the CVAE) is scored given each example's context: ``y`` (the
 batch's label slot) goes to the model and the guide, and the same formulas give log p(x | c)
