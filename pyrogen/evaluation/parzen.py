@@ -64,8 +64,9 @@ def parzen_log_likelihoods(
         raise ValueError(f"samples have {s.shape[1]} dimensions, x has {x.shape[1]}")
     sig = torch.as_tensor(sigmas, dtype=torch.float64, device=s.device).reshape(-1)
     n, d = s.shape
-    s_sq = torch.linalg.vector_norm(s, dim=1).square_()  # ‖s‖² in one pass, no N x D temporary
-    x_sq = torch.linalg.vector_norm(x, dim=1).square_()
+    s_norm = torch.linalg.vector_norm(s, dim=1)  # one pass, no N x D temporary
+    x_norm = torch.linalg.vector_norm(x, dim=1)
+    s_sq, x_sq, s_max = s_norm.square(), x_norm.square(), float(s_norm.max())
     const = math.log(n) + 0.5 * d * torch.log(2 * math.pi * sig**2)  # (S,)
     scale = -0.5 / sig**2
     floor = math.log(torch.finfo(torch.float64).tiny) + 1.0  # below: e^t is subnormal, slow
@@ -74,33 +75,44 @@ def parzen_log_likelihoods(
     widest_first = torch.argsort(scale, descending=True).tolist()
     out = []
     for start in range(0, x.shape[0], batch_size):
-        xb = x[start : start + batch_size]
-        sq = torch.addmm(x_sq[start : start + batch_size, None] + s_sq, xb, s.T, alpha=-2.0)
+        xb, rows = x[start : start + batch_size], slice(start, start + batch_size)
+        # ‖s‖² − 2 x·s: the row's ‖x‖² cancels from the gaps, so it joins only the nearest
+        sq = torch.addmm(s_sq, xb, s.T, alpha=-2.0)
         nearest = sq.amin(1, keepdim=True)
         gaps = sq.sub_(nearest)  # ≥ 0, and 0 at the nearest sample, the largest kernel term
-        sums = _window_sums(gaps, scale.tolist(), widest_first, floor, negligible)
-        out.append(sums.log_().add_(nearest * scale))
+        largest = (float(x_norm[rows].max()) + s_max) ** 2  # no gap exceeds (‖x‖ + ‖s‖)²
+        sums = _window_sums(gaps, scale.tolist(), widest_first, floor, negligible, largest)
+        d2_min = nearest.add_(x_sq[rows, None]).clamp_min_(0.0)
+        out.append(sums.log_().add_(d2_min * scale))
     return torch.cat(out) - const
 
 
 def _window_sums(
-    gaps: torch.Tensor, scales: list[float], widest_first: list[int], floor: float, cut: float
+    gaps: torch.Tensor,
+    scales: list[float],
+    widest_first: list[int],
+    floor: float,
+    cut: float,
+    largest: float,
 ) -> torch.Tensor:
-    """Σ_i e^{c Δ_i} per row of ``gaps`` Δ (B, N) for each c of ``scales`` (all < 0), shape
-    (B, S). A window is summed over the whole row while more than half the row's terms
-    matter, e^{max(cΔ, floor)}; once no more than half do (c Δ ≥ ``cut``), those are kept,
-    and each narrower window sums only the kept terms that still matter for it."""
+    """Σ_i e^{c Δ_i} per row of ``gaps`` Δ (B, N), 0 ≤ Δ ≤ ``largest``, for each c of
+    ``scales`` (all < 0), shape (B, S). A window is summed over the whole row while more than
+    half the row's terms matter (judged on its first 1,024 columns), e^{max(cΔ, floor)} (the
+    floor only where c · ``largest`` is below it); once no more than half do (c Δ ≥ ``cut``),
+    those are kept, and each narrower window sums only the kept terms that still matter."""
     sums = gaps.new_empty(gaps.shape[0], len(scales))
     kept = rows = term = None
     for j in widest_first:
         c = scales[j]
         if rows is None:
-            keep = gaps < cut / c
-            if 2 * int(torch.count_nonzero(keep)) > keep.numel():
-                term = torch.empty_like(gaps) if term is None else term
-                sums[:, j] = torch.mul(gaps, c, out=term).clamp_min_(floor).exp_().sum(1)
+            probe = gaps[:, :1024]
+            if 2 * int(torch.count_nonzero(probe < cut / c)) > probe.numel():
+                term = torch.mul(gaps, c, out=torch.empty_like(gaps) if term is None else term)
+                if c * largest < floor:
+                    term.clamp_min_(floor)
+                sums[:, j] = term.exp_().sum(1)
                 continue
-            flat = keep.view(-1).nonzero().squeeze(1)
+            flat = (gaps < cut / c).view(-1).nonzero().squeeze(1)
             kept, rows = gaps.view(-1)[flat], flat // gaps.shape[1]
         else:
             keep = kept < cut / c
