@@ -336,8 +336,10 @@ def test_the_shipped_vamp_config_is_the_binarized_mnist_one_with_the_prior():
 
 
 def test_a_diagonal_mixture_scores_z_by_matrix_products_with_the_brute_force_value() -> None:
-    """Mixture.log_prob's two-matmul form for K diagonal Gaussians equals
-    logsumexp_k (log π_k + Σ_d log N(z_d; μ_kd, σ_kd)) at z of any batch shape (float64)."""
+    """Mixture.log_prob's matrix-product form for K diagonal Gaussians equals
+    logsumexp_k (log π_k + Σ_d log N(z_d; μ_kd, σ_kd)) at z of any batch shape (float64), and
+    so does the mixture pyro.plate expands: lazily, its K components kept unexpanded, so it
+    takes the same form; its draws have the plate's shape."""
     torch.manual_seed(0)
     k, d = 7, 4
     loc, scale = torch.randn(k, d, dtype=torch.float64), torch.rand(k, d).double() + 0.1
@@ -347,5 +349,9 @@ def test_a_diagonal_mixture_scores_z_by_matrix_products_with_the_brute_force_val
     per_comp = dist.Normal(loc, scale).log_prob(z[..., None, :]).sum(-1)
     brute = torch.logsumexp(per_comp + torch.log_softmax(logits, -1), -1)
     torch.testing.assert_close(mix.log_prob(z), brute, rtol=1e-12, atol=1e-10)
-    expanded = mix.expand((3, 5))  # the general path, as under pyro.plate
+    with pyro.plate("rows", 3, dim=-2), pyro.plate("cols", 5):
+        site = poutine.trace(lambda: pyro.sample("z", mix)).get_trace().nodes["z"]
+    expanded = site["fn"]
+    assert isinstance(expanded, dist.ExpandedDistribution) and expanded.base_dist is mix
+    assert site["value"].shape == (3, 5, d)
     torch.testing.assert_close(expanded.log_prob(z), brute, rtol=1e-12, atol=1e-10)

@@ -122,19 +122,24 @@ def objective(args: argparse.Namespace) -> list[str]:
     return [f"elbo.kl_warmup_steps={args.warmup_epochs * STEPS_PER_EPOCH}"]
 
 
+def step_budget(steps: int) -> list[str]:
+    """The overrides that train ``steps`` steps, evaluating and checkpointing ten times."""
+    epochs = math.ceil(steps / STEPS_PER_EPOCH)
+    every = max(1, epochs // 10)
+    return [
+        f"train.epochs={epochs}",
+        f"train.max_steps={steps}",
+        f"train.eval_every={every}",
+        f"train.checkpoint_every={every}",
+    ]
+
+
 def budget(args: argparse.Namespace, variant: str) -> tuple[list[str], dict[str, Any]]:
-    """``train.epochs`` (equal epochs), or with ``--minutes`` the ``train.max_steps`` that a
-    pilot run says fit in that time; the overrides and what was measured."""
+    """``train.epochs`` (equal epochs), ``--steps`` steps, or with ``--minutes`` the
+    ``train.max_steps`` that a pilot run says fit in that time; the overrides and what was
+    measured."""
     if args.steps is not None:  # a fixed number of steps: no pilot
-        epochs = math.ceil(args.steps / STEPS_PER_EPOCH)
-        every = max(1, epochs // 10)
-        ov = [
-            f"train.epochs={epochs}",
-            f"train.max_steps={args.steps}",
-            f"train.eval_every={every}",
-            f"train.checkpoint_every={every}",
-        ]
-        return ov, {"planned_steps": args.steps}
+        return step_budget(args.steps), {"planned_steps": args.steps}
     if args.minutes is None:
         every = max(1, args.epochs // 10)
         ov = [f"train.epochs={args.epochs}", f"train.eval_every={every}"]
@@ -158,15 +163,10 @@ def budget(args: argparse.Namespace, variant: str) -> tuple[list[str], dict[str,
     if per_step <= 0:  # a noisy machine: fall back to the longer pilot, setup included
         per_step = seconds[1] / (2 * args.pilot_steps)
     steps = max(1, int(args.minutes * 60 / per_step))
-    epochs = math.ceil(steps / STEPS_PER_EPOCH)
-    every = max(1, epochs // 10)
-    ov = [
-        f"train.epochs={epochs}",
-        f"train.max_steps={steps}",
-        f"train.eval_every={every}",
-        f"train.checkpoint_every={every}",
-    ]
-    return ov, {"pilot_seconds_per_step": round(per_step, 4), "planned_steps": steps}
+    return step_budget(steps), {
+        "pilot_seconds_per_step": round(per_step, 4),
+        "planned_steps": steps,
+    }
 
 
 def run_variant(args: argparse.Namespace, variant: str, tag: str) -> dict[str, Any]:
