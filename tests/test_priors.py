@@ -355,3 +355,27 @@ def test_a_diagonal_mixture_scores_z_by_matrix_products_with_the_brute_force_val
     assert isinstance(expanded, dist.ExpandedDistribution) and expanded.base_dist is mix
     assert site["value"].shape == (3, 5, d)
     torch.testing.assert_close(expanded.log_prob(z), brute, rtol=1e-12, atol=1e-10)
+
+
+def test_a_float32_mixture_with_far_components_keeps_its_value_and_gradient() -> None:
+    """Terms of the logsumexp below the float's smallest normal number are floored there
+    before exp (exp's slow path): with components 0 to 300 standard deviations from z, most
+    of them far below the floor, the float32 log-density and its gradients in z, μ and σ
+    equal the float64 brute-force logsumexp's to float32 rounding (z near the origin: the
+    matrix-product form's float32 rounding grows with (z / σ)²)."""
+    torch.manual_seed(1)
+    k, d = 64, 5
+    loc = (torch.linspace(0, 60, k)[:, None] * torch.ones(k, d)).requires_grad_()
+    scale = torch.full((k, d), 0.5).requires_grad_()
+    z = (0.5 * torch.randn(40, d)).requires_grad_()
+    mix = Mixture(dist.Categorical(logits=torch.zeros(k)), dist.Normal(loc, scale).to_event(1))
+    fast = mix.log_prob(z)
+    leaves = [z.double(), loc.double(), scale.double()]
+    per_comp = dist.Normal(leaves[1], leaves[2]).log_prob(leaves[0][:, None, :]).sum(-1)
+    assert (per_comp - per_comp.amax(-1, keepdim=True) < -100).float().mean() > 0.5
+    brute = torch.logsumexp(per_comp, -1) - math.log(k)
+    torch.testing.assert_close(fast.double(), brute, rtol=1e-6, atol=1e-4)
+    grads = torch.autograd.grad(fast.sum(), [z, loc, scale])
+    exact = torch.autograd.grad(brute.sum(), leaves)
+    for g, e in zip(grads, exact, strict=True):
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-3)
