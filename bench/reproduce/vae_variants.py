@@ -150,6 +150,7 @@ def budget(args: argparse.Namespace, variant: str) -> tuple[list[str], dict[str,
             *VARIANTS[variant],
             *objective(args),
             *common(args, f"vae_variants-pilot{n}-{variant}"),
+            *args.set,
             f"train.epochs={math.ceil(n / STEPS_PER_EPOCH)}",
             f"train.max_steps={n}",
             "train.eval_every=0",
@@ -173,6 +174,7 @@ def run_variant(args: argparse.Namespace, variant: str, tag: str) -> dict[str, A
     """Train one variant at the budget, then its test ELBO and IS log p(x)."""
     steps, planned = budget(args, variant)
     ov = [*VARIANTS[variant], *objective(args), *common(args, f"{tag}-{variant}"), *steps]
+    ov += args.set  # the user's own overrides come last, so they win
     print(f"{variant}: overrides", " ".join(ov), flush=True)
     start = time.perf_counter()
     run = pyrogen.train(pyrogen.load_config(CONFIG, ov), quiet=False)
@@ -325,7 +327,7 @@ def beta_sweep(args: argparse.Namespace) -> None:
 def command(args: argparse.Namespace) -> str:
     flags = []
     for k, v in vars(args).items():
-        if v is None or v is False:
+        if v is None or v is False or v == []:
             continue
         flag = f"--{k.replace('_', '-')}"
         flags.append(
@@ -354,7 +356,17 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=DATA)
     p.add_argument("--runs", default=str(ROOT / "bench" / "reproduce" / "runs"))
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for every variant, e.g. optim.weight_decay=1e-4 (needs --label)",
+    )
+    p.add_argument("--label", default=None, help="names the runs and results of a --set")
     args = p.parse_args()
+    if args.set and not args.label:
+        p.error("--set needs --label, which names its runs and results file")
 
     if args.beta_sweep is not None:
         beta_sweep(args)
@@ -367,6 +379,7 @@ def main() -> None:
         else f"{args.minutes:g}min"
     )
     tag = "vae_variants" + (f"-iwae{args.iwae}" if args.iwae else "") + f"-{budget_tag}"
+    tag += f"-{args.label}" if args.label else ""
     subset = f"-test{args.max_test}" if args.max_test is not None else ""
     rows = {v: run_variant(args, v, tag) for v in args.variants}
     write_result(
