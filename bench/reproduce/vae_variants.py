@@ -18,6 +18,9 @@ Protocol
   ``vamp_two_level`` (both: the VampPrior on the top latent z2, the paper's HVAE + VampPrior).
   ``--iwae K`` trains every variant on the IWAE bound instead (Pyro's ``RenyiELBO``, alpha =
   0, K vectorised particles).
+  ``--set KEY=VALUE ... --label NAME`` adds config overrides to every variant, after its
+  own (e.g. ``optim.name=adamw optim.weight_decay=0.05`` or ``model.hidden_sizes=[300,300]``);
+  NAME goes into the run folders and the results file's name.
 * Budget: pyrogen's training has no wall-clock limit, so equal time is set in steps. By
   default every variant trains ``--epochs`` epochs (equal epochs; each variant's training
   seconds are recorded beside its numbers, so the comparison at equal *time* is read from
