@@ -370,6 +370,8 @@ def main() -> None:
     args = p.parse_args()
     if args.set and not args.label:
         p.error("--set needs --label, which names its runs and results file")
+    if args.set and args.beta_sweep is not None:
+        p.error("--set applies to the variants, not to --beta-sweep's own models")
 
     if args.beta_sweep is not None:
         beta_sweep(args)
