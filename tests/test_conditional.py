@@ -103,8 +103,11 @@ def test_a_conditional_gan_draws_its_fakes_for_the_batch_labels() -> None:
     assert torch.isfinite(torch.tensor(out["loss"]))
     with pytest.raises(ValueError, match="class-conditional GAN trains on labelled data"):
         learner.step(torch.randn(5, 2))
-    with pytest.raises(ValueError, match=r"labels y must lie in 0\.\.2"):
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.2, got \[3\]"):
         gan.sample(2, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="class labels must be integers"):
+        gan.sample(2, torch.tensor([0.0, 1.5]))  # was silently truncated to 1
+    torch.testing.assert_close(gan.generate(z[:3], y=2), gan.generate(z[:3], y=[2, 2, 2]))
 
 
 def test_labels_are_refused_by_a_model_that_is_not_class_conditional(tmp_path: Path) -> None:

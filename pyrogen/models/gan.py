@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from pyrogen.models.context import context_size, context_vector
+from pyrogen.models.context import check_context, context_size, context_vector
 from pyrogen.models.likelihoods import as_shape
 from pyrogen.models.process import GenerativeProcess
 
@@ -107,29 +107,20 @@ class GAN(GenerativeProcess):
 
     def labels(self, y: torch.Tensor | None, n: int) -> torch.Tensor | None:
         """The context of n examples of a conditional GAN: class labels (``y``, or 0..K−1
-        cycled when not given) or a continuous context ``(n, C)`` (required); ``None`` for an
-        unconditional GAN, which refuses labels."""
+        cycled when not given) or a continuous context (required), checked as every family
+        checks it (:func:`~pyrogen.models.context.check_context`: one or ``n`` of them);
+        ``None`` for an unconditional GAN, which refuses labels."""
         if not self.conditional:
             if y is not None:
                 raise ValueError("this GAN is not class-conditional: it takes no labels y")
             return None
-        if self.context_dim is not None:
-            if y is None:
-                raise ValueError(f"a GAN on a continuous context needs c, shape ({n}, C)")
-            y = torch.as_tensor(y, device=self.prior_a.device, dtype=self.prior_a.dtype)
-            if y.shape != (n, self.context_dim):
-                raise ValueError(
-                    f"the context has shape {tuple(y.shape)}; expected ({n}, {self.context_dim})"
-                )
-            return y
+        device = self.prior_a.device
         if y is None:
-            return torch.arange(n, device=self.prior_a.device) % self.num_classes
-        y = torch.as_tensor(y, device=self.prior_a.device).long().reshape(-1)
-        if y.shape[0] != n:
-            raise ValueError(f"{y.shape[0]} labels y for {n} examples")
-        if bool((y < 0).any()) or bool((y >= self.num_classes).any()):
-            raise ValueError(f"labels y must lie in 0..{self.num_classes - 1}")
-        return y
+            if self.context_dim is not None:
+                raise ValueError(f"a GAN on a continuous context needs c, shape ({n}, C)")
+            return torch.arange(n, device=device) % self.num_classes
+        y = check_context(y, n, self.num_classes, self.context_dim, device)
+        return y if self.num_classes is not None else y.to(self.prior_a.dtype)
 
     def prior(self) -> dist.Distribution:
         """p_z, built from buffers so that it follows the module to its device."""
