@@ -49,6 +49,8 @@ rate–distortion figure ``results/vae_variants-beta_sweep.png``.
 
     python bench/reproduce/vae_variants.py --epochs 100
     python bench/reproduce/vae_variants.py --minutes 60 --variants standard vamp
+    python bench/reproduce/vae_variants.py --steps 110000 --variants vamp --label adamw0.1-220ep \\
+        --set optim.name=adamw optim.weight_decay=0.1  # the VampPrior at -85.48 nats
     nice -n 10 python bench/reproduce/vae_variants.py --beta-sweep 0.25 0.5 1 2 4 --sweep-epochs 3
 """
 
