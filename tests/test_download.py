@@ -306,7 +306,7 @@ def test_wrong_checksum_names_file_and_md5s_and_leaves_nothing(server, tmp_path)
     assert str(dest) in msg and f"{base}/f.bin" in msg
     assert "expected md5 f68b3c2dcbeaaa9fbdd348bbdeb94873" in msg
     assert hashlib.md5(b"corrupted").hexdigest() in msg
-    assert os.listdir(dest.parent) == []
+    assert not (tmp_path / "root").exists()  # the folder made for it is gone too
 
 
 def test_interrupted_download_leaves_no_partial_file(server, tmp_path):
@@ -317,6 +317,10 @@ def test_interrupted_download_leaves_no_partial_file(server, tmp_path):
     assert str(e.value) == (
         f"{base}/short/f.bin: download failed (connection closed after 1,000 of 100,000 bytes)"
     )
+    assert not (tmp_path / "root").exists()
+    dest.parent.mkdir()  # a folder that was there before is kept, empty
+    with pytest.raises(DataError):
+        download.download(f"{base}/short/f.bin", dest)
     assert os.listdir(dest.parent) == []
 
 
@@ -355,7 +359,7 @@ def test_failed_fetch_lists_every_url_tried(server, tmp_path, monkeypatch):
     msg = str(e.value)
     assert "tried 2 URL(s)" in msg and f"{urls[0]}: download failed (HTTP 404" in msg
     assert "not a readable MATLAB .mat file" in msg  # no md5 known: checked by format
-    assert list((tmp_path / "root" / "frey_faces").iterdir()) == []
+    assert not (tmp_path / "root").exists()  # a refused run leaves no folders behind
 
 
 def test_format_checked_download_of_a_file_without_md5(server, tmp_path):

@@ -156,9 +156,11 @@ def download(
     The bytes stream to a temporary file in ``dest``'s folder while their md5 is computed;
     when ``md5`` is given it must match, and ``validate(tmp_path)`` (a reader's format check)
     must not raise; only then is the file renamed to ``dest`` with ``os.replace``. On any
-    failure the temporary file is deleted and :class:`DataError` names the URL and the file.
+    failure the temporary file and the folders made for it are deleted (a folder that
+    existed before is kept) and :class:`DataError` names the URL and the file.
     """
     dest = Path(dest)
+    made = _missing_folders(dest.parent)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
@@ -202,7 +204,28 @@ def download(
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+        if not dest.exists():
+            _remove_empty(made)
     return dest
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders ``folder.mkdir(parents=True)`` would make, deepest first."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty: a refused download leaves no
+    trace, and a folder something else wrote into meanwhile is kept."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def fetch(
