@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from conftest import tiny
 from pyrogen import evaluate, load, load_config, train
@@ -19,6 +20,7 @@ from pyrogen.data import DataError, load_dataset
 from pyrogen.data.user_arrays import read_array_file
 from pyrogen.models.context import check_context, context_vector
 from pyrogen.models.flow import make_flow
+from pyrogen.models.gan import GAN
 
 FAST = ["train.device=cpu", "train.seed=0", "output.figures=false", "output.tensorboard=false"]
 
@@ -217,6 +219,26 @@ def test_context_vector_is_one_hot_for_classes_and_the_vector_itself_otherwise()
     assert check_context(2, 4, num_classes=3).tolist() == [2, 2, 2, 2]
     with pytest.raises(ValueError, match=r"labels must lie in 0\.\.2, got \[5\]"):
         check_context([0, 5], 2, num_classes=3)
+
+
+def test_every_family_draws_classes_in_turn_and_asks_for_a_continuous_context() -> None:
+    """No y: a class-conditional model draws 0..K−1 round-robin; one on a continuous context
+    refuses, with the one message of check_context (GAN, flow and VAE share it)."""
+    assert check_context(None, 5, num_classes=3).tolist() == [0, 1, 2, 0, 1]
+    torch.manual_seed(0)
+    gan = GAN(
+        nn.Linear(2 + 3, 2), nn.Linear(2 + 3, 1), latent_dim=2, event_shape=(2,), context_dim=3
+    )
+    flow = make_flow("realnvp", 2, context_dim=3, num_layers=2, hidden_sizes=[8])
+    for model in (gan, flow):
+        with pytest.raises(ValueError, match=r"conditioned on a context of 3 numbers: give one"):
+            model.sample(4)
+    assert gan.sample(4, y=[0.5, -1.0, 2.0]).shape == (4, 2)  # one context for all 4 draws
+    gan_k = GAN(
+        nn.Linear(2 + 3, 2), nn.Linear(2 + 3, 1), latent_dim=2, event_shape=(2,), num_classes=3
+    )
+    z = torch.randn(5, 2)
+    torch.testing.assert_close(gan_k.generate(z), gan_k.generate(z, y=[0, 1, 2, 0, 1]))
 
 
 def test_sample_context_from_the_command_line(tmp_path: Path, capsys) -> None:

@@ -50,15 +50,23 @@ def context_vector(
 
 
 def check_context(
-    y: torch.Tensor | object,
+    y: torch.Tensor | object | None,
     n: int,
     num_classes: int | None = None,
     context_dim: int | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """A user's context for ``n`` draws, checked: class labels (one, or ``n``, each in
-    0..K − 1) or context vectors (one of length C, broadcast, or ``n`` rows, all finite).
+    0..K − 1) or context vectors (one of length C, broadcast, or ``n`` rows, all finite);
+    ``None`` draws the classes 0..K − 1 round-robin, and is refused for a continuous context.
     Returns the batch's ``y``; a ``ValueError`` names what is wrong and what is allowed."""
+    if y is None:
+        if num_classes is not None:
+            return torch.arange(n, device=device) % num_classes
+        raise ValueError(
+            f"the model is conditioned on a context of {context_dim} numbers: give one "
+            f"(y=, --context), one row or {n} rows, to draw x ~ p(x | c)"
+        )
     if num_classes is not None:
         t = torch.as_tensor(y)
         if t.is_floating_point() and not bool((t == t.round()).all()):

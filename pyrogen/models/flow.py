@@ -50,7 +50,7 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN, DenseNN
 from torch import nn
 
-from pyrogen.models.context import context_size, context_vector
+from pyrogen.models.context import check_context, context_size, context_vector
 from pyrogen.models.flow_layers import (
     ActNorm,
     ConditionalQuadraticSplineAutoregressive,
@@ -723,10 +723,8 @@ class Flow(GenerativeProcess):
         if not (temperature >= 0.0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
         if self.conditional:
-            if y is None and self.context_dim is not None:
-                raise ValueError(f"a flow on a continuous context needs c, shape ({n}, C)")
-            if y is None:
-                y = torch.arange(n, device=self._like().device) % self.num_classes
+            if y is None:  # classes round-robin; a continuous context must be given
+                y = check_context(None, n, self.num_classes, self.context_dim, self._like().device)
             d, shape = self.dist(y), ()
         else:
             d, shape = self.dist(), (n,)

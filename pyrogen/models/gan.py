@@ -114,12 +114,7 @@ class GAN(GenerativeProcess):
             if y is not None:
                 raise ValueError("this GAN is not class-conditional: it takes no labels y")
             return None
-        device = self.prior_a.device
-        if y is None:
-            if self.context_dim is not None:
-                raise ValueError(f"a GAN on a continuous context needs c, shape ({n}, C)")
-            return torch.arange(n, device=device) % self.num_classes
-        y = check_context(y, n, self.num_classes, self.context_dim, device)
+        y = check_context(y, n, self.num_classes, self.context_dim, self.prior_a.device)
         return y if self.num_classes is not None else y.to(self.prior_a.dtype)
 
     def prior(self) -> dist.Distribution:

@@ -181,15 +181,7 @@ class VAE(GenerativeProcess):
             if y is not None:
                 raise ValueError("this VAE is not conditional: it takes no labels or context y")
             return None
-        device = self.prior_loc.device
-        if y is None:
-            if self.num_classes is None:
-                raise ValueError(
-                    f"this CVAE is conditioned on a context of {self.context_dim} numbers: "
-                    "give one (y=, --context) to sample x ~ p(x | c)"
-                )
-            return torch.arange(n, device=device) % self.num_classes
-        return check_context(y, n, self.num_classes, self.context_dim, device)
+        return check_context(y, n, self.num_classes, self.context_dim, self.prior_loc.device)
 
     # ------------------------------------------------------------------ p(z), p(x | z)
     def prior(self, y: torch.Tensor | None = None) -> dist.Distribution:
